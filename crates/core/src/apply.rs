@@ -1,0 +1,67 @@
+//! Applying a plan: ops one by one, and on the first failure the inverses of the
+//! done ones in reverse order. Rollback keeps going past its own errors and reports
+//! them all.
+
+use crate::kernel::Kernel;
+use crate::op::Op;
+use crate::{Error, Result};
+
+/// Applies `ops` in order. On failure undoes what was done (reverse order) and
+/// returns the original error, with any rollback failures appended.
+pub fn apply_all(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
+    for (i, op) in ops.iter().enumerate() {
+        if let Err(e) = kernel.apply(op) {
+            let undo: Vec<Op> = ops[..i].iter().rev().filter_map(Op::inverse).collect();
+            let failures = apply_best_effort(kernel, &undo);
+            if failures.is_empty() {
+                return Err(e);
+            }
+            return Err(Error::Other(format!(
+                "{e}; rollback also failed: {}",
+                failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Applies every op, continuing past failures; returns the failures (teardown).
+pub fn apply_best_effort(kernel: &mut dyn Kernel, ops: &[Op]) -> Vec<Error> {
+    ops.iter().filter_map(|op| kernel.apply(op).err()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::fake::{ifname, FakeKernel};
+    use crate::op::{Netns, RouteSpec};
+
+    fn plan() -> Vec<Op> {
+        vec![
+            Op::CreateBridge { name: ifname("lyb-1"), mtu: None },
+            Op::AddAddress { netns: Netns::Host, link: ifname("lyb-1"), addr: "192.0.2.1/24".parse().unwrap(), nodad: true },
+            Op::SetUp { netns: Netns::Host, name: ifname("lyb-1") },
+            Op::AddRoute { netns: Netns::Host, route: RouteSpec { dst: "198.51.100.0/24".parse().unwrap(), via: Some("192.0.2.9".parse().unwrap()), dev: None, src: None, metric: None } },
+        ]
+    }
+
+    #[test]
+    fn failure_at_every_step_undoes_the_steps_before_it_in_reverse() {
+        let ops = plan();
+        for fail in 0..ops.len() {
+            let mut k = FakeKernel { fail_at: Some(fail), ..Default::default() };
+            assert!(apply_all(&mut k, &ops).is_err());
+            let done = &ops[..fail];
+            let expected_undo: Vec<Op> = done.iter().rev().filter_map(Op::inverse).collect();
+            assert_eq!(&k.applied[..fail], done);
+            assert_eq!(&k.applied[fail..], &expected_undo[..], "fail at {fail}");
+        }
+    }
+
+    #[test]
+    fn success_applies_everything_once() {
+        let mut k = FakeKernel::default();
+        apply_all(&mut k, &plan()).unwrap();
+        assert_eq!(k.applied, plan());
+    }
+}

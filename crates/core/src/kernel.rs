@@ -1,0 +1,203 @@
+//! The one narrow interface every kernel effect goes through ([`Kernel`]), the views
+//! it returns, and [`fake::FakeKernel`], a recording implementation for unit tests.
+
+use crate::model::MacAddr;
+use crate::name::IfName;
+use crate::op::{Netns, Op};
+use crate::Result;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::Path;
+
+/// A link as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// ifindex.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// `IFLA_INFO_KIND` (bridge, veth, macvlan, …), None for physical links.
+    pub kind: Option<String>,
+    /// Hardware address.
+    pub mac: Option<MacAddr>,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    /// Carrier / operational state up (IFF_LOWER_UP).
+    pub lower_up: bool,
+    /// IFLA_LINK: the parent's ifindex (macvlan, vlan).
+    pub parent: Option<u32>,
+    /// IFLA_MASTER: the bridge this link is enslaved to.
+    pub master: Option<u32>,
+}
+
+/// An address as observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrInfo {
+    /// ifindex of the link holding it.
+    pub index: u32,
+    /// Address with prefix length.
+    pub addr: IpNet,
+}
+
+/// A route as observed (main table only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    /// Destination (0.0.0.0/0 for default).
+    pub dst: IpNet,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Output ifindex.
+    pub oif: Option<u32>,
+    /// Preferred source.
+    pub src: Option<IpAddr>,
+    /// RTPROT_* (2 = kernel: connected routes).
+    pub protocol: u8,
+}
+
+/// What a namespace looks like, as far as lanyard cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    /// Links.
+    pub links: Vec<LinkInfo>,
+    /// Addresses.
+    pub addresses: Vec<AddrInfo>,
+    /// Main-table unicast routes.
+    pub routes: Vec<RouteInfo>,
+}
+
+impl View {
+    /// Link by name.
+    pub fn link(&self, name: &str) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.name == name)
+    }
+    /// Link by index.
+    pub fn link_by_index(&self, index: u32) -> Option<&LinkInfo> {
+        self.links.iter().find(|l| l.index == index)
+    }
+    /// Addresses on the named link.
+    pub fn addresses_of(&self, name: &str) -> Vec<IpNet> {
+        match self.link(name) {
+            Some(l) => self.addresses.iter().filter(|a| a.index == l.index).map(|a| a.addr).collect(),
+            None => vec![],
+        }
+    }
+}
+
+/// Identity of a network namespace: (st_dev, st_ino) of its nsfs file.
+pub type NsId = (u64, u64);
+
+/// Every kernel effect lanyard has goes through here.
+pub trait Kernel {
+    /// Links, addresses and main-table routes of `netns`.
+    fn view(&mut self, netns: &Netns) -> Result<View>;
+    /// Identity of the namespace at `path`; `Error::NotFound` if it is gone.
+    fn netns_id(&mut self, path: &Path) -> Result<NsId>;
+    /// Applies one step. Idempotent where the op says so (deletes of missing things).
+    fn apply(&mut self, op: &Op) -> Result<()>;
+    /// Deletes links left as tombstones by [`Op::RetireLink`], off the caller's path
+    /// where the implementation can (a background child). Default: nothing.
+    fn reap_tombstones(&mut self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Is `name` a lanyard tombstone (`lyx-…`)?
+pub fn is_tombstone(name: &str) -> bool {
+    name.starts_with("lyx-")
+}
+
+/// A fresh tombstone name from a 32-bit nonce.
+pub fn tombstone_name(nonce: u32) -> IfName {
+    // "lyx-" + 8 hex = 12 bytes: always a valid name.
+    IfName::new(&format!("lyx-{nonce:08x}")).unwrap_or_else(|_| unreachable!("12-byte name"))
+}
+
+pub mod fake {
+    //! A kernel that records the ops it is given and can be told to fail at step N.
+
+    use super::*;
+    use crate::Error;
+
+    /// Records applied ops; fails the `fail_at`-th apply (0-based) if set.
+    #[derive(Debug, Default)]
+    pub struct FakeKernel {
+        /// The view returned for the host namespace.
+        pub host: View,
+        /// Ops applied so far, in order (failed ones are not recorded).
+        pub applied: Vec<Op>,
+        /// Fail the apply with this 0-based count.
+        pub fail_at: Option<usize>,
+        /// Number of apply calls so far.
+        pub calls: usize,
+        /// Namespace paths that "exist", with their ids.
+        pub namespaces: Vec<(std::path::PathBuf, NsId)>,
+    }
+
+    impl Kernel for FakeKernel {
+        fn view(&mut self, netns: &Netns) -> Result<View> {
+            Ok(match netns {
+                Netns::Host => self.host.clone(),
+                Netns::Path(_) => View::default(),
+            })
+        }
+        fn netns_id(&mut self, path: &Path) -> Result<NsId> {
+            self.namespaces
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, id)| *id)
+                .ok_or_else(|| Error::not_found("namespace", path.display().to_string()))
+        }
+        fn apply(&mut self, op: &Op) -> Result<()> {
+            let n = self.calls;
+            self.calls += 1;
+            if self.fail_at == Some(n) {
+                return Err(Error::kernel(op.to_string(), "injected failure", None));
+            }
+            self.applied.push(op.clone());
+            Ok(())
+        }
+    }
+
+    impl FakeKernel {
+        /// A host with `eth0` (index 2) holding `addrs` and their connected routes.
+        pub fn with_eth0(addrs: &[&str]) -> Self {
+            let mut k = FakeKernel::default();
+            k.host.links.push(LinkInfo {
+                index: 1,
+                name: "lo".into(),
+                kind: None,
+                mac: None,
+                mtu: 65536,
+                up: true,
+                lower_up: true,
+                parent: None,
+                master: None,
+            });
+            k.host.links.push(LinkInfo {
+                index: 2,
+                name: "eth0".into(),
+                kind: Some("veth".into()),
+                mac: Some(MacAddr([2, 0, 0, 0, 0, 2])),
+                mtu: 1500,
+                up: true,
+                lower_up: true,
+                parent: None,
+                master: None,
+            });
+            for a in addrs {
+                let addr: IpNet = a.parse().unwrap_or_else(|_| panic!("test address {a}"));
+                k.host.addresses.push(AddrInfo { index: 2, addr });
+                k.host.routes.push(RouteInfo { dst: addr.trunc(), gateway: None, oif: Some(2), src: Some(addr.addr()), protocol: 2 });
+            }
+            k
+        }
+    }
+
+    /// Helper for tests: an interface name that is known valid.
+    pub fn ifname(s: &str) -> IfName {
+        IfName::new(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+}

@@ -1,0 +1,17 @@
+//! lanyard's pure core: the model (networks, endpoints), validation of user input,
+//! IPAM, the planner that turns desired state into kernel [`op::Op`]s, and the two
+//! narrow interfaces every effect goes through: [`kernel::Kernel`] and [`store::Store`].
+//!
+//! Nothing in this crate makes a syscall; it is unit-tested without root.
+
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod ipam;
+pub mod kernel;
+pub mod model;
+pub mod name;
+pub mod op;
+pub mod store;
+
+pub use error::{Error, Result};

@@ -1,0 +1,183 @@
+//! The durable store interface. SQLite implements it on one host (lanyard-store);
+//! etcd will implement it for several hosts on one LAN.
+//!
+//! Every mutation runs inside [`Store::write`]: one transaction, serialised across
+//! processes. The closure may be run more than once (an implementation may retry on
+//! contention, as an etcd one would on a failed compare), so it must have no effects
+//! outside the transaction.
+
+use crate::model::{Endpoint, Network};
+use crate::Result;
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Reads and writes inside one transaction.
+pub trait Tx {
+    /// All networks, by name.
+    fn networks(&self) -> Result<Vec<Network>>;
+    /// A network by exact name, full id or unique id prefix.
+    fn network(&self, name_or_id: &str) -> Result<Option<Network>>;
+    /// Inserts or replaces a network (by id). Name must be unique.
+    fn put_network(&mut self, n: &Network) -> Result<()>;
+    /// Deletes a network and its address records.
+    fn delete_network(&mut self, id: &str) -> Result<()>;
+
+    /// All endpoints.
+    fn endpoints(&self) -> Result<Vec<Endpoint>>;
+    /// Endpoint by name, full id or unique id prefix.
+    fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>>;
+    /// Inserts or replaces an endpoint (by id). Name, if any, must be unique.
+    fn put_endpoint(&mut self, e: &Endpoint) -> Result<()>;
+    /// Deletes an endpoint and releases its addresses.
+    fn delete_endpoint(&mut self, id: &str) -> Result<()>;
+
+    /// Who holds `addr` in `network_id`, if anyone.
+    fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>>;
+    /// Records `addr` in `network_id` as held by `owner` (an endpoint id).
+    fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()>;
+    /// Releases everything `owner` holds.
+    fn release_addresses(&mut self, owner: &str) -> Result<()>;
+    /// Number of addresses held in `network_id`.
+    fn address_count(&self, network_id: &str) -> Result<u64>;
+    /// Last address handed out in `subnet` of `network_id` (next-fit cursor).
+    fn cursor(&self, network_id: &str, subnet: &IpNet) -> Result<Option<IpAddr>>;
+    /// Moves the cursor.
+    fn set_cursor(&mut self, network_id: &str, subnet: &IpNet, addr: IpAddr) -> Result<()>;
+
+    /// Small key/value facts (shim state, schema notes).
+    fn meta(&self, key: &str) -> Result<Option<String>>;
+    /// Sets a fact; `None` deletes it.
+    fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()>;
+}
+
+/// A durable store.
+pub trait Store {
+    /// Runs `f` in a read transaction (a consistent snapshot).
+    fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T>;
+    /// Runs `f` in one write transaction, serialised with every other writer, in
+    /// this and other processes. Commits if `f` returns Ok, rolls back otherwise.
+    fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T>;
+}
+
+pub mod mem {
+    //! An in-memory [`Store`] for unit tests (and a reference for other backends):
+    //! a write transaction works on a copy that replaces the original on success.
+
+    use super::*;
+    use crate::Error;
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone, Default)]
+    struct Data {
+        networks: BTreeMap<String, Network>,
+        endpoints: BTreeMap<String, Endpoint>,
+        addresses: BTreeMap<(String, IpAddr), String>,
+        cursors: BTreeMap<(String, IpNet), IpAddr>,
+        meta: BTreeMap<String, String>,
+    }
+
+    /// In-memory store.
+    #[derive(Debug, Default)]
+    pub struct MemStore(RefCell<Data>);
+
+    fn by_name_or_id<'a, T>(items: impl Iterator<Item = &'a T>, key: &str, name: impl Fn(&T) -> Option<String>, id: impl Fn(&T) -> &str) -> Result<Option<T>>
+    where
+        T: Clone + 'a,
+    {
+        let items: Vec<&T> = items.collect();
+        if let Some(t) = items.iter().find(|t| name(t).as_deref() == Some(key) || id(t) == key) {
+            return Ok(Some((*t).clone()));
+        }
+        let m: Vec<&&T> = items.iter().filter(|t| !key.is_empty() && id(t).starts_with(key)).collect();
+        match m.len() {
+            0 => Ok(None),
+            1 => Ok(Some((*m[0]).clone())),
+            _ => Err(Error::Conflict(format!("id prefix {key:?} is ambiguous"))),
+        }
+    }
+
+    impl Tx for Data {
+        fn networks(&self) -> Result<Vec<Network>> {
+            let mut v: Vec<Network> = self.networks.values().cloned().collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(v)
+        }
+        fn network(&self, key: &str) -> Result<Option<Network>> {
+            by_name_or_id(self.networks.values(), key, |n| Some(n.name.to_string()), |n| &n.id)
+        }
+        fn put_network(&mut self, n: &Network) -> Result<()> {
+            if self.networks.values().any(|o| o.name == n.name && o.id != n.id) {
+                return Err(Error::Conflict(format!("network {} already exists", n.name)));
+            }
+            self.networks.insert(n.id.clone(), n.clone());
+            Ok(())
+        }
+        fn delete_network(&mut self, id: &str) -> Result<()> {
+            self.networks.remove(id);
+            self.addresses.retain(|(n, _), _| n != id);
+            self.cursors.retain(|(n, _), _| n != id);
+            Ok(())
+        }
+        fn endpoints(&self) -> Result<Vec<Endpoint>> {
+            Ok(self.endpoints.values().cloned().collect())
+        }
+        fn endpoint(&self, key: &str) -> Result<Option<Endpoint>> {
+            by_name_or_id(self.endpoints.values(), key, |e| e.name.as_ref().map(|n| n.to_string()), |e| &e.id)
+        }
+        fn put_endpoint(&mut self, e: &Endpoint) -> Result<()> {
+            if e.name.is_some() && self.endpoints.values().any(|o| o.name == e.name && o.id != e.id) {
+                return Err(Error::Conflict(format!("endpoint name {} is already in use", e.display_name())));
+            }
+            self.endpoints.insert(e.id.clone(), e.clone());
+            Ok(())
+        }
+        fn delete_endpoint(&mut self, id: &str) -> Result<()> {
+            self.endpoints.remove(id);
+            self.release_addresses(id)
+        }
+        fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
+            Ok(self.addresses.get(&(network_id.to_string(), addr)).cloned())
+        }
+        fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
+            self.addresses.insert((network_id.to_string(), addr), owner.to_string());
+            Ok(())
+        }
+        fn release_addresses(&mut self, owner: &str) -> Result<()> {
+            self.addresses.retain(|_, o| o != owner);
+            Ok(())
+        }
+        fn address_count(&self, network_id: &str) -> Result<u64> {
+            Ok(self.addresses.keys().filter(|(n, _)| n == network_id).count() as u64)
+        }
+        fn cursor(&self, network_id: &str, subnet: &IpNet) -> Result<Option<IpAddr>> {
+            Ok(self.cursors.get(&(network_id.to_string(), *subnet)).copied())
+        }
+        fn set_cursor(&mut self, network_id: &str, subnet: &IpNet, addr: IpAddr) -> Result<()> {
+            self.cursors.insert((network_id.to_string(), *subnet), addr);
+            Ok(())
+        }
+        fn meta(&self, key: &str) -> Result<Option<String>> {
+            Ok(self.meta.get(key).cloned())
+        }
+        fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+            match value {
+                Some(v) => self.meta.insert(key.to_string(), v.to_string()),
+                None => self.meta.remove(key),
+            };
+            Ok(())
+        }
+    }
+
+    impl Store for MemStore {
+        fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+            f(&*self.0.borrow())
+        }
+        fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+            let mut copy = self.0.borrow().clone();
+            let out = f(&mut copy)?;
+            *self.0.borrow_mut() = copy;
+            Ok(out)
+        }
+    }
+}
