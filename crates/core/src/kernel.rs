@@ -97,9 +97,14 @@ pub trait Kernel {
     fn netns_id(&mut self, path: &Path) -> Result<NsId>;
     /// Applies one step. Idempotent where the op says so (deletes of missing things).
     fn apply(&mut self, op: &Op) -> Result<()>;
-    /// Deletes links left as tombstones by [`Op::RetireLink`], off the caller's path
-    /// where the implementation can (a background child). Default: nothing.
-    fn reap_tombstones(&mut self) -> Result<()> {
+    /// Deletes `links` (tombstones left by [`Op::RetireLink`]) off the caller's path:
+    /// the netlink implementation hands them to a detached background child, so the
+    /// caller does not wait for the kernel's slow unregister. Best effort; `gc`
+    /// sweeps leftovers (`lyx-*` in the host namespace). Default: delete inline.
+    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        for (netns, name) in links {
+            self.apply(&Op::DeleteLink { netns, name })?;
+        }
         Ok(())
     }
 }
