@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod model;
 pub mod name;
 pub mod op;
+pub mod plan;
 pub mod store;
 
 pub use error::{Error, Result};
