@@ -1,1 +1,58 @@
-//! placeholder
+//! lanyard's engine: the one API every front end (CLI, `lanyard run`, the Docker
+//! plugin, the CNI plugin) calls. Each verb validates, records its intent in one
+//! store transaction, plans kernel ops from desired vs observed state, applies them
+//! with rollback, then records the outcome.
+
+mod endpoint;
+mod maintain;
+mod network;
+
+pub use maintain::Report;
+pub use network::NetworkSummary;
+
+use lanyard_core::config::Config;
+use lanyard_core::kernel::Kernel;
+use lanyard_core::store::Store;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The engine over a store and a kernel.
+pub struct Engine<S: Store, K: Kernel> {
+    /// Durable state.
+    pub store: S,
+    /// Kernel effects.
+    pub kernel: K,
+    /// Configuration (default pools).
+    pub config: Config,
+}
+
+impl<S: Store, K: Kernel> Engine<S, K> {
+    /// An engine over `store` and `kernel`.
+    pub fn new(store: S, kernel: K, config: Config) -> Self {
+        Engine { store, kernel, config }
+    }
+}
+
+/// 64 random hex digits (ids; not a secret).
+pub fn new_id() -> String {
+    (0..4)
+        .map(|i| {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u64(i);
+            h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            h.write_u32(std::process::id());
+            format!("{:016x}", h.finish())
+        })
+        .collect()
+}
+
+/// A random 32-bit number (tombstone names).
+pub fn nonce() -> u32 {
+    new_id()[..8].chars().fold(0u32, |a, c| (a << 4) | c.to_digit(16).unwrap_or(0))
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,351 @@
+//! Endpoint verbs: attach (allocate, record pending, plan, apply with rollback,
+//! mark active), detach (idempotent; the link is retired at once and deleted off the
+//! caller's path), list.
+
+use crate::{new_id, nonce, now, Engine};
+use lanyard_core::apply::{apply_all, apply_best_effort};
+use lanyard_core::ipam;
+use lanyard_core::kernel::{tombstone_name, Kernel, View};
+use lanyard_core::model::{
+    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, Network, PortMapping,
+};
+use lanyard_core::name::{EndpointName, IfName};
+use lanyard_core::op::{Netns, Op};
+use lanyard_core::plan;
+use lanyard_core::store::{Store, Tx};
+use lanyard_core::{Error, Result};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Parsed, typed form of an [`AttachRequest`] (everything checkable without state).
+struct Parsed {
+    ifname: Option<IfName>,
+    ip: Option<IpAddr>,
+    ip6: Option<IpAddr>,
+    mac: Option<MacAddr>,
+    name: Option<EndpointName>,
+    ports: Vec<PortMapping>,
+}
+
+fn parse(req: &AttachRequest) -> Result<Parsed> {
+    let ip = req.ip.as_deref().map(|s| parse_ip("--ip", s)).transpose()?;
+    if let Some(a) = ip.filter(|a| !a.is_ipv4()) {
+        return Err(Error::invalid("--ip", a, "is IPv6; use --ip6"));
+    }
+    let ip6 = req.ip6.as_deref().map(|s| parse_ip("--ip6", s)).transpose()?;
+    if let Some(a) = ip6.filter(|a| !a.is_ipv6()) {
+        return Err(Error::invalid("--ip6", a, "is IPv4; use --ip"));
+    }
+    let mut ports = vec![];
+    for p in &req.publish {
+        ports.extend(PortMapping::parse_spec(p)?);
+    }
+    Ok(Parsed {
+        ifname: req.ifname.as_deref().map(|s| IfName::parse_for("--ifname", s)).transpose()?,
+        ip,
+        ip6,
+        mac: req.mac.as_deref().map(|s| MacAddr::parse_for("--mac", s)).transpose()?,
+        name: req.name.as_deref().map(EndpointName::new).transpose()?,
+        ports,
+    })
+}
+
+/// Records the endpoint as pending, with its addresses, in one transaction.
+fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, ns_id: (u64, u64), id: &str, unpriv: Option<u16>) -> Result<(Endpoint, u32)> {
+    let all = tx.endpoints()?;
+    let same_ns: Vec<&Endpoint> = all.iter().filter(|e| e.netns_inode == ns_id).collect();
+    if let Some(n) = &p.name {
+        if all.iter().any(|e| e.name.as_ref() == Some(n)) {
+            return Err(Error::Conflict(format!("endpoint name {n} is already in use")));
+        }
+    }
+    if let Some(e) = same_ns.iter().find(|e| e.network_id == net.id) {
+        return Err(Error::Conflict(format!("namespace {} is already on network {} (endpoint {})", netns.display(), net.name, e.display_name())));
+    }
+    let ifname = match &p.ifname {
+        Some(i) => {
+            if same_ns.iter().any(|e| &e.ifname == i) {
+                return Err(Error::Conflict(format!("--ifname {i}: the namespace already has an endpoint with that name")));
+            }
+            i.clone()
+        }
+        None => (0..)
+            .map(|n| IfName::new(&format!("eth{n}")))
+            .find(|i| i.as_ref().is_ok_and(|i| !same_ns.iter().any(|e| &e.ifname == i)))
+            .unwrap_or_else(|| unreachable!("some ethN is free"))?,
+    };
+    for m in &p.ports {
+        if let Some(o) = all.iter().find(|e| e.ports.iter().any(|q| q.host_port == m.host_port && q.proto == m.proto && (q.host_ip.is_none() || m.host_ip.is_none() || q.host_ip == m.host_ip))) {
+            return Err(Error::Conflict(format!("--publish {m}: host port {} is already published by endpoint {}", m.host_port, o.display_name())));
+        }
+    }
+    let mut addresses = vec![];
+    let mut gateways = vec![];
+    for (want, v6, field) in [(p.ip, false, "--ip"), (p.ip6, true, "--ip6")] {
+        let subnets: Vec<_> = net.subnets.iter().filter(|s| s.subnet.addr().is_ipv6() == v6).collect();
+        if subnets.is_empty() {
+            if let Some(a) = want {
+                return Err(Error::invalid(field, a, format!("network {} has no IPv{} subnet", net.name, if v6 { 6 } else { 4 })));
+            }
+            continue;
+        }
+        let (sc, addr) = match want {
+            Some(a) => {
+                let sc = subnets.iter().find(|s| s.subnet.contains(&a)).ok_or_else(|| {
+                    Error::invalid(field, a, format!("is outside the subnets of network {}", net.name))
+                })?;
+                ipam::reserve(tx, &net.id, sc, field, a, id)?;
+                (*sc, a)
+            }
+            None => (subnets[0], ipam::allocate(tx, &net.id, subnets[0], id)?),
+        };
+        addresses.push(IpNet::new(addr, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?);
+        gateways.extend(sc.gateway);
+    }
+    let ep = Endpoint {
+        id: id.to_string(),
+        name: p.name.clone(),
+        network_id: net.id.clone(),
+        network: net.name.clone(),
+        netns: netns.to_path_buf(),
+        netns_inode: ns_id,
+        ifname,
+        host_ifname: (net.driver == Driver::Bridge).then(|| plan::veth_name(id)),
+        mac: p.mac,
+        addresses,
+        gateways,
+        ports: p.ports.clone(),
+        unprivileged_port_start: unpriv,
+        state: EndpointState::Pending,
+        created: now(),
+    };
+    tx.put_endpoint(&ep)?;
+    Ok((ep, same_ns.len() as u32))
+}
+
+impl<S: Store, K: Kernel> Engine<S, K> {
+    /// `attach`: wires a namespace into a network. On any failure, what was done is
+    /// undone and the store is as before.
+    pub fn attach(&mut self, req: &AttachRequest) -> Result<Endpoint> {
+        let p = parse(req)?;
+        let net = self.network(&req.network)?;
+        if matches!(net.driver, Driver::Host | Driver::None) {
+            return Err(Error::invalid("network", &req.network, format!("{} networks have no endpoints to attach; use `lanyard run --network {}`", net.driver, net.driver)));
+        }
+        if net.driver == Driver::Ipvlan && p.mac.is_some() {
+            return Err(Error::invalid("--mac", req.mac.clone().unwrap_or_default(), "ipvlan endpoints share the parent's MAC"));
+        }
+        let ns_id = self.kernel.netns_id(&req.netns).map_err(|_| Error::invalid("--netns", req.netns.display(), "no network namespace at this path"))?;
+        let id = new_id();
+        let (ep, rank) = self.store.write(&mut |tx| record(tx, &net, &p, &req.netns, ns_id, &id, req.unprivileged_port_start))?;
+        match self.wire(&net, &ep, rank) {
+            Ok(()) => {}
+            Err(e) => {
+                self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
+                return Err(e);
+            }
+        }
+        let mut active = ep.clone();
+        active.state = EndpointState::Active;
+        self.store.write(&mut |tx| tx.put_endpoint(&active))?;
+        Ok(active)
+    }
+
+    /// Plans and applies the kernel side of one endpoint (network pieces first if
+    /// missing), rolling back on failure.
+    fn wire(&mut self, net: &Network, ep: &Endpoint, rank: u32) -> Result<()> {
+        let host = self.kernel.view(&Netns::Host)?;
+        let mut ops = plan::network_infra(net, &host)?;
+        let infra_len = ops.len();
+        ops.extend(plan::endpoint_ops(net, ep, &host, rank)?);
+        // Infra is shared with other endpoints: keep it even if this endpoint fails.
+        apply_all(&mut self.kernel, &ops[..infra_len])?;
+        apply_all(&mut self.kernel, &ops[infra_len..])
+    }
+
+    /// `detach`: idempotent. Returns the endpoint that was removed, if any.
+    pub fn detach(&mut self, req: &DetachRequest) -> Result<Option<Endpoint>> {
+        let ep = self.store.read(&mut |tx| match req {
+            DetachRequest::Endpoint(key) => tx.endpoint(key),
+            DetachRequest::Netns { network, netns } => {
+                let Some(net) = tx.network(network)? else { return Ok(None) };
+                Ok(tx.endpoints()?.into_iter().find(|e| e.network_id == net.id && &e.netns == netns))
+            }
+        })?;
+        let Some(ep) = ep else { return Ok(None) };
+        self.remove_endpoint(&ep)?;
+        Ok(Some(ep))
+    }
+
+    /// Unwires and forgets one endpoint: host routes go, the link is retired (name
+    /// and addresses free at once) and deleted in the background.
+    pub(crate) fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        let net = self.store.read(&mut |tx| tx.network(&ep.network_id))?;
+        let alive = self.kernel.netns_id(&ep.netns).is_ok_and(|id| id == ep.netns_inode);
+        let mut errors = vec![];
+        if let Some(net) = &net {
+            let host = self.kernel.view(&Netns::Host)?;
+            let tomb = tombstone_name(nonce());
+            let ops = plan::endpoint_teardown(net, ep, &host, alive, tomb.clone());
+            let retired = ops.iter().any(|o| matches!(o, Op::RetireLink { .. }));
+            errors = apply_best_effort(&mut self.kernel, &ops);
+            if retired && errors.is_empty() {
+                // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
+                let _ = self.kernel.reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
+            }
+        }
+        self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
+        match errors.into_iter().next() {
+            // A link already gone is what we wanted.
+            Some(Error::NotFound { .. }) | None => Ok(()),
+            Some(e) => Err(Error::Other(format!("endpoint {} forgotten, but cleanup failed: {e}; run `lanyard gc`", ep.display_name()))),
+        }
+    }
+
+    /// All endpoints.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        self.store.read(&mut |tx| tx.endpoints())
+    }
+
+    /// One endpoint by name or id.
+    pub fn endpoint(&self, key: &str) -> Result<Endpoint> {
+        self.store.read(&mut |tx| tx.endpoint(key))?.ok_or_else(|| Error::not_found("endpoint", key))
+    }
+
+    /// Brings up `lo` in a fresh namespace (`lanyard run`).
+    pub fn loopback_up(&mut self, netns: &std::path::Path) -> Result<()> {
+        self.kernel.apply(&Op::SetUp { netns: Netns::Path(netns.to_path_buf()), name: IfName::new("lo")? })
+    }
+
+    /// The host view (for front ends that report it, e.g. doctor).
+    pub fn host_view(&mut self) -> Result<View> {
+        self.kernel.view(&Netns::Host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::kernel::fake::FakeKernel;
+    use lanyard_core::model::NetworkRequest;
+    use lanyard_core::store::mem::MemStore;
+
+    fn engine() -> Engine<MemStore, FakeKernel> {
+        let mut k = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]);
+        k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
+        k.namespaces.push(("/run/netns/c2".into(), (1, 11)));
+        let mut e = Engine::new(MemStore::default(), k, Default::default());
+        e.create_network(&NetworkRequest {
+            name: "lan".into(),
+            driver: Some("macvlan".into()),
+            subnets: vec!["192.0.2.0/24".into(), "2001:db8:1::/64".into()],
+            ip_ranges: vec!["192.0.2.128/25".into()],
+            gateways: vec!["192.0.2.1".into()],
+            ipv6: true,
+            options: vec!["parent=eth0".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        // The fake does not model links: show the shim as made, so attaches plan none.
+        let mut shim = e.kernel.host.links[1].clone();
+        shim.name = plan::shim_name(&IfName::new("eth0").unwrap()).to_string();
+        shim.index = 9;
+        e.kernel.host.links.push(shim);
+        for a in ["192.0.2.2/32", "2001:db8:1::2/128"] {
+            e.kernel.host.addresses.push(lanyard_core::kernel::AddrInfo { index: 9, addr: a.parse().unwrap() });
+        }
+        e
+    }
+
+    fn attach(ns: &str) -> AttachRequest {
+        AttachRequest { network: "lan".into(), netns: ns.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn attach_allocates_both_families_and_records_an_active_endpoint() {
+        let mut e = engine();
+        let ep = e.attach(&attach("/run/netns/c1")).unwrap();
+        assert_eq!(ep.state, EndpointState::Active);
+        let addrs: Vec<String> = ep.addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["192.0.2.128/24", "2001:db8:1::2/64"]);
+        assert_eq!(ep.ifname.as_str(), "eth0");
+    }
+
+    #[test]
+    fn failure_at_every_kernel_step_leaves_store_and_kernel_as_before() {
+        let base = {
+            let mut e = engine();
+            let before = e.kernel.calls;
+            e.attach(&attach("/run/netns/c1")).unwrap();
+            e.kernel.calls - before
+        };
+        assert!(base >= 5);
+        for fail in 0..base {
+            let mut e = engine();
+            let start = e.kernel.calls;
+            let applied_before = e.kernel.applied.len();
+            e.kernel.fail_at = Some(start + fail);
+            assert!(e.attach(&attach("/run/netns/c1")).is_err(), "step {fail}");
+            assert!(e.endpoints().unwrap().is_empty(), "step {fail}: endpoint left");
+            let tail = &e.kernel.applied[applied_before..];
+            let done: Vec<&Op> = tail.iter().filter(|o| o.inverse().is_some()).collect();
+            let undone: Vec<Op> = tail.iter().filter(|o| matches!(o, Op::DeleteLink { .. } | Op::DelAddress { .. } | Op::DelRoute { .. })).cloned().collect();
+            let expected: Vec<Op> = done.iter().rev().filter_map(|o| o.inverse()).collect();
+            assert_eq!(undone, expected, "step {fail}");
+            // The addresses are free again (next-fit moves on, so check the records).
+            let id = e.network("lan").unwrap().id;
+            assert_eq!(e.store.read(&mut |tx| tx.address_count(&id)).unwrap(), 0, "step {fail}");
+        }
+    }
+
+    #[test]
+    fn static_ip_taken_is_refused_and_changes_nothing() {
+        let mut e = engine();
+        let mut r = attach("/run/netns/c1");
+        r.ip = Some("192.0.2.200".into());
+        e.attach(&r).unwrap();
+        let mut r2 = attach("/run/netns/c2");
+        r2.ip = Some("192.0.2.200".into());
+        assert!(matches!(e.attach(&r2).unwrap_err(), Error::Conflict(_)));
+        assert_eq!(e.endpoints().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let mut e = engine();
+        for (f, r) in [
+            ("--mac", AttachRequest { mac: Some("01:00:00:00:00:01".into()), ..attach("/run/netns/c1") }),
+            ("--ip", AttachRequest { ip: Some("2001:db8::5".into()), ..attach("/run/netns/c1") }),
+            ("--ifname", AttachRequest { ifname: Some("a-very-long-ifname".into()), ..attach("/run/netns/c1") }),
+            ("--netns", attach("/run/netns/gone")),
+            ("--publish", AttachRequest { publish: vec!["x:80".into()], ..attach("/run/netns/c1") }),
+        ] {
+            let err = e.attach(&r).unwrap_err();
+            assert!(err.to_string().contains(f), "{f}: {err}");
+        }
+        assert!(e.endpoints().unwrap().is_empty());
+    }
+
+    #[test]
+    fn detach_is_idempotent_and_frees_the_address() {
+        let mut e = engine();
+        let ep = e.attach(&AttachRequest { name: Some("web".into()), ..attach("/run/netns/c1") }).unwrap();
+        assert!(e.detach(&DetachRequest::Endpoint("web".into())).unwrap().is_some());
+        assert!(e.detach(&DetachRequest::Endpoint("web".into())).unwrap().is_none());
+        let again = e.attach(&attach("/run/netns/c2")).unwrap();
+        assert_ne!(again.id, ep.id);
+        // The link was retired then reaped (fake: deleted inline).
+        assert!(e.kernel.applied.iter().any(|o| matches!(o, Op::RetireLink { .. })));
+    }
+
+    #[test]
+    fn second_network_in_a_namespace_gets_eth1_and_a_higher_default_metric() {
+        let mut e = engine();
+        e.create_network(&NetworkRequest { name: "b".into(), subnets: vec!["203.0.113.0/24".into()], ..Default::default() }).unwrap();
+        e.attach(&attach("/run/netns/c1")).unwrap();
+        let ep = e.attach(&AttachRequest { network: "b".into(), ..attach("/run/netns/c1") }).unwrap();
+        assert_eq!(ep.ifname.as_str(), "eth1");
+        assert!(e.kernel.applied.iter().any(|o| matches!(o, Op::AddRoute { route, .. } if route.metric == Some(plan::DEFAULT_ROUTE_METRIC + 1))));
+        assert!(e.attach(&attach("/run/netns/c1")).is_err(), "same network twice");
+    }
+}
