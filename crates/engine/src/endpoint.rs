@@ -217,6 +217,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         self.kernel.apply(&Op::SetUp { netns: Netns::Path(netns.to_path_buf()), name: IfName::new("lo")? })
     }
 
+    /// Sets a sysctl inside a namespace (`lanyard run --network none --unprivileged-port-start`).
+    pub fn kernel_sysctl(&mut self, netns: &std::path::Path, key: &str, value: &str) -> Result<()> {
+        self.kernel.apply(&Op::SetSysctl { netns: Netns::Path(netns.to_path_buf()), key: key.into(), value: value.into() })
+    }
+
     /// The host view (for front ends that report it, e.g. doctor).
     pub fn host_view(&mut self) -> Result<View> {
         self.kernel.view(&Netns::Host)
