@@ -25,6 +25,31 @@ pub fn apply_all(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
     Ok(())
 }
 
+/// errno of "already exists".
+pub const EEXIST: i32 = 17;
+
+/// Like [`apply_all`] for shared pieces (bridge, shim, VLAN parent) that another
+/// process may be creating at the same moment: "already exists" counts as done,
+/// and such a step is not undone on rollback (it is not ours).
+pub fn apply_ensure(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
+    let mut done: Vec<&Op> = vec![];
+    for op in ops {
+        match kernel.apply(op) {
+            Ok(()) => done.push(op),
+            Err(Error::Kernel { errno: Some(EEXIST), .. }) => {}
+            Err(e) => {
+                let undo: Vec<Op> = done.iter().rev().filter_map(|o| o.inverse()).collect();
+                let failures = apply_best_effort(kernel, &undo);
+                if failures.is_empty() {
+                    return Err(e);
+                }
+                return Err(Error::Other(format!("{e}; rollback also failed: {}", failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies every op, continuing past failures; returns the failures (teardown).
 pub fn apply_best_effort(kernel: &mut dyn Kernel, ops: &[Op]) -> Vec<Error> {
     ops.iter().filter_map(|op| kernel.apply(op).err()).collect()
@@ -56,6 +81,30 @@ mod tests {
             assert_eq!(&k.applied[..fail], done);
             assert_eq!(&k.applied[fail..], &expected_undo[..], "fail at {fail}");
         }
+    }
+
+    #[test]
+    fn ensure_takes_already_exists_as_done_and_does_not_undo_it() {
+        struct Exists(FakeKernel);
+        impl Kernel for Exists {
+            fn view(&mut self, n: &Netns) -> Result<crate::kernel::View> {
+                self.0.view(n)
+            }
+            fn netns_id(&mut self, p: &std::path::Path) -> Result<crate::kernel::NsId> {
+                self.0.netns_id(p)
+            }
+            fn apply(&mut self, op: &Op) -> Result<()> {
+                if matches!(op, Op::CreateBridge { .. }) {
+                    return Err(Error::kernel("create", "File exists", Some(EEXIST)));
+                }
+                self.0.apply(op)
+            }
+        }
+        let mut k = Exists(FakeKernel { fail_at: Some(2), ..Default::default() });
+        assert!(apply_ensure(&mut k, &plan()).is_err());
+        // Address added, SetUp failed: only the address is undone, never the bridge.
+        assert!(!k.0.applied.iter().any(|o| matches!(o, Op::DeleteLink { .. })));
+        assert!(k.0.applied.iter().any(|o| matches!(o, Op::DelAddress { .. })));
     }
 
     #[test]

@@ -109,6 +109,59 @@ pub trait Kernel {
     }
 }
 
+impl<K: Kernel + ?Sized> Kernel for Box<K> {
+    fn view(&mut self, netns: &Netns) -> Result<View> {
+        (**self).view(netns)
+    }
+    fn netns_id(&mut self, path: &Path) -> Result<NsId> {
+        (**self).netns_id(path)
+    }
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        (**self).apply(op)
+    }
+    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        (**self).reap(links)
+    }
+}
+
+/// Fault injection for tests of rollback on a real kernel: the `at`-th apply
+/// (0-based) fails before it reaches the kernel. The binary wraps its kernel in
+/// this when `LANYARD_FAIL_AT=N` is set (a test hook; documented in the README).
+pub struct FailAt<K> {
+    /// The real kernel.
+    pub inner: K,
+    /// Which apply fails.
+    pub at: usize,
+    calls: usize,
+}
+
+impl<K> FailAt<K> {
+    /// Wraps `inner`; apply number `at` fails.
+    pub fn new(inner: K, at: usize) -> Self {
+        FailAt { inner, at, calls: 0 }
+    }
+}
+
+impl<K: Kernel> Kernel for FailAt<K> {
+    fn view(&mut self, netns: &Netns) -> Result<View> {
+        self.inner.view(netns)
+    }
+    fn netns_id(&mut self, path: &Path) -> Result<NsId> {
+        self.inner.netns_id(path)
+    }
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        let n = self.calls;
+        self.calls += 1;
+        if n == self.at {
+            return Err(crate::Error::kernel(op.to_string(), format!("injected failure at step {n} (LANYARD_FAIL_AT)"), None));
+        }
+        self.inner.apply(op)
+    }
+    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        self.inner.reap(links)
+    }
+}
+
 /// Is `name` a lanyard tombstone (`lyx-…`)?
 pub fn is_tombstone(name: &str) -> bool {
     name.starts_with("lyx-")

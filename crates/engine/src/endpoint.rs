@@ -3,7 +3,7 @@
 //! caller's path), list.
 
 use crate::{new_id, nonce, now, Engine};
-use lanyard_core::apply::{apply_all, apply_best_effort};
+use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::ipam;
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
 use lanyard_core::model::{
@@ -158,8 +158,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let mut ops = plan::network_infra(net, &host)?;
         let infra_len = ops.len();
         ops.extend(plan::endpoint_ops(net, ep, &host, rank)?);
-        // Infra is shared with other endpoints: keep it even if this endpoint fails.
-        apply_all(&mut self.kernel, &ops[..infra_len])?;
+        // Infra is shared with other endpoints (and maybe being made by another
+        // process right now): keep it even if this endpoint fails.
+        apply_ensure(&mut self.kernel, &ops[..infra_len])?;
         apply_all(&mut self.kernel, &ops[infra_len..])
     }
 

@@ -4,7 +4,7 @@
 //! deletes links lanyard left behind (tombstones, orphaned bridges and shims).
 
 use crate::{now, Engine};
-use lanyard_core::apply::{apply_all, apply_best_effort};
+use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{is_tombstone, Kernel};
 use lanyard_core::model::{Endpoint, EndpointState, Network};
 use lanyard_core::op::{Netns, Op};
@@ -39,7 +39,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let (networks, endpoints) = self.store.read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
         for net in &networks {
             let host = self.kernel.view(&Netns::Host)?;
-            match plan::network_infra(net, &host).and_then(|ops| apply_all(&mut self.kernel, &ops).map(|_| ops.len())) {
+            match plan::network_infra(net, &host).and_then(|ops| apply_ensure(&mut self.kernel, &ops).map(|_| ops.len())) {
                 Ok(0) => {}
                 Ok(n) => report.restored.push(format!("network {}: {n} host-side steps", net.name)),
                 Err(e) => report.errors.push(format!("network {}: {e}", net.name)),

@@ -2,7 +2,7 @@
 //! remove, prune.
 
 use crate::{new_id, now, Engine};
-use lanyard_core::apply::{apply_all, apply_best_effort};
+use lanyard_core::apply::{apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{Kernel, View};
 use lanyard_core::model::{Driver, Network, NetworkRequest, SubnetConfig};
 use lanyard_core::op::Netns;
@@ -128,7 +128,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 return Err(e);
             }
         };
-        if let Err(e) = apply_all(&mut self.kernel, &ops) {
+        if let Err(e) = apply_ensure(&mut self.kernel, &ops) {
             self.store.write(&mut |tx| tx.delete_network(&net.id))?;
             return Err(e);
         }
