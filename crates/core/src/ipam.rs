@@ -54,6 +54,12 @@ fn bounds(sc: &SubnetConfig) -> (u128, u128) {
 
 /// Hands out the next free address of `sc` in `network_id` to `owner`, and records it.
 pub fn allocate(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &str) -> Result<IpAddr> {
+    allocate_excluding(tx, network_id, sc, owner, &[])
+}
+
+/// [`allocate`], skipping `exclude`: addresses in use outside lanyard's records (the
+/// host's own addresses on the parent LAN).
+pub fn allocate_excluding(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &str, exclude: &[IpAddr]) -> Result<IpAddr> {
     let v4 = sc.subnet.addr().is_ipv4();
     let (lo, hi) = bounds(sc);
     let size = hi - lo + 1;
@@ -66,7 +72,7 @@ pub fn allocate(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &st
     for _ in 0..probes {
         cand = if cand >= hi { lo } else { cand + 1 };
         let addr = from_u128(v4, cand);
-        if reserved_reason(sc, addr).is_some() {
+        if reserved_reason(sc, addr).is_some() || exclude.contains(&addr) {
             continue;
         }
         if tx.address_owner(network_id, addr)?.is_none() {
@@ -84,8 +90,17 @@ pub fn allocate(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &st
 
 /// Records a static request (`--ip`), or says why it can't be had.
 pub fn reserve(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, field: &str, addr: IpAddr, owner: &str) -> Result<()> {
+    reserve_excluding(tx, network_id, sc, field, addr, owner, &[])
+}
+
+/// [`reserve`], refusing `exclude` (the host's own addresses) too.
+#[allow(clippy::too_many_arguments)]
+pub fn reserve_excluding(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, field: &str, addr: IpAddr, owner: &str, exclude: &[IpAddr]) -> Result<()> {
     if let Some(why) = reserved_reason(sc, addr) {
         return Err(Error::invalid(field, addr, why));
+    }
+    if exclude.contains(&addr) {
+        return Err(Error::Conflict(format!("{field} {addr}: that is the host's own address")));
     }
     if let Some(holder) = tx.address_owner(network_id, addr)? {
         return Err(Error::Conflict(format!(
@@ -163,6 +178,17 @@ mod tests {
         for i in 0..20 {
             assert_ne!(alloc(&s, &c, &format!("d{i}")).unwrap().to_string(), "192.0.2.9");
         }
+    }
+
+    #[test]
+    fn the_hosts_own_address_is_never_handed_out() {
+        let s = MemStore::default();
+        let c = sc("192.0.2.0/24", None);
+        let host: IpAddr = "192.0.2.2".parse().unwrap();
+        let got = s.write(&mut |tx| allocate_excluding(tx, "n", &c, "a", &[host])).unwrap();
+        assert_eq!(got.to_string(), "192.0.2.4");
+        let e = s.write(&mut |tx| reserve_excluding(tx, "n", &c, "--ip", host, "b", &[host])).unwrap_err();
+        assert!(e.to_string().contains("host's own address"), "{e}");
     }
 
     #[test]

@@ -51,7 +51,8 @@ fn parse(req: &AttachRequest) -> Result<Parsed> {
 }
 
 /// Records the endpoint as pending, with its addresses, in one transaction.
-fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, ns_id: (u64, u64), id: &str, unpriv: Option<u16>) -> Result<(Endpoint, u32)> {
+#[allow(clippy::too_many_arguments)]
+fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, ns_id: (u64, u64), id: &str, unpriv: Option<u16>, exclude: &[IpAddr]) -> Result<(Endpoint, u32)> {
     let all = tx.endpoints()?;
     let same_ns: Vec<&Endpoint> = all.iter().filter(|e| e.netns_inode == ns_id).collect();
     if let Some(n) = &p.name {
@@ -94,10 +95,10 @@ fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, n
                 let sc = subnets.iter().find(|s| s.subnet.contains(&a)).ok_or_else(|| {
                     Error::invalid(field, a, format!("is outside the subnets of network {}", net.name))
                 })?;
-                ipam::reserve(tx, &net.id, sc, field, a, id)?;
+                ipam::reserve_excluding(tx, &net.id, sc, field, a, id, exclude)?;
                 (*sc, a)
             }
-            None => (subnets[0], ipam::allocate(tx, &net.id, subnets[0], id)?),
+            None => (subnets[0], ipam::allocate_excluding(tx, &net.id, subnets[0], id, exclude)?),
         };
         addresses.push(IpNet::new(addr, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?);
         gateways.extend(sc.gateway);
@@ -137,8 +138,14 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         }
         let ns_id = self.kernel.netns_id(&req.netns).map_err(|_| Error::invalid("--netns", req.netns.display(), "no network namespace at this path"))?;
         let id = new_id();
-        let (ep, rank) = self.store.write(&mut |tx| record(tx, &net, &p, &req.netns, ns_id, &id, req.unprivileged_port_start))?;
-        match self.wire(&net, &ep, rank) {
+        let host = self.kernel.view(&Netns::Host)?;
+        // The host's own addresses on the parent LAN are never handed out.
+        let exclude: Vec<IpAddr> = match &net.parent {
+            Some(parent) => plan::host_addresses(&host, parent).iter().map(|a| a.addr()).collect(),
+            None => vec![],
+        };
+        let (ep, rank) = self.store.write(&mut |tx| record(tx, &net, &p, &req.netns, ns_id, &id, req.unprivileged_port_start, &exclude))?;
+        match self.wire(&net, &ep, rank, &host) {
             Ok(()) => {}
             Err(e) => {
                 self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
@@ -153,11 +160,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// Plans and applies the kernel side of one endpoint (network pieces first if
     /// missing), rolling back on failure.
-    fn wire(&mut self, net: &Network, ep: &Endpoint, rank: u32) -> Result<()> {
-        let host = self.kernel.view(&Netns::Host)?;
-        let mut ops = plan::network_infra(net, &host)?;
+    fn wire(&mut self, net: &Network, ep: &Endpoint, rank: u32, host: &View) -> Result<()> {
+        let mut ops = plan::network_infra(net, host)?;
         let infra_len = ops.len();
-        ops.extend(plan::endpoint_ops(net, ep, &host, rank)?);
+        ops.extend(plan::endpoint_ops(net, ep, host, rank)?);
         // Infra is shared with other endpoints (and maybe being made by another
         // process right now): keep it even if this endpoint fails.
         apply_ensure(&mut self.kernel, &ops[..infra_len])?;
@@ -273,7 +279,8 @@ mod tests {
         let ep = e.attach(&attach("/run/netns/c1")).unwrap();
         assert_eq!(ep.state, EndpointState::Active);
         let addrs: Vec<String> = ep.addresses.iter().map(|a| a.to_string()).collect();
-        assert_eq!(addrs, ["192.0.2.128/24", "2001:db8:1::2/64"]);
+        // 2001:db8:1::2 is the host's own address on the parent: skipped.
+        assert_eq!(addrs, ["192.0.2.128/24", "2001:db8:1::3/64"]);
         assert_eq!(ep.ifname.as_str(), "eth0");
     }
 
