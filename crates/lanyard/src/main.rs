@@ -1,1 +1,206 @@
-fn main() {}
+//! The `lanyard` binary: parses the command line, opens the engine (SQLite store +
+//! netlink kernel) and calls one engine verb. It alone turns errors into messages
+//! and exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict, 4 not found,
+//! 5 unsupported by this kernel.
+
+mod cli;
+mod output;
+mod run;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, EndpointCmd, NetworkCmd};
+use lanyard_core::config::Config;
+use lanyard_core::kernel::{FailAt, Kernel};
+use lanyard_core::model::{AttachRequest, DetachRequest, NetworkRequest};
+use lanyard_core::{Error, Result};
+use lanyard_engine::Engine;
+use lanyard_kernel::Netlink;
+use lanyard_store::SqliteStore;
+
+/// The engine as the binary uses it.
+pub type Lanyard = Engine<SqliteStore, Box<dyn Kernel>>;
+
+/// Test hook: `LANYARD_FAIL_AT=N` makes the N-th kernel step (0-based) fail, so lab
+/// tests can check rollback on a real kernel at every step.
+const FAIL_AT_ENV: &str = "LANYARD_FAIL_AT";
+
+fn open(cli: &Cli) -> Result<Lanyard> {
+    let config = Config::load(&cli.config)?;
+    let store = SqliteStore::open(&cli.state_dir)?;
+    let netlink = Netlink::new()?;
+    let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>()) {
+        None => Box::new(netlink),
+        Some(Ok(at)) => Box::new(FailAt::new(netlink, at)),
+        Some(Err(_)) => return Err(Error::invalid(FAIL_AT_ENV, std::env::var(FAIL_AT_ENV).unwrap_or_default(), "must be a number")),
+    };
+    Ok(Engine::new(store, kernel, config))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let code = match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lanyard: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "lanyard", &mut std::io::stdout());
+            return Ok(0);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Error::Other(e.to_string()))?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let mut engine = open(cli)?;
+    match &cli.command {
+        Command::Network(cmd) => network(&mut engine, cmd)?,
+        Command::Attach(a) => {
+            let netns = a.ns.path().ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
+            let o = &a.opts;
+            let ep = engine.attach(&AttachRequest {
+                network: a.network.clone(),
+                netns,
+                ifname: a.ifname.clone(),
+                ip: o.ip.clone(),
+                ip6: o.ip6.clone(),
+                mac: o.mac.clone(),
+                name: o.name.clone(),
+                publish: o.publish.clone(),
+                unprivileged_port_start: o.unprivileged_port_start,
+            })?;
+            if a.json {
+                output::json(&ep)?;
+            } else {
+                println!("{}", ep.id);
+            }
+        }
+        Command::Detach(d) => {
+            let req = match d.ns.path() {
+                Some(netns) => DetachRequest::Netns { network: d.target.clone(), netns },
+                None => DetachRequest::Endpoint(d.target.clone()),
+            };
+            engine.detach(&req)?;
+        }
+        Command::Endpoint(EndpointCmd::Ls { json }) => {
+            let eps = engine.endpoints()?;
+            if *json {
+                output::json(&eps)?;
+            } else {
+                output::endpoint_table(&eps);
+            }
+        }
+        Command::Endpoint(EndpointCmd::Inspect { endpoint, json }) => {
+            let ep = engine.endpoint(endpoint)?;
+            if *json {
+                output::json(&ep)?;
+            } else {
+                output::endpoint_detail(&ep);
+            }
+        }
+        Command::Run(r) => return run::run(&mut engine, r),
+        Command::Restore(f) => report(engine.restore()?, f.json)?,
+        Command::Gc(f) => report(engine.gc()?, f.json)?,
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+    }
+    Ok(0)
+}
+
+fn report(r: lanyard_engine::Report, json: bool) -> Result<()> {
+    if json {
+        output::json(&r)?;
+    } else {
+        for s in &r.restored {
+            println!("restored {s}");
+        }
+        for s in &r.removed {
+            println!("removed {s}");
+        }
+        for s in &r.errors {
+            eprintln!("error: {s}");
+        }
+    }
+    if r.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Other(format!("{} step(s) failed", r.errors.len())))
+    }
+}
+
+fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create(c) => {
+            let net = engine.create_network(&NetworkRequest {
+                name: c.name.clone(),
+                driver: Some(c.driver.clone()),
+                subnets: c.subnet.clone(),
+                gateways: c.gateway.clone(),
+                ip_ranges: c.ip_range.clone(),
+                aux_addresses: c.aux_address.clone(),
+                internal: c.internal,
+                ipv6: c.ipv6,
+                labels: c.label.clone(),
+                options: c.opt.clone(),
+            })?;
+            println!("{}", net.id);
+        }
+        NetworkCmd::Ls { json, quiet } => {
+            let nets = engine.networks()?;
+            if *json {
+                output::json(&nets)?;
+            } else if *quiet {
+                nets.iter().for_each(|n| println!("{}", n.network.name));
+            } else {
+                output::network_table(&nets);
+            }
+        }
+        NetworkCmd::Inspect { networks, json } => {
+            let all = engine.networks()?;
+            let mut found = vec![];
+            for key in networks {
+                let n = engine.network(key)?;
+                found.extend(all.iter().find(|s| s.network.id == n.id).cloned());
+            }
+            if *json {
+                output::json(&found)?;
+            } else {
+                found.iter().for_each(output::network_detail);
+            }
+        }
+        NetworkCmd::Rm { networks } => {
+            let mut first_err = None;
+            for key in networks {
+                match engine.remove_network(key) {
+                    Ok(n) => println!("{}", n.name),
+                    Err(e) => {
+                        eprintln!("lanyard: {e}");
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+        }
+        NetworkCmd::Prune { .. } => {
+            for n in engine.prune_networks()? {
+                println!("{}", n.name);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The command line, defined once with clap: parsing, `--help`, the man page and
+//! shell completions all come from here. Flag names follow `docker network create`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Container networks on your real LAN.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Where the state database lives.
+    #[arg(long, global = true, env = "LANYARD_STATE_DIR", default_value = "/var/lib/lanyard", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// Runtime files (locks, sockets).
+    #[arg(long, global = true, env = "LANYARD_RUN_DIR", default_value = "/run/lanyard", value_name = "DIR")]
+    pub run_dir: PathBuf,
+    /// Configuration file (default address pools).
+    #[arg(long, global = true, env = "LANYARD_CONFIG", default_value = lanyard_core::config::DEFAULT_PATH, value_name = "FILE")]
+    pub config: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Attach a network namespace to a network (like `docker network connect`).
+    Attach(AttachArgs),
+    /// Detach an endpoint (like `docker network disconnect`); idempotent.
+    Detach(DetachArgs),
+    /// Inspect endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Run a command in a fresh network namespace attached to networks.
+    Run(RunArgs),
+    /// Rebuild bridges, shims, routes and endpoints from the store (at boot).
+    Restore(JsonFlag),
+    /// Forget endpoints whose namespace is gone; remove leftovers of crashes.
+    Gc(JsonFlag),
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lanyard network …`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create(CreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show networks in detail.
+    Inspect {
+        /// Network names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove networks (refused while endpoints are attached).
+    #[command(alias = "remove")]
+    Rm {
+        /// Network names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove every network without endpoints.
+    Prune {
+        /// Accepted for Docker compatibility; lanyard never prompts.
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+/// `network create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Network name.
+    pub name: String,
+    /// bridge, macvlan, ipvlan, host or none.
+    #[arg(short = 'd', long, default_value = "bridge")]
+    pub driver: String,
+    /// Subnet in CIDR form (repeatable; IPv4 and IPv6).
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Vec<String>,
+    /// Gateway for the subnet that contains it (repeatable).
+    #[arg(long, value_name = "IP")]
+    pub gateway: Vec<String>,
+    /// Hand out addresses only from this range (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    pub ip_range: Vec<String>,
+    /// Reserve an address: NAME=IP (repeatable).
+    #[arg(long, value_name = "NAME=IP")]
+    pub aux_address: Vec<String>,
+    /// No traffic leaves the network.
+    #[arg(long)]
+    pub internal: bool,
+    /// Enable IPv6.
+    #[arg(long)]
+    pub ipv6: bool,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub label: Vec<String>,
+    /// Driver option KEY=VALUE: parent, macvlan_mode, ipvlan_mode, mtu, host_access, snat_source, bridge_name.
+    #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+    pub opt: Vec<String>,
+}
+
+/// Where the namespace is.
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct NetnsArgs {
+    /// Namespace path (/run/netns/NAME, /proc/PID/ns/net).
+    #[arg(long, value_name = "PATH")]
+    pub netns: Option<PathBuf>,
+    /// The namespace of this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+impl NetnsArgs {
+    /// The namespace path, if one was given.
+    pub fn path(&self) -> Option<PathBuf> {
+        self.netns.clone().or_else(|| self.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))))
+    }
+}
+
+/// Per-endpoint options shared by `attach` and `run`.
+#[derive(Debug, Args, Clone)]
+pub struct EndpointOpts {
+    /// IPv4 address (else the next free one).
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<String>,
+    /// IPv6 address (else the next free one).
+    #[arg(long, value_name = "IP")]
+    pub ip6: Option<String>,
+    /// MAC address.
+    #[arg(long, value_name = "MAC")]
+    pub mac: Option<String>,
+    /// Endpoint name (unique; `--network container:NAME` finds it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Publish a port: [HOSTIP:]HOSTPORT[-END]:PORT[-END][/tcp|/udp] (repeatable).
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// Set net.ipv4.ip_unprivileged_port_start in the namespace (0 lets any user bind port 80).
+    #[arg(long, value_name = "N")]
+    pub unprivileged_port_start: Option<u16>,
+}
+
+/// `attach`.
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Network name or id.
+    pub network: String,
+    /// Which namespace.
+    #[command(flatten)]
+    pub ns: NetnsArgs,
+    /// Interface name in the namespace (default: next free ethN).
+    #[arg(long)]
+    pub ifname: Option<String>,
+    /// Endpoint options.
+    #[command(flatten)]
+    pub opts: EndpointOpts,
+    /// Print the endpoint as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `detach`.
+#[derive(Debug, Args)]
+pub struct DetachArgs {
+    /// Endpoint name or id; or, with --netns/--pid, the network.
+    pub target: String,
+    /// Which namespace (then TARGET is the network).
+    #[command(flatten)]
+    pub ns: NetnsArgs,
+}
+
+/// `endpoint …`.
+#[derive(Debug, Subcommand)]
+pub enum EndpointCmd {
+    /// List endpoints.
+    #[command(alias = "list")]
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one endpoint.
+    Inspect {
+        /// Endpoint name or id.
+        endpoint: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Network (repeatable): a network name, host, none, or container:NAME.
+    #[arg(long = "network", alias = "net", required = true, value_name = "NET")]
+    pub networks: Vec<String>,
+    /// Endpoint options (apply to the first network).
+    #[command(flatten)]
+    pub opts: EndpointOpts,
+    /// Run the command as this user (NAME, UID or UID:GID).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,242 @@
+//! `lanyard run`: a command in a fresh network namespace, attached to networks, with
+//! no container engine. The child unshares its network namespace and waits; the
+//! parent attaches `/proc/CHILD/ns/net`, lets the child exec the command, forwards
+//! signals, and on exit detaches. The namespace dies with the child, taking its
+//! links with it. `--network host` runs in this namespace, `none` with loopback only,
+//! `container:NAME` in the namespace of an existing endpoint.
+
+use crate::cli::RunArgs;
+use crate::Lanyard;
+use lanyard_core::model::{AttachRequest, DetachRequest};
+use lanyard_core::{Error, Result};
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// The child to forward signals to (0: none yet).
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+fn os_err(what: &str) -> Error {
+    Error::Other(format!("{what}: {}", std::io::Error::last_os_error()))
+}
+
+/// Uid, gid and supplementary gid for `--user NAME|UID[:GID]`.
+fn resolve_user(spec: &str) -> Result<(u32, u32)> {
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let (uid, pw_gid) = if let Ok(uid) = u.parse::<u32>() {
+        (uid, uid)
+    } else {
+        let name = CString::new(u).map_err(|_| Error::invalid("--user", spec, "contains NUL"))?;
+        // SAFETY: getpwnam returns a pointer into static storage or NULL; we copy out at once.
+        let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+        if pw.is_null() {
+            return Err(Error::invalid("--user", spec, "no such user"));
+        }
+        // SAFETY: pw is non-null and points to a valid passwd.
+        unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+    };
+    let gid = match g {
+        Some(g) => g.parse::<u32>().map_err(|_| Error::invalid("--user", spec, "GID must be a number"))?,
+        None => pw_gid,
+    };
+    Ok((uid, gid))
+}
+
+/// Where the command runs.
+enum Mode {
+    Host,
+    Fresh(Vec<String>),
+    Join(PathBuf),
+}
+
+/// Runs the command; returns its exit status (128+N when killed by signal N).
+pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
+    let mode = match args.networks.first().map(String::as_str) {
+        Some("host") if args.networks.len() == 1 => Mode::Host,
+        Some("none") if args.networks.len() == 1 => Mode::Fresh(vec![]),
+        Some(c) if c.starts_with("container:") => {
+            if args.networks.len() > 1 {
+                return Err(Error::invalid("--network", c, "container:NAME cannot be combined with other networks"));
+            }
+            let ep = engine.endpoint(&c["container:".len()..])?;
+            Mode::Join(ep.netns)
+        }
+        _ => {
+            if let Some(s) = args.networks.iter().find(|n| ["host", "none"].contains(&n.as_str()) || n.starts_with("container:")) {
+                return Err(Error::invalid("--network", s, "host, none and container:NAME stand alone"));
+            }
+            Mode::Fresh(args.networks.clone())
+        }
+    };
+    let user = args.user.as_deref().map(resolve_user).transpose()?;
+    let argv: Vec<CString> = args
+        .command
+        .iter()
+        .map(|a| CString::new(a.as_str()).map_err(|_| Error::invalid("CMD", a, "contains NUL")))
+        .collect::<Result<_>>()?;
+    let join = match &mode {
+        Mode::Join(p) => Some(
+            std::fs::File::open(p).map_err(|e| Error::invalid("--network", p.display(), format!("cannot open the namespace: {e}")))?,
+        ),
+        _ => None,
+    };
+    let fresh = matches!(mode, Mode::Fresh(_));
+
+    // Two pipes: child → parent "namespace ready", parent → child "go" (1) / "abort" (0).
+    let mut ready = [0; 2];
+    let mut go = [0; 2];
+    // SAFETY: plain pipe2 calls on local arrays.
+    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 || unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("pipe"));
+    }
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let join_fd = join.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
+
+    // SAFETY: this process is single-threaded here; the child only makes
+    // async-signal-safe calls (unshare, setns, read, write, set*id, execvp, _exit).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_err("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: child side, see above.
+        unsafe { child(fresh, join_fd, ready[1], go[0], user, &ptrs) }
+    }
+    CHILD.store(pid, Ordering::SeqCst);
+    // SAFETY: closing our copies of the child's pipe ends.
+    unsafe {
+        libc::close(ready[1]);
+        libc::close(go[0]);
+    }
+    let mut b = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer.
+    let n = unsafe { libc::read(ready[0], b.as_mut_ptr().cast(), 1) };
+    let mut attached = vec![];
+    let setup = if n != 1 || b[0] != 1 {
+        Err(Error::Other("the child could not create its network namespace (are you root?)".into()))
+    } else if let Mode::Fresh(nets) = &mode {
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let mut r = engine.loopback_up(&netns);
+        for (i, net) in nets.iter().enumerate() {
+            if r.is_err() {
+                break;
+            }
+            let o = &args.opts;
+            let first = i == 0;
+            let req = AttachRequest {
+                network: net.clone(),
+                netns: netns.clone(),
+                ifname: None,
+                ip: o.ip.clone().filter(|_| first),
+                ip6: o.ip6.clone().filter(|_| first),
+                mac: o.mac.clone().filter(|_| first),
+                name: o.name.clone().filter(|_| first),
+                publish: if first { o.publish.clone() } else { vec![] },
+                unprivileged_port_start: o.unprivileged_port_start,
+            };
+            r = engine.attach(&req).map(|ep| attached.push(ep.id));
+        }
+        if nets.is_empty() {
+            if let Some(p) = args.opts.unprivileged_port_start {
+                r = r.and_then(|_| {
+                    engine.kernel_sysctl(&netns, "net.ipv4.ip_unprivileged_port_start", &p.to_string())
+                });
+            }
+        }
+        r
+    } else {
+        Ok(())
+    };
+    let verdict = [setup.is_ok() as u8];
+    // SAFETY: signal handlers that only call kill; writing one byte to our pipe.
+    unsafe {
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::signal(sig, forward as *const () as libc::sighandler_t);
+        }
+        libc::write(go[1], verdict.as_ptr().cast(), 1);
+        libc::close(go[1]);
+        libc::close(ready[0]);
+    }
+    let status = wait(pid);
+    CHILD.store(0, Ordering::SeqCst);
+    let mut cleanup_err = None;
+    for id in attached {
+        if let Err(e) = engine.detach(&DetachRequest::Endpoint(id)) {
+            cleanup_err.get_or_insert(e);
+        }
+    }
+    setup?;
+    if let Some(e) = cleanup_err {
+        eprintln!("lanyard: {e}");
+    }
+    status
+}
+
+fn wait(pid: libc::pid_t) -> Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Err(os_err("waitpid"));
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    })
+}
+
+/// The child between fork and exec.
+///
+/// # Safety
+/// Call only in a freshly forked child of a single-threaded process.
+unsafe fn child(fresh: bool, join: Option<i32>, ready: i32, go: i32, user: Option<(u32, u32)>, argv: &[*const libc::c_char]) -> ! {
+    // SAFETY: the caller guarantees we are a fresh child; all calls are async-signal-safe.
+    unsafe {
+        let mut ok = 1u8;
+        if fresh && libc::unshare(libc::CLONE_NEWNET) != 0 {
+            ok = 0;
+        }
+        if let Some(fd) = join {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                ok = 0;
+            }
+        }
+        libc::write(ready, (&ok as *const u8).cast(), 1);
+        let mut b = [0u8; 1];
+        if ok == 0 || libc::read(go, b.as_mut_ptr().cast(), 1) != 1 || b[0] != 1 {
+            libc::_exit(125);
+        }
+        if let Some((uid, gid)) = user {
+            let groups = [gid];
+            if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                let msg = b"lanyard run: cannot switch user\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(125);
+            }
+        }
+        libc::execvp(argv[0], argv.as_ptr());
+        let msg = b"lanyard run: cannot execute the command\n";
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
