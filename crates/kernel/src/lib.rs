@@ -1,1 +1,29 @@
-//! placeholder
+//! lanyard's kernel layer: [`Netlink`], the real [`lanyard_core::kernel::Kernel`].
+//!
+//! In-process rtnetlink (no `ip` subprocesses, no async runtime): one `NETLINK_ROUTE`
+//! socket per network namespace, opened once; links created directly in their target
+//! namespace; tombstones deleted by a detached worker process. Module map:
+//!
+//! - `netlink`: the [`Netlink`] type and the dispatch of every [`lanyard_core::op::Op`];
+//! - `link`, `addr`, `route`, `sysctl`: one file per kind of kernel object;
+//! - `view`: what a namespace looks like, from three dumps;
+//! - `netns`: namespace identity, handles, visiting a namespace;
+//! - `socket`: one netlink socket and its request/answer exchanges;
+//! - `wire`: decoding the kernel's answers;
+//! - `reap`: the detached tombstone deleter;
+//! - `error`: netlink errors and their translation to [`lanyard_core::Error`].
+
+mod addr;
+mod error;
+mod link;
+mod netlink;
+mod netns;
+mod reap;
+mod route;
+mod socket;
+mod sysctl;
+mod view;
+mod wire;
+
+pub use netlink::Netlink;
+pub use sysctl::sysctl_path;

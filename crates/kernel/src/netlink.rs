@@ -1,0 +1,233 @@
+//! [`Netlink`]: the real [`Kernel`], in-process rtnetlink with one socket per
+//! namespace, opened once and reused for every op.
+
+use crate::error::NlError;
+use crate::netns::{self, NsHandle};
+use crate::socket::NlSocket;
+use crate::{addr, link, reap, route, sysctl, view};
+use lanyard_core::kernel::{Kernel, NsId, View};
+use lanyard_core::name::IfName;
+use lanyard_core::op::{Netns, Op};
+use lanyard_core::{Error, Result};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The kernel, spoken to over rtnetlink from this process.
+///
+/// [`Netns::Host`] is the network namespace of the thread that called
+/// [`Netlink::new`]; its socket is opened there and then. A [`Netns::Path`] is opened
+/// on first use and kept (the open namespace file and, once needed, a socket inside
+/// it); before each use the path is checked (one `stat`) still to name the same
+/// namespace, so a recreated `/run/netns/NAME` is picked up. Ops that delete
+/// (`DeleteLink`, `RetireLink`, `DelAddress`, `DelRoute`) succeed when their namespace
+/// is gone: whatever they would delete went with it.
+///
+/// Synchronous, no subprocesses, no dumps on the attach path: a link is found by name
+/// with one `RTM_GETLINK`.
+#[derive(Debug)]
+pub struct Netlink {
+    /// The namespace `new` ran in.
+    pub(crate) host: NsHandle,
+    /// The thread that ran `new`, which is in `host` without visiting it.
+    host_tid: libc::pid_t,
+    /// Namespaces by path.
+    paths: HashMap<PathBuf, NsHandle>,
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the calling thread's network namespace, which
+    /// becomes [`Netns::Host`].
+    pub fn new() -> Result<Netlink> {
+        let host = NsHandle::current().map_err(|e| io_error("open netlink socket", e))?;
+        Ok(Netlink {
+            host,
+            host_tid: netns::gettid(),
+            paths: HashMap::new(),
+        })
+    }
+
+    /// Deletes `links` (tombstones) right away, in this thread: for `gc`, which has
+    /// nobody waiting. Keeps going past failures and reports them all.
+    pub fn reap_now(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        let errors: Vec<Error> = links
+            .into_iter()
+            .filter_map(|(netns, name)| self.apply(&Op::DeleteLink { netns, name }).err())
+            .collect();
+        join_errors(errors)
+    }
+
+    /// Drops what is kept open for the namespace at `path` (its file and socket), so a
+    /// long-running process does not hold dead namespaces alive.
+    pub fn forget_netns(&mut self, path: &Path) {
+        self.paths.remove(path);
+    }
+
+    /// The namespace of `netns`, opened if needed; `None` if its path is gone.
+    pub(crate) fn ns(&mut self, netns: &Netns) -> Result<Option<&mut NsHandle>> {
+        let path = match netns {
+            Netns::Host => return Ok(Some(&mut self.host)),
+            Netns::Path(p) => p,
+        };
+        let id = match netns::id_of(path) {
+            Ok(id) => id,
+            Err(e) if netns::is_gone(&e) => {
+                self.paths.remove(path);
+                return Ok(None);
+            }
+            Err(e) => return Err(io_error(&format!("stat netns {}", path.display()), e)),
+        };
+        if self.paths.get(path).map_or(true, |h| h.id != id) {
+            match NsHandle::open(path) {
+                Ok(h) => {
+                    self.paths.insert(path.clone(), h);
+                }
+                Err(e) if netns::is_gone(&e) => return Ok(None),
+                Err(e) => return Err(io_error(&format!("open netns {}", path.display()), e)),
+            }
+        }
+        Ok(self.paths.get_mut(path))
+    }
+
+    /// Like [`Netlink::ns`], but a gone namespace is [`Error::NotFound`].
+    pub(crate) fn need_ns(&mut self, netns: &Netns) -> Result<&mut NsHandle> {
+        self.ns(netns)?.ok_or_else(|| gone(netns))
+    }
+
+    /// The socket in `netns`; a gone namespace is [`Error::NotFound`].
+    pub(crate) fn need_sock(&mut self, netns: &Netns) -> Result<&mut NlSocket> {
+        let h = self.need_ns(netns)?;
+        socket_of(h, netns)
+    }
+
+    /// The socket in `netns`, or `None` if the namespace is gone.
+    pub(crate) fn sock(&mut self, netns: &Netns) -> Result<Option<&mut NlSocket>> {
+        match self.ns(netns)? {
+            Some(h) => socket_of(h, netns).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The host namespace's socket.
+    pub(crate) fn host_sock(&mut self) -> Result<&mut NlSocket> {
+        socket_of(&mut self.host, &Netns::Host)
+    }
+
+    /// Whether the calling thread is the one in the host namespace.
+    pub(crate) fn on_host_thread(&self) -> bool {
+        netns::gettid() == self.host_tid
+    }
+}
+
+fn socket_of<'a>(h: &'a mut NsHandle, netns: &Netns) -> Result<&'a mut NlSocket> {
+    h.socket()
+        .map_err(|e| io_error(&format!("open netlink socket in netns {netns}"), e))
+}
+
+impl Kernel for Netlink {
+    fn view(&mut self, netns: &Netns) -> Result<View> {
+        let sock = self.need_sock(netns)?;
+        view::view(sock).map_err(|e| e.for_text(format!("ip -j addr; ip -j route [netns {netns}]")))
+    }
+
+    fn netns_id(&mut self, path: &Path) -> Result<NsId> {
+        netns::id_of(path).map_err(|e| {
+            if netns::is_gone(&e) {
+                Error::not_found("namespace", path.display().to_string())
+            } else {
+                io_error(&format!("stat {}", path.display()), e)
+            }
+        })
+    }
+
+    fn apply(&mut self, op: &Op) -> Result<()> {
+        match op {
+            Op::CreateBridge { name, mtu } => link::create_bridge(self, op, name, *mtu),
+            Op::CreateVeth {
+                host,
+                peer,
+                peer_netns,
+                mtu,
+                master,
+                peer_mac,
+            } => link::create_veth(
+                self,
+                op,
+                link::Veth {
+                    host,
+                    peer,
+                    peer_netns,
+                    mtu: *mtu,
+                    master: master.as_ref(),
+                    peer_mac: *peer_mac,
+                },
+            ),
+            Op::CreateMacvlan {
+                netns,
+                name,
+                parent,
+                mode,
+                mac,
+                mtu,
+            } => link::create_macvlan(self, op, netns, name, parent, *mode, *mac, *mtu),
+            Op::CreateIpvlan {
+                netns,
+                name,
+                parent,
+                mode,
+                mtu,
+            } => link::create_ipvlan(self, op, netns, name, parent, *mode, *mtu),
+            Op::CreateVlan { name, parent, id } => link::create_vlan(self, op, name, parent, *id),
+            Op::DeleteLink { netns, name } => link::delete(self, op, netns, name),
+            Op::RetireLink {
+                netns,
+                name,
+                tombstone,
+            } => link::retire(self, op, netns, name, tombstone),
+            Op::SetUp { netns, name } => link::set_up(self, op, netns, name),
+            Op::AddAddress {
+                netns,
+                link,
+                addr,
+                nodad,
+            } => addr::add(self, op, netns, link, *addr, *nodad),
+            Op::DelAddress { netns, link, addr } => addr::del(self, op, netns, link, *addr),
+            Op::AddRoute { netns, route } => route::replace(self, op, netns, route),
+            Op::DelRoute { netns, route } => route::delete(self, op, netns, route),
+            Op::SetSysctl { netns, key, value } => sysctl::set(self, op, netns, key, value),
+        }
+    }
+
+    /// Hands the deletes to a detached grandchild process (double fork) and returns
+    /// as soon as the intermediate child has exited: the caller never waits for the
+    /// kernel's slow unregister, and no zombie is left. Falls back to deleting inline
+    /// if the process cannot fork.
+    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        reap::reap(self, links)
+    }
+}
+
+/// [`Error::NotFound`] for a namespace whose path is gone.
+pub(crate) fn gone(netns: &Netns) -> Error {
+    Error::not_found("namespace", netns.to_string())
+}
+
+/// An I/O failure of a step that is not itself an op.
+pub(crate) fn io_error(what: &str, e: io::Error) -> Error {
+    NlError::Io(e).for_text(what)
+}
+
+/// One error as is, several as one [`Error::Other`] listing them all.
+pub(crate) fn join_errors(mut errors: Vec<Error>) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Other(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )),
+    }
+}

@@ -1,0 +1,135 @@
+//! Deleting tombstones off the caller's path: a detached grandchild process sends the
+//! `RTM_DELLINK`s while the caller goes on (or exits).
+//!
+//! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
+//! milliseconds that nobody needs to wait for once the link is renamed and flushed.
+//! The caller forks a child that forks the worker and exits at once; the caller reaps
+//! that child (microseconds), and the worker, reparented to init, is reaped there: no
+//! zombie, and no wait. The worker closes every inherited descriptor except the
+//! namespace files it needs, so it holds no pipe (a CNI runtime reading our stdout
+//! sees EOF when we exit) and no lock. After the fork it makes only raw syscalls on
+//! data prepared before it, which is safe even if the caller had other threads.
+
+use crate::netlink::Netlink;
+use crate::socket::encode;
+use lanyard_core::name::IfName;
+use lanyard_core::op::Netns;
+use lanyard_core::Result;
+use netlink_packet_core::NLM_F_REQUEST;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use std::os::fd::{AsRawFd, RawFd};
+
+/// One delete for the worker: the namespace to be in, the request to send there.
+struct Job {
+    netns_fd: RawFd,
+    request: Vec<u8>,
+}
+
+/// Hands `links` to a detached worker; deletes inline if the process cannot fork.
+pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> {
+    let mut jobs = Vec::with_capacity(links.len());
+    for (netns, name) in &links {
+        // A namespace that is gone took its links with it.
+        let Some(h) = nl.ns(netns)? else { continue };
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        jobs.push(Job {
+            netns_fd: h.fd.as_raw_fd(),
+            // No ack asked: the kernel has done the delete when sendto returns.
+            request: encode(RouteNetlinkMessage::DelLink(m), NLM_F_REQUEST, 1),
+        });
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let mut keep: Vec<RawFd> = jobs.iter().map(|j| j.netns_fd).collect();
+    keep.sort_unstable();
+    keep.dedup();
+
+    // SAFETY: the child and the grandchild only make async-signal-safe syscalls on
+    // memory prepared above and leave with `_exit`.
+    match unsafe { libc::fork() } {
+        -1 => nl.reap_now(links),
+        0 => unsafe {
+            if libc::fork() == 0 {
+                worker(&jobs, &keep);
+            }
+            libc::_exit(0)
+        },
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child; EINTR is retried, ECHILD (SIGCHLD
+            // ignored by the caller) means the kernel reaped it already.
+            while unsafe { libc::waitpid(child, &mut status, 0) } < 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+            {}
+            Ok(())
+        }
+    }
+}
+
+/// The grandchild: detach, close everything but `keep`, send each delete, exit.
+///
+/// # Safety
+/// Only to be called in a freshly forked process; never returns.
+unsafe fn worker(jobs: &[Job], keep: &[RawFd]) -> ! {
+    // SAFETY (whole body): raw syscalls on valid pointers into memory we own.
+    unsafe {
+        libc::setsid();
+        let mut low: RawFd = 0;
+        for &fd in keep {
+            if fd > low {
+                close_range(low, fd - 1);
+            }
+            low = fd + 1;
+        }
+        close_range(low, RawFd::MAX);
+
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        for job in jobs {
+            if libc::setns(job.netns_fd, libc::CLONE_NEWNET) < 0 {
+                continue;
+            }
+            let s = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if s < 0 {
+                continue;
+            }
+            libc::sendto(
+                s,
+                job.request.as_ptr().cast(),
+                job.request.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            );
+            libc::close(s);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Closes descriptors `low..=high`, with `close_range(2)` or one by one before 5.9.
+unsafe fn close_range(low: RawFd, high: RawFd) {
+    // SAFETY: closing descriptors is always memory-safe.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            low as libc::c_uint,
+            high as libc::c_uint,
+            0,
+        ) == 0
+        {
+            return;
+        }
+        let max = libc::sysconf(libc::_SC_OPEN_MAX).clamp(1024, 1 << 16) as RawFd;
+        for fd in low..=high.min(max) {
+            libc::close(fd);
+        }
+    }
+}

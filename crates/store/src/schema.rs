@@ -1,0 +1,113 @@
+//! The tables of `state.db` and how an older file is brought up to date.
+//!
+//! `PRAGMA user_version` holds the number of [`MIGRATIONS`] applied. Opening a file
+//! at [`SCHEMA_VERSION`] costs one read of that number; an older file (including an
+//! empty, just-created one) gets the missing steps in one `BEGIN IMMEDIATE`
+//! transaction, so concurrent openers apply them exactly once; a newer file is
+//! refused, since this build cannot know what the newer schema means.
+//!
+//! To change the schema, append a step; never edit one that has shipped.
+//!
+//! Objects are stored as JSON (`json` columns) next to the columns that queries
+//! need (ids, unique names). Addresses are in canonical text form (`192.0.2.7`,
+//! `2001:db8::7`), subnets as normalised CIDR text.
+
+use crate::txn::{self, store_error, Backoff, Kind};
+use lanyard_core::Result;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// Ordered schema steps: `MIGRATIONS[i]` takes a file from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE networks (
+         id   TEXT NOT NULL PRIMARY KEY,
+         name TEXT NOT NULL UNIQUE,
+         json TEXT NOT NULL
+     );
+     CREATE TABLE endpoints (
+         id         TEXT NOT NULL PRIMARY KEY,
+         name       TEXT UNIQUE,
+         network_id TEXT NOT NULL,
+         json       TEXT NOT NULL
+     );
+     CREATE TABLE addresses (
+         network_id TEXT NOT NULL,
+         addr       TEXT NOT NULL,
+         owner      TEXT NOT NULL,
+         PRIMARY KEY (network_id, addr)
+     ) WITHOUT ROWID;
+     CREATE INDEX addresses_by_owner ON addresses (owner);
+     CREATE TABLE cursors (
+         network_id TEXT NOT NULL,
+         subnet     TEXT NOT NULL,
+         addr       TEXT NOT NULL,
+         PRIMARY KEY (network_id, subnet)
+     ) WITHOUT ROWID;
+     CREATE TABLE meta (
+         key   TEXT NOT NULL PRIMARY KEY,
+         value TEXT NOT NULL
+     ) WITHOUT ROWID;",
+];
+
+/// The schema version this build writes and understands (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+fn refuse_newer(path: &Path, found: u32) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(store_error(
+            path,
+            "opening",
+            format!(
+                "schema version {found} is newer than this lanyard understands \
+                 (version {SCHEMA_VERSION}); it was written by a newer lanyard: upgrade \
+                 lanyard, or use another --state-dir"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Brings the file behind `conn` to [`SCHEMA_VERSION`], or refuses a newer one.
+pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let mut backoff = Backoff::new();
+    let found = txn::retrying(&mut backoff, path, "reading the schema version", || {
+        user_version(conn)
+    })?;
+    if found == SCHEMA_VERSION {
+        return Ok(()); // the hot path: nothing else to do
+    }
+    refuse_newer(path, found)?;
+
+    // WAL mode is stored in the file, so it is set once, here. It cannot change
+    // inside a transaction.
+    let mode: String = txn::retrying(&mut backoff, path, "switching to WAL mode", || {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    })?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(store_error(
+            path,
+            "switching to WAL mode",
+            format!("SQLite kept journal mode {mode:?} (is the file on a filesystem without shared memory?)"),
+        ));
+    }
+
+    txn::run(conn, path, Kind::Write, |busy| {
+        // Another process may have migrated while this one waited for the lock.
+        let now = user_version(conn).map_err(|e| {
+            busy.set(txn::is_busy(&e));
+            store_error(path, "reading the schema version", e)
+        })?;
+        refuse_newer(path, now)?;
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(now as usize) {
+            conn.execute_batch(step)
+                .map_err(|e| store_error(path, &format!("applying schema step {}", i + 1), e))?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(|e| store_error(path, "recording the schema version", e))
+    })
+}

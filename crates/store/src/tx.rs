@@ -1,0 +1,320 @@
+//! [`SqliteTx`]: each [`Tx`] method as SQL on a connection that is inside a
+//! transaction. Behaves like the reference [`lanyard_core::store::mem::MemStore`]:
+//! same conflicts, same orderings, same "delete of a missing thing is a no-op".
+
+use crate::txn::{is_busy, store_error};
+use ipnet::IpNet;
+use lanyard_core::model::{Endpoint, Network};
+use lanyard_core::store::Tx;
+use lanyard_core::{Error, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// The SQL of one object table (`networks`, `endpoints`): both have `id`, `name`, `json`.
+struct Table {
+    kind: &'static str,
+    by_name: &'static str,
+    by_id: &'static str,
+    /// The first two ids at or after a prefix: every id with that prefix sorts in one
+    /// run starting there, so two rows tell none / one / ambiguous apart.
+    from_prefix: &'static str,
+}
+
+const NETWORKS: Table = Table {
+    kind: "network",
+    by_name: "SELECT json FROM networks WHERE name = ?1",
+    by_id: "SELECT json FROM networks WHERE id = ?1",
+    from_prefix: "SELECT id, json FROM networks WHERE id >= ?1 ORDER BY id LIMIT 2",
+};
+
+const ENDPOINTS: Table = Table {
+    kind: "endpoint",
+    by_name: "SELECT json FROM endpoints WHERE name = ?1",
+    by_id: "SELECT json FROM endpoints WHERE id = ?1",
+    from_prefix: "SELECT id, json FROM endpoints WHERE id >= ?1 ORDER BY id LIMIT 2",
+};
+
+/// One transaction's view of the database. Created by [`crate::SqliteStore`] after
+/// `BEGIN`; never outlives the transaction.
+pub(crate) struct SqliteTx<'c> {
+    conn: &'c Connection,
+    path: &'c Path,
+    /// Set when a statement failed because the database was busy, so the caller may
+    /// run the whole transaction again.
+    busy: &'c Cell<bool>,
+}
+
+impl<'c> SqliteTx<'c> {
+    pub(crate) fn new(conn: &'c Connection, path: &'c Path, busy: &'c Cell<bool>) -> Self {
+        SqliteTx { conn, path, busy }
+    }
+
+    /// Maps a SQLite error to `Error::Store` with context, noting busy ones.
+    fn fail(&self, what: impl FnOnce() -> String, e: rusqlite::Error) -> Error {
+        if is_busy(&e) {
+            self.busy.set(true);
+        }
+        store_error(self.path, &what(), e)
+    }
+
+    fn unreadable(&self, kind: &str, id: &str, e: serde_json::Error) -> Error {
+        store_error(
+            self.path,
+            &format!("reading {kind} {id}"),
+            format!("stored record is unreadable: {e}"),
+        )
+    }
+
+    fn network_from(&self, (id, json): &(String, String)) -> Result<Network> {
+        serde_json::from_str(json).map_err(|e| self.unreadable("network", id, e))
+    }
+
+    fn endpoint_from(&self, (id, json): &(String, String)) -> Result<Endpoint> {
+        serde_json::from_str(json).map_err(|e| self.unreadable("endpoint", id, e))
+    }
+
+    fn encoded(&self, kind: &str, id: &str, v: serde_json::Result<String>) -> Result<String> {
+        v.map_err(|e| store_error(self.path, &format!("writing {kind} {id}"), e))
+    }
+
+    /// One optional string column of one optional row.
+    fn get_opt(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        what: impl Fn() -> String,
+    ) -> Result<Option<String>> {
+        let mut st = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| self.fail(&what, e))?;
+        st.query_row(p, |r| r.get(0))
+            .optional()
+            .map_err(|e| self.fail(&what, e))
+    }
+
+    /// Runs one statement that returns no rows.
+    fn exec(&self, sql: &str, p: impl rusqlite::Params, what: impl Fn() -> String) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| self.fail(&what, e))?;
+        st.execute(p).map(drop).map_err(|e| self.fail(&what, e))
+    }
+
+    /// All rows of `sql` as (id, json).
+    fn rows(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        what: impl Fn() -> String,
+    ) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(sql)
+            .map_err(|e| self.fail(&what, e))?;
+        let rows = st
+            .query_map(p, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| self.fail(&what, e))?;
+        rows.map(|row| row.map_err(|e| self.fail(&what, e)))
+            .collect()
+    }
+
+    /// Exact name, then exact id, then unique id prefix: the (id, json) row found.
+    fn lookup(&self, t: &Table, key: &str) -> Result<Option<(String, String)>> {
+        let what = || format!("looking up {} {key:?}", t.kind);
+        for sql in [t.by_name, t.by_id] {
+            if let Some(json) = self.get_opt(sql, [key], what)? {
+                return Ok(Some((key.to_string(), json)));
+            }
+        }
+        if key.is_empty() {
+            return Ok(None);
+        }
+        let mut hits = self.rows(t.from_prefix, [key], what)?;
+        hits.retain(|(id, _)| id.starts_with(key));
+        match hits.len() {
+            0 => Ok(None),
+            1 => Ok(hits.pop()),
+            _ => Err(Error::Conflict(format!(
+                "{} id prefix {key:?} is ambiguous: it matches {} and {} (and maybe more); \
+                 give more digits or the name",
+                t.kind,
+                short(&hits[0].0),
+                short(&hits[1].0),
+            ))),
+        }
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn parse_addr(s: &str) -> std::result::Result<IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("stored address {s:?} is not an IP address"))
+}
+
+impl Tx for SqliteTx<'_> {
+    fn networks(&self) -> Result<Vec<Network>> {
+        let rows = self.rows("SELECT id, json FROM networks ORDER BY name", [], || {
+            "listing networks".into()
+        })?;
+        rows.iter().map(|r| self.network_from(r)).collect()
+    }
+
+    fn network(&self, name_or_id: &str) -> Result<Option<Network>> {
+        self.lookup(&NETWORKS, name_or_id)?
+            .map(|r| self.network_from(&r))
+            .transpose()
+    }
+
+    fn put_network(&mut self, n: &Network) -> Result<()> {
+        let what = || format!("saving network {}", n.name);
+        let holder = self.get_opt(
+            "SELECT id FROM networks WHERE name = ?1",
+            [n.name.as_str()],
+            what,
+        )?;
+        if holder.is_some_and(|id| id != n.id) {
+            return Err(Error::Conflict(format!(
+                "network {} already exists",
+                n.name
+            )));
+        }
+        let json = self.encoded("network", &n.id, serde_json::to_string(n))?;
+        self.exec(
+            "INSERT INTO networks (id, name, json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, json = excluded.json",
+            params![n.id, n.name.as_str(), json],
+            what,
+        )
+    }
+
+    fn delete_network(&mut self, id: &str) -> Result<()> {
+        let what = || format!("deleting network {id}");
+        self.exec("DELETE FROM networks WHERE id = ?1", [id], what)?;
+        self.exec("DELETE FROM addresses WHERE network_id = ?1", [id], what)?;
+        self.exec("DELETE FROM cursors WHERE network_id = ?1", [id], what)
+    }
+
+    fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        let rows = self.rows("SELECT id, json FROM endpoints ORDER BY id", [], || {
+            "listing endpoints".into()
+        })?;
+        rows.iter().map(|r| self.endpoint_from(r)).collect()
+    }
+
+    fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>> {
+        self.lookup(&ENDPOINTS, name_or_id)?
+            .map(|r| self.endpoint_from(&r))
+            .transpose()
+    }
+
+    fn put_endpoint(&mut self, e: &Endpoint) -> Result<()> {
+        let what = || format!("saving endpoint {}", e.display_name());
+        let name = e.name.as_ref().map(|n| n.as_str());
+        if let Some(name) = name {
+            let holder = self.get_opt("SELECT id FROM endpoints WHERE name = ?1", [name], what)?;
+            if holder.is_some_and(|id| id != e.id) {
+                return Err(Error::Conflict(format!(
+                    "endpoint name {name} is already in use"
+                )));
+            }
+        }
+        let json = self.encoded("endpoint", &e.id, serde_json::to_string(e))?;
+        self.exec(
+            "INSERT INTO endpoints (id, name, network_id, json) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE
+             SET name = excluded.name, network_id = excluded.network_id, json = excluded.json",
+            params![e.id, name, e.network_id, json],
+            what,
+        )
+    }
+
+    fn delete_endpoint(&mut self, id: &str) -> Result<()> {
+        self.exec("DELETE FROM endpoints WHERE id = ?1", [id], || {
+            format!("deleting endpoint {id}")
+        })?;
+        self.release_addresses(id)
+    }
+
+    fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
+        self.get_opt(
+            "SELECT owner FROM addresses WHERE network_id = ?1 AND addr = ?2",
+            params![network_id, addr.to_string()],
+            || format!("looking up address {addr} in network {network_id}"),
+        )
+    }
+
+    fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
+        self.exec(
+            "INSERT INTO addresses (network_id, addr, owner) VALUES (?1, ?2, ?3)
+             ON CONFLICT (network_id, addr) DO UPDATE SET owner = excluded.owner",
+            params![network_id, addr.to_string(), owner],
+            || format!("recording address {addr} in network {network_id}"),
+        )
+    }
+
+    fn release_addresses(&mut self, owner: &str) -> Result<()> {
+        self.exec("DELETE FROM addresses WHERE owner = ?1", [owner], || {
+            format!("releasing the addresses of {owner}")
+        })
+    }
+
+    fn address_count(&self, network_id: &str) -> Result<u64> {
+        let what = || format!("counting addresses in network {network_id}");
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM addresses WHERE network_id = ?1")
+            .map_err(|e| self.fail(what, e))?;
+        st.query_row([network_id], |r| r.get(0))
+            .map_err(|e| self.fail(what, e))
+    }
+
+    fn cursor(&self, network_id: &str, subnet: &IpNet) -> Result<Option<IpAddr>> {
+        let what = || format!("reading the allocation cursor of {subnet} in network {network_id}");
+        let Some(s) = self.get_opt(
+            "SELECT addr FROM cursors WHERE network_id = ?1 AND subnet = ?2",
+            params![network_id, subnet.to_string()],
+            what,
+        )?
+        else {
+            return Ok(None);
+        };
+        parse_addr(&s)
+            .map(Some)
+            .map_err(|e| store_error(self.path, &what(), e))
+    }
+
+    fn set_cursor(&mut self, network_id: &str, subnet: &IpNet, addr: IpAddr) -> Result<()> {
+        self.exec(
+            "INSERT INTO cursors (network_id, subnet, addr) VALUES (?1, ?2, ?3)
+             ON CONFLICT (network_id, subnet) DO UPDATE SET addr = excluded.addr",
+            params![network_id, subnet.to_string(), addr.to_string()],
+            || format!("moving the allocation cursor of {subnet} in network {network_id}"),
+        )
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.get_opt("SELECT value FROM meta WHERE key = ?1", [key], || {
+            format!("reading meta {key:?}")
+        })
+    }
+
+    fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()> {
+        let what = || format!("writing meta {key:?}");
+        match value {
+            Some(v) => self.exec(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [key, v],
+                what,
+            ),
+            None => self.exec("DELETE FROM meta WHERE key = ?1", [key], what),
+        }
+    }
+}

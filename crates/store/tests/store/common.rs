@@ -1,0 +1,101 @@
+//! Builders for the objects the tests store (networks from the same request a user
+//! would type, endpoints with the fields attach fills in, 64-hex-digit ids) and
+//! small helpers to look at the database file directly.
+
+use ipnet::IpNet;
+use lanyard_core::model::SubnetConfig;
+use lanyard_core::model::{Endpoint, EndpointState, Network, NetworkRequest};
+use lanyard_core::name::{EndpointName, IfName};
+use lanyard_core::store::Tx;
+use lanyard_core::{ipam, Error, Result};
+use lanyard_store::{SqliteStore, DB_FILE};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A 64-hex-digit id: `tag` in the first 16 digits, `n` in the last 48.
+pub fn hex_id(tag: u64, n: u64) -> String {
+    format!("{tag:016x}{n:048x}")
+}
+
+/// A bridge network as `lanyard network create --subnet SUBNET NAME` records it.
+pub fn network(name: &str, id: &str, subnet: &str) -> Network {
+    let ipv6 = subnet.contains(':');
+    NetworkRequest {
+        name: name.into(),
+        subnets: vec![subnet.into()],
+        ipv6,
+        ..Default::default()
+    }
+    .validate(id.into(), 1_700_000_000)
+    .unwrap()
+}
+
+/// An endpoint of `net` as attach records it.
+pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNet>) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        name: name.map(|n| EndpointName::new(n).unwrap()),
+        network_id: net.id.clone(),
+        network: net.name.clone(),
+        netns: PathBuf::from(format!("/run/netns/{}", &id[..12])),
+        netns_inode: (4, 4026532000),
+        ifname: IfName::new("eth0").unwrap(),
+        host_ifname: Some(IfName::new(&format!("veth{}", &id[..8])).unwrap()),
+        mac: None,
+        addresses,
+        gateways: net.subnets.iter().filter_map(|s| s.gateway).collect(),
+        ports: vec![],
+        unprivileged_port_start: None,
+        state: EndpointState::Active,
+        created: 1_700_000_001,
+    }
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn net(s: &str) -> IpNet {
+    s.parse().unwrap()
+}
+
+pub fn kind(e: &Error) -> &'static str {
+    match e {
+        Error::Invalid { .. } => "Invalid",
+        Error::Conflict(_) => "Conflict",
+        Error::NotFound { .. } => "NotFound",
+        Error::Unsupported(_) => "Unsupported",
+        Error::Kernel { .. } => "Kernel",
+        Error::Store(_) => "Store",
+        Error::Other(_) => "Other",
+    }
+}
+
+pub fn open_new() -> (tempfile::TempDir, SqliteStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&tmp.path().join("state")).unwrap();
+    (tmp, s)
+}
+
+pub fn raw(store_dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(store_dir.join(DB_FILE)).unwrap()
+}
+
+pub fn count(conn: &rusqlite::Connection, sql: &str) -> i64 {
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+pub fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// `ipam::allocate`, as the engine calls it (one place to follow its signature).
+pub fn allocate(
+    tx: &mut dyn Tx,
+    network_id: &str,
+    sc: &SubnetConfig,
+    owner: &str,
+) -> Result<IpAddr> {
+    ipam::allocate(tx, network_id, sc, owner)
+}
