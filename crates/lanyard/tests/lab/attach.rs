@@ -1,0 +1,316 @@
+//! The attach engine in a lab: endpoints on macvlan and bridge networks, host access
+//! to macvlan endpoints, live attach/detach, `lanyard run`, rollback on a real
+//! kernel at every step, restore after a simulated reboot, gc.
+
+use crate::harness::{addr, exit, Lab, Ns};
+use std::time::Duration;
+
+macro_rules! lab {
+    ($name:expr) => {
+        match Lab::new($name) {
+            Some(l) => l,
+            None => return,
+        }
+    };
+}
+
+/// `lan`: macvlan on eth0 in the host's LAN (v4 from .128/25, and v6); `lan2`: macvlan
+/// on the same parent in the LAN's second subnet.
+fn two_macvlan_networks(lab: &Lab) {
+    lab.lanyard_ok(&[
+        "network", "create", "lan", "-d", "macvlan", "-o", "parent=eth0", "--subnet", addr::LAN_V4, "--gateway", addr::ROUTER_V4,
+        "--ip-range", "192.0.2.128/25", "--ipv6", "--subnet", addr::LAN_V6, "--gateway", addr::ROUTER_V6,
+    ]);
+    lab.lanyard_ok(&["network", "create", "lan2", "-d", "macvlan", "-o", "parent=eth0", "--subnet", addr::LAN2_V4, "--gateway", addr::ROUTER2_V4]);
+}
+
+/// Attaches `ns` and returns the endpoint's JSON.
+fn attach(lab: &Lab, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {
+    let path = ns.path();
+    let mut args = vec!["attach", net, "--netns", path.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    lab.lanyard_json(&args)
+}
+
+fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
+    ep["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().split('/').next().unwrap().to_string())
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no IPv{} address in {ep}", if v6 { 6 } else { 4 }))
+}
+
+fn endpoint_count(lab: &Lab) -> usize {
+    lab.lanyard_json(&["endpoint", "ls"]).as_array().unwrap().len()
+}
+
+#[test]
+fn host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_each_other() {
+    let lab = lab!("host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_each_other");
+    two_macvlan_networks(&lab);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let e1 = attach(&lab, "lan", &c1, &[]);
+    let e2 = attach(&lab, "lan2", &c2, &[]);
+    let (a1, a1v6, a2) = (addr_of(&e1, false), addr_of(&e1, true), addr_of(&e2, false));
+    assert!(a1.starts_with("192.0.2.1") && a1 != addr::HOST_V4, "{a1}");
+    assert_ne!(a1v6, addr::HOST_V6, "the host's own address was handed out");
+    let (host, lan) = (lab.host(), lab.lan());
+    for a in [&a1, &a1v6, &a2] {
+        assert!(host.ping(a), "host -> {a}");
+        assert!(lan.ping(a), "router -> {a}");
+    }
+    assert!(c1.ping(addr::HOST_V4) && c1.ping(addr::HOST_V6), "c1 -> host");
+    assert!(c2.ping(addr::HOST_V4), "c2 (other subnet) -> host");
+    assert!(c1.ping(&a2) && c2.ping(&a1), "endpoints reach each other");
+}
+
+#[test]
+fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
+    let lab = lab!("detach_is_idempotent_frees_the_name_address_and_host_route_at_once");
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    let e = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
+    assert_eq!(addr_of(&e, false), "192.0.2.200");
+    assert!(lab.host().ip(&["route"]).contains("192.0.2.200"));
+    lab.lanyard_ok(&["detach", "web"]);
+    lab.lanyard_ok(&["detach", "web"]);
+    assert!(!c1.links().contains("eth0"), "eth0 still in the namespace: {:?}", c1.links());
+    assert!(!lab.host().ip(&["route"]).contains("192.0.2.200"));
+    // Same name, same address, same ifname, right away.
+    let again = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
+    assert_eq!(again["ifname"], "eth0");
+    assert!(lab.host().ping("192.0.2.200"));
+    let path = c1.path();
+    lab.lanyard_ok(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+    assert_eq!(endpoint_count(&lab), 0);
+}
+
+#[test]
+fn bridge_endpoints_reach_each_other_the_gateway_and_the_host() {
+    let lab = lab!("bridge_endpoints_reach_each_other_the_gateway_and_the_host");
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24", "--ipv6", "--subnet", "2001:db8:5::/64", "-o", "mtu=1400"]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let e1 = attach(&lab, "br", &c1, &[]);
+    let e2 = attach(&lab, "br", &c2, &["--mac", "02:42:cb:00:71:0a"]);
+    assert!(c1.ping(&addr_of(&e2, false)) && c1.ping(&addr_of(&e2, true)));
+    assert!(c2.ping("203.0.113.1") && lab.host().ping(&addr_of(&e1, false)));
+    let link = &c2.ip_json(&["link", "show", "eth0"])[0];
+    assert_eq!(link["address"], "02:42:cb:00:71:0a");
+    assert_eq!(link["mtu"], 1400);
+}
+
+#[test]
+fn attach_and_detach_work_live_while_a_process_runs_inside() {
+    let lab = lab!("attach_and_detach_work_live_while_a_process_runs_inside");
+    two_macvlan_networks(&lab);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let c1 = lab.netns("c1");
+    let mut sleeper = c1.spawn(&["sleep", "600"]);
+    attach(&lab, "lan", &c1, &[]);
+    let e = attach(&lab, "br", &c1, &[]);
+    assert_eq!(e["ifname"], "eth1");
+    assert!(c1.links().contains("eth1"));
+    lab.lanyard_ok(&["detach", "br", "--netns", c1.path().to_str().unwrap()]);
+    assert!(!c1.links().contains("eth1") && c1.links().contains("eth0"));
+    assert!(sleeper.is_running(), "the process inside was disturbed");
+    assert!(c1.ping(addr::ROUTER_V4), "eth0 still routes after eth1 went");
+}
+
+#[test]
+fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up() {
+    let lab = lab!("lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up");
+    two_macvlan_networks(&lab);
+    let out = lab.lanyard(&["run", "--network", "lan", "--network", "lan2", "--ip", "192.0.2.150", "--", "ip", "-br", "addr"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("192.0.2.150/24") && s.contains("eth1") && s.contains("198.51.100."), "{s}");
+    assert_eq!(lab.lanyard(&["run", "--network", "lan", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert_eq!(endpoint_count(&lab), 0, "run left endpoints behind");
+    assert!(!lab.host().ip(&["route"]).contains("192.0.2.150"));
+    // none: loopback only; host: the host's own links.
+    let none = lab.lanyard_ok(&["run", "--network", "none", "--", "ip", "-br", "link"]);
+    assert!(none.contains("lo") && !none.contains("eth0"), "{none}");
+    let host = lab.lanyard_ok(&["run", "--network", "host", "--", "ip", "-br", "link"]);
+    assert!(host.contains("eth0"), "{host}");
+    lab.lanyard_fails(&["run", "--network", "nosuch", "--", "true"], exit::NOT_FOUND);
+}
+
+#[test]
+fn run_with_container_network_joins_a_named_endpoint() {
+    let lab = lab!("run_with_container_network_joins_a_named_endpoint");
+    two_macvlan_networks(&lab);
+    let web = lab.lanyard_spawn(&["run", "--network", "lan", "--name", "web", "--ip", "192.0.2.140", "--", "sleep", "600"]);
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        lab.lanyard_json(&["endpoint", "ls"]).as_array().is_some_and(|a| a.iter().any(|e| e["state"] == "active"))
+    });
+    assert!(ready, "web never came up: {}", web.stderr());
+    let joined = lab.lanyard_ok(&["run", "--network", "container:web", "--", "ip", "-br", "addr"]);
+    assert!(joined.contains("192.0.2.140"), "{joined}");
+    assert!(lab.lan().ping("192.0.2.140"));
+    // SIGTERM to lanyard run reaches the command; lanyard then cleans up.
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(web.pid() as i32, libc::SIGTERM) };
+    let out = web.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    assert_eq!(endpoint_count(&lab), 0);
+}
+
+#[test]
+fn a_non_root_server_binds_port_80_with_unprivileged_port_start() {
+    let lab = lab!("a_non_root_server_binds_port_80_with_unprivileged_port_start");
+    two_macvlan_networks(&lab);
+    // socat listening = still running when timeout stops it (124); refused = exit 1 at once.
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["run", "--network", "lan", "--user", "nobody"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "timeout", "0.5", "socat", "TCP-LISTEN:80,reuseaddr", "OPEN:/dev/null"]);
+        lab.lanyard(&args).status.code()
+    };
+    assert_eq!(serve(&["--unprivileged-port-start", "80"]), Some(124), "nobody could not bind port 80");
+    assert_eq!(serve(&[]), Some(1), "nobody bound port 80 without the sysctl?");
+}
+
+#[test]
+fn a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before() {
+    let lab = lab!("a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before");
+    two_macvlan_networks(&lab);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    // The bridge's carrier (shown as "linkdown") settles asynchronously after a port
+    // comes and goes; the routes themselves must be the same.
+    let routes = || lab.host().ip(&["route"]).replace(" linkdown", "");
+    for net in ["lan", "br"] {
+        let host_routes = routes();
+        let host_links = lab.host().links();
+        let mut step = 0;
+        loop {
+            let mut cmd = lab.lanyard_command(&["attach", net, "--netns", path.to_str().unwrap()]);
+            cmd.env("LANYARD_FAIL_AT", step.to_string());
+            let out = cmd.output().expect("run lanyard");
+            if out.status.success() {
+                break; // past the last step: nothing failed
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("injected failure"), "{net} step {step}: {err}");
+            assert_eq!(endpoint_count(&lab), 0, "{net} step {step}: store changed");
+            assert_eq!(c1.links(), ["lo".to_string()].into(), "{net} step {step}: namespace changed");
+            assert_eq!(routes(), host_routes, "{net} step {step}: host routes changed");
+            assert_eq!(lab.host().links(), host_links, "{net} step {step}: host links changed");
+            step += 1;
+        }
+        assert!(step >= 4, "{net}: only {step} steps?");
+        lab.lanyard_ok(&["detach", net, "--netns", path.to_str().unwrap()]);
+    }
+    // A multicast MAC is refused before anything happens.
+    lab.lanyard_fails(&["attach", "lan", "--netns", path.to_str().unwrap(), "--mac", "01:02:03:04:05:06"], exit::USAGE);
+    // A parent that vanished after the network was made.
+    lab.host().ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"]);
+    lab.lanyard_ok(&["network", "create", "gone", "-d", "macvlan", "-o", "parent=p1", "--subnet", "198.51.100.0/25", "-o", "host_access=off"]);
+    lab.host().ip(&["link", "del", "p1"]);
+    let err = lab.lanyard_fails(&["attach", "gone", "--netns", path.to_str().unwrap()], exit::USAGE);
+    assert!(err.contains("p1"), "{err}");
+    assert_eq!(endpoint_count(&lab), 0);
+    assert_eq!(c1.links(), ["lo".to_string()].into());
+}
+
+#[test]
+fn restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints() {
+    let lab = lab!("restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints");
+    two_macvlan_networks(&lab);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let (c1, c2, c3) = (lab.netns("c1"), lab.netns("c2"), lab.netns("c3"));
+    let e1 = attach(&lab, "lan", &c1, &[]);
+    let e2 = attach(&lab, "br", &c2, &[]);
+    attach(&lab, "lan2", &c3, &[]);
+    let (a1, a2) = (addr_of(&e1, false), addr_of(&e2, false));
+    // "Reboot": lanyard's host-side links and routes vanish; one container's link too;
+    // one container does not come back at all.
+    let host = lab.host();
+    for l in host.links().into_iter().filter(|l| l.starts_with("ly")) {
+        host.ip(&["link", "del", &l]);
+    }
+    c1.ip(&["link", "del", "eth0"]);
+    std::process::Command::new("ip").args(["netns", "del", c3.name()]).status().expect("ip netns del");
+    assert!(!host.ping(&a1) && !host.ping(&a2));
+    let report = lab.lanyard_ok(&["restore"]);
+    assert!(report.contains("restored"), "{report}");
+    assert!(host.ping_within(&a1, Duration::from_secs(3)), "host -> restored macvlan endpoint");
+    assert!(host.ping_within(&a2, Duration::from_secs(3)), "host -> restored bridge endpoint");
+    assert!(lab.lan().ping(&a1));
+    assert_eq!(endpoint_count(&lab), 2, "the endpoint whose namespace is gone was not forgotten");
+}
+
+#[test]
+fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
+    let lab = lab!("gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address");
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    attach(&lab, "lan", &c1, &["--ip", "192.0.2.222"]);
+    std::process::Command::new("ip").args(["netns", "del", c1.name()]).status().expect("ip netns del");
+    let report = lab.lanyard_ok(&["gc"]);
+    assert!(report.contains("namespace is gone"), "{report}");
+    assert_eq!(endpoint_count(&lab), 0);
+    assert!(!lab.host().ip(&["route"]).contains("192.0.2.222"));
+    let c2 = lab.netns("c2");
+    attach(&lab, "lan", &c2, &["--ip", "192.0.2.222"]);
+}
+
+#[test]
+fn host_access_survives_the_parent_going_down_and_up() {
+    let lab = lab!("host_access_survives_the_parent_going_down_and_up");
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    let e = attach(&lab, "lan", &c1, &[]);
+    let (v4, v6) = (addr_of(&e, false), addr_of(&e, true));
+    let host = lab.host();
+    host.ip(&["link", "set", "eth0", "down"]);
+    host.ip(&["link", "set", "eth0", "up"]);
+    assert!(host.ping_within(&v4, Duration::from_secs(5)), "host -> {v4} after flap");
+    assert!(host.ping_within(&v6, Duration::from_secs(5)), "host -> {v6} after flap");
+    assert!(c1.ping_within(addr::HOST_V6, Duration::from_secs(5)), "endpoint -> host v6 after flap");
+}
+
+#[test]
+fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
+    let lab = lab!("macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent");
+    lab.lanyard_ok(&["network", "create", "p", "-d", "macvlan", "-o", "parent=eth0", "-o", "macvlan_mode=private", "--subnet", addr::LAN_V4, "--ip-range", "192.0.2.128/25"]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let a1 = addr_of(&attach(&lab, "p", &c1, &[]), false);
+    let a2 = addr_of(&attach(&lab, "p", &c2, &[]), false);
+    assert!(lab.lan().ping(&a1) && lab.lan().ping(&a2), "the LAN reaches private endpoints");
+    assert!(!c1.ping(&a2), "private endpoints reached each other");
+    let link = &c1.ip_json(&["-d", "link", "show", "eth0"])[0];
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "private");
+    // vepa: created with that mode.
+    lab.lanyard_ok(&["network", "create", "v", "-d", "macvlan", "-o", "parent=eth0", "-o", "macvlan_mode=vepa", "--subnet", addr::LAN2_V4]);
+    let c3 = lab.netns("c3");
+    attach(&lab, "v", &c3, &[]);
+    assert_eq!(c3.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"], "vepa");
+    // passthru on a parent of its own.
+    lab.host().ip(&["link", "add", "p2", "type", "veth", "peer", "name", "p2b"]);
+    lab.lanyard_ok(&["network", "create", "pt", "-d", "macvlan", "-o", "parent=p2", "-o", "macvlan_mode=passthru", "--subnet", "203.0.113.0/24"]);
+    let c4 = lab.netns("c4");
+    attach(&lab, "pt", &c4, &[]);
+    assert_eq!(c4.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"], "passthru");
+}
+
+#[test]
+fn ipvlan_attach_works_or_says_the_kernel_lacks_it() {
+    let lab = lab!("ipvlan_attach_works_or_says_the_kernel_lacks_it");
+    lab.lanyard_ok(&["network", "create", "iv", "-d", "ipvlan", "-o", "parent=eth0", "--subnet", addr::LAN_V4, "--ip-range", "192.0.2.128/25", "-o", "host_access=off"]);
+    let c1 = lab.netns("c1");
+    let out = lab.lanyard(&["attach", "iv", "--netns", c1.path().to_str().unwrap()]);
+    let has_ipvlan = std::path::Path::new("/sys/module/ipvlan").exists() || out.status.success();
+    if has_ipvlan {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        assert_eq!(out.status.code(), Some(exit::UNSUPPORTED));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("kernel has no ipvlan support"));
+        assert_eq!(endpoint_count(&lab), 0);
+        assert_eq!(c1.links(), ["lo".to_string()].into());
+    }
+}
