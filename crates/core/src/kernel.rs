@@ -27,7 +27,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// Carrier / operational state up (IFF_LOWER_UP).
     pub lower_up: bool,
-    /// IFLA_LINK: the parent's ifindex (macvlan, vlan).
+    /// IFLA_LINK: the parent's ifindex (macvlan, vlan); for a veth its peer's index,
+    /// which may be in another namespace.
     pub parent: Option<u32>,
     /// IFLA_MASTER: the bridge this link is enslaved to.
     pub master: Option<u32>,
