@@ -1,0 +1,11 @@
+//! `lab`: lanyard's one integration-test binary.
+//!
+//! Every test builds a throwaway lab of network namespaces with [`harness::Lab`] and
+//! drives the real `lanyard` binary inside it. Tests named `vm_<feature>_…` need a
+//! kernel feature the host may lack; `scripts/test` runs them in a VM with a stock
+//! Debian kernel (`scripts/vm-test`) and all others on the host.
+
+mod harness;
+mod smoke;
+mod attach;
+mod network;
