@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod firewall;
 pub mod ipam;
 pub mod kernel;
 pub mod model;
