@@ -27,3 +27,4 @@ mod wire;
 
 pub use netlink::Netlink;
 pub use sysctl::sysctl_path;
+pub mod nft;
