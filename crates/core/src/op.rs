@@ -187,6 +187,14 @@ pub enum Op {
         /// The route.
         route: RouteSpec,
     },
+    /// One nftables transaction in the host namespace (lanyard's own tables only),
+    /// e.g. the elements of one endpoint. `undo` is the script that reverses it.
+    Nft {
+        /// nft script, applied atomically.
+        script: String,
+        /// Reverse script, if any.
+        undo: Option<String>,
+    },
     /// `sysctl -w KEY=VALUE` inside the namespace (key as under /proc/sys, dotted).
     SetSysctl {
         /// Namespace.
@@ -209,6 +217,8 @@ impl Op {
             }
             Op::AddAddress { netns, link, addr, .. } => Op::DelAddress { netns: netns.clone(), link: link.clone(), addr: *addr },
             Op::AddRoute { netns, route } => Op::DelRoute { netns: netns.clone(), route: route.clone() },
+            Op::Nft { undo: Some(undo), .. } => Op::Nft { script: undo.clone(), undo: None },
+            Op::Nft { undo: None, .. } => return None,
             Op::RetireLink { .. } | Op::DeleteLink { .. } | Op::SetUp { .. } | Op::DelAddress { .. } | Op::DelRoute { .. } | Op::SetSysctl { .. } => return None,
         })
     }
@@ -235,6 +245,11 @@ impl fmt::Display for Op {
             Op::AddRoute { netns, route } => write!(f, "ip route replace {route}{}", ns(netns)),
             Op::DelRoute { netns, route } => write!(f, "ip route del {route}{}", ns(netns)),
             Op::SetSysctl { netns, key, value } => write!(f, "sysctl -w {key}={value}{}", ns(netns)),
+            Op::Nft { script, .. } => {
+                let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                let more = script.lines().filter(|l| !l.trim().is_empty()).count() > 1;
+                write!(f, "nft '{}'{}", first.trim(), if more { " …" } else { "" })
+            }
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct Netlink {
     host_tid: libc::pid_t,
     /// Namespaces by path.
     paths: HashMap<PathBuf, NsHandle>,
+    /// libnftables context, made on the first nft op.
+    nft: Option<crate::nft::Nft>,
 }
 
 impl Netlink {
@@ -44,6 +46,7 @@ impl Netlink {
             host,
             host_tid: netns::gettid(),
             paths: HashMap::new(),
+            nft: None,
         })
     }
 
@@ -55,6 +58,15 @@ impl Netlink {
             .filter_map(|(netns, name)| self.apply(&Op::DeleteLink { netns, name }).err())
             .collect();
         join_errors(errors)
+    }
+
+    /// The libnftables context of the host namespace, made on first use (in the
+    /// thread that made this `Netlink`, so in the host namespace).
+    fn nft(&mut self) -> Result<&mut crate::nft::Nft> {
+        if self.nft.is_none() {
+            self.nft = Some(crate::nft::Nft::new()?);
+        }
+        Ok(self.nft.as_mut().unwrap_or_else(|| unreachable!("just set")))
     }
 
     /// Drops what is kept open for the namespace at `path` (its file and socket), so a
@@ -195,6 +207,7 @@ impl Kernel for Netlink {
             Op::AddRoute { netns, route } => route::replace(self, op, netns, route),
             Op::DelRoute { netns, route } => route::delete(self, op, netns, route),
             Op::SetSysctl { netns, key, value } => sysctl::set(self, op, netns, key, value),
+            Op::Nft { script, .. } => self.nft()?.run(script).map(drop),
         }
     }
 
