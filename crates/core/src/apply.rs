@@ -18,7 +18,11 @@ pub fn apply_all(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
             }
             return Err(Error::Other(format!(
                 "{e}; rollback also failed: {}",
-                failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; ")
+                failures
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
             )));
         }
     }
@@ -36,14 +40,24 @@ pub fn apply_ensure(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
     for op in ops {
         match kernel.apply(op) {
             Ok(()) => done.push(op),
-            Err(Error::Kernel { errno: Some(EEXIST), .. }) => {}
+            Err(Error::Kernel {
+                errno: Some(EEXIST),
+                ..
+            }) => {}
             Err(e) => {
                 let undo: Vec<Op> = done.iter().rev().filter_map(|o| o.inverse()).collect();
                 let failures = apply_best_effort(kernel, &undo);
                 if failures.is_empty() {
                     return Err(e);
                 }
-                return Err(Error::Other(format!("{e}; rollback also failed: {}", failures.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("; "))));
+                return Err(Error::Other(format!(
+                    "{e}; rollback also failed: {}",
+                    failures
+                        .iter()
+                        .map(|f| f.to_string())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )));
             }
         }
     }
@@ -63,10 +77,30 @@ mod tests {
 
     fn plan() -> Vec<Op> {
         vec![
-            Op::CreateBridge { name: ifname("lyb-1"), mtu: None },
-            Op::AddAddress { netns: Netns::Host, link: ifname("lyb-1"), addr: "192.0.2.1/24".parse().unwrap(), nodad: true },
-            Op::SetUp { netns: Netns::Host, name: ifname("lyb-1") },
-            Op::AddRoute { netns: Netns::Host, route: RouteSpec { dst: "198.51.100.0/24".parse().unwrap(), via: Some("192.0.2.9".parse().unwrap()), dev: None, src: None, metric: None } },
+            Op::CreateBridge {
+                name: ifname("lyb-1"),
+                mtu: None,
+            },
+            Op::AddAddress {
+                netns: Netns::Host,
+                link: ifname("lyb-1"),
+                addr: "192.0.2.1/24".parse().unwrap(),
+                nodad: true,
+            },
+            Op::SetUp {
+                netns: Netns::Host,
+                name: ifname("lyb-1"),
+            },
+            Op::AddRoute {
+                netns: Netns::Host,
+                route: RouteSpec {
+                    dst: "198.51.100.0/24".parse().unwrap(),
+                    via: Some("192.0.2.9".parse().unwrap()),
+                    dev: None,
+                    src: None,
+                    metric: None,
+                },
+            },
         ]
     }
 
@@ -74,7 +108,10 @@ mod tests {
     fn failure_at_every_step_undoes_the_steps_before_it_in_reverse() {
         let ops = plan();
         for fail in 0..ops.len() {
-            let mut k = FakeKernel { fail_at: Some(fail), ..Default::default() };
+            let mut k = FakeKernel {
+                fail_at: Some(fail),
+                ..Default::default()
+            };
             assert!(apply_all(&mut k, &ops).is_err());
             let done = &ops[..fail];
             let expected_undo: Vec<Op> = done.iter().rev().filter_map(Op::inverse).collect();
@@ -100,11 +137,22 @@ mod tests {
                 self.0.apply(op)
             }
         }
-        let mut k = Exists(FakeKernel { fail_at: Some(2), ..Default::default() });
+        let mut k = Exists(FakeKernel {
+            fail_at: Some(2),
+            ..Default::default()
+        });
         assert!(apply_ensure(&mut k, &plan()).is_err());
         // Address added, SetUp failed: only the address is undone, never the bridge.
-        assert!(!k.0.applied.iter().any(|o| matches!(o, Op::DeleteLink { .. })));
-        assert!(k.0.applied.iter().any(|o| matches!(o, Op::DelAddress { .. })));
+        assert!(!k
+            .0
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::DeleteLink { .. })));
+        assert!(k
+            .0
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::DelAddress { .. })));
     }
 
     #[test]

@@ -29,14 +29,22 @@ pub struct Config {
 
 fn default_pools() -> Vec<PoolConfig> {
     vec![
-        PoolConfig { base: "10.89.0.0/16".parse().unwrap_or_else(|_| unreachable!()), size: 24 },
-        PoolConfig { base: "fd6c:7961::/48".parse().unwrap_or_else(|_| unreachable!()), size: 64 },
+        PoolConfig {
+            base: "10.89.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+            size: 24,
+        },
+        PoolConfig {
+            base: "fd6c:7961::/48".parse().unwrap_or_else(|_| unreachable!()),
+            size: 64,
+        },
     ]
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { default_address_pools: default_pools() }
+        Config {
+            default_address_pools: default_pools(),
+        }
     }
 }
 
@@ -53,7 +61,8 @@ impl Config {
 
     /// Parses the TOML text and checks the pools.
     pub fn parse(text: &str) -> Result<Config> {
-        let c: Config = toml::from_str(text).map_err(|e| Error::invalid("config", "", e.to_string()))?;
+        let c: Config =
+            toml::from_str(text).map_err(|e| Error::invalid("config", "", e.to_string()))?;
         for p in &c.default_address_pools {
             if p.size < p.base.prefix_len() || p.size > p.base.max_prefix_len() - 2 {
                 return Err(Error::invalid(
@@ -82,17 +91,30 @@ mod tests {
 
     #[test]
     fn picks_first_subnet_clashing_with_nothing() {
-        let c = Config::parse("[[default-address-pools]]\nbase = \"198.51.100.0/24\"\nsize = 26\n").unwrap();
-        let taken: Vec<IpNet> = vec!["198.51.100.0/26".parse().unwrap(), "198.51.100.70/32".parse().unwrap()];
-        assert_eq!(c.pick_subnet(false, &taken), Some("198.51.100.128/26".parse().unwrap()));
+        let c = Config::parse("[[default-address-pools]]\nbase = \"198.51.100.0/24\"\nsize = 26\n")
+            .unwrap();
+        let taken: Vec<IpNet> = vec![
+            "198.51.100.0/26".parse().unwrap(),
+            "198.51.100.70/32".parse().unwrap(),
+        ];
+        assert_eq!(
+            c.pick_subnet(false, &taken),
+            Some("198.51.100.128/26".parse().unwrap())
+        );
         let all: Vec<IpNet> = vec!["198.51.100.0/24".parse().unwrap()];
         assert_eq!(c.pick_subnet(false, &all), None);
     }
 
     #[test]
     fn missing_file_means_defaults_and_bad_size_is_refused() {
-        assert_eq!(Config::load(Path::new("/nonexistent/lanyard.toml")).unwrap(), Config::default());
-        assert!(Config::parse("[[default-address-pools]]\nbase = \"198.51.100.0/24\"\nsize = 8\n").is_err());
+        assert_eq!(
+            Config::load(Path::new("/nonexistent/lanyard.toml")).unwrap(),
+            Config::default()
+        );
+        assert!(
+            Config::parse("[[default-address-pools]]\nbase = \"198.51.100.0/24\"\nsize = 8\n")
+                .is_err()
+        );
         assert!(Config::parse("colour = 1\n").is_err());
     }
 }

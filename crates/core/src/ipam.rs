@@ -35,7 +35,10 @@ pub fn reserved_reason(sc: &SubnetConfig, addr: IpAddr) -> Option<String> {
         return Some(format!("is outside subnet {}", sc.subnet));
     }
     if is_network_or_broadcast(&sc.subnet, addr) {
-        return Some(format!("is the network or broadcast address of {}", sc.subnet));
+        return Some(format!(
+            "is the network or broadcast address of {}",
+            sc.subnet
+        ));
     }
     if sc.gateway == Some(addr) {
         return Some(format!("is the gateway of {}", sc.subnet));
@@ -53,13 +56,24 @@ fn bounds(sc: &SubnetConfig) -> (u128, u128) {
 }
 
 /// Hands out the next free address of `sc` in `network_id` to `owner`, and records it.
-pub fn allocate(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &str) -> Result<IpAddr> {
+pub fn allocate(
+    tx: &mut dyn Tx,
+    network_id: &str,
+    sc: &SubnetConfig,
+    owner: &str,
+) -> Result<IpAddr> {
     allocate_excluding(tx, network_id, sc, owner, &[])
 }
 
 /// [`allocate`], skipping `exclude`: addresses in use outside lanyard's records (the
 /// host's own addresses on the parent LAN).
-pub fn allocate_excluding(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, owner: &str, exclude: &[IpAddr]) -> Result<IpAddr> {
+pub fn allocate_excluding(
+    tx: &mut dyn Tx,
+    network_id: &str,
+    sc: &SubnetConfig,
+    owner: &str,
+    exclude: &[IpAddr],
+) -> Result<IpAddr> {
     let v4 = sc.subnet.addr().is_ipv4();
     let (lo, hi) = bounds(sc);
     let size = hi - lo + 1;
@@ -84,23 +98,42 @@ pub fn allocate_excluding(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, 
     Err(Error::Conflict(format!(
         "no free address in {}{} (looked at {probes} addresses)",
         sc.subnet,
-        sc.ip_range.map(|r| format!(" ip-range {r}")).unwrap_or_default()
+        sc.ip_range
+            .map(|r| format!(" ip-range {r}"))
+            .unwrap_or_default()
     )))
 }
 
 /// Records a static request (`--ip`), or says why it can't be had.
-pub fn reserve(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, field: &str, addr: IpAddr, owner: &str) -> Result<()> {
+pub fn reserve(
+    tx: &mut dyn Tx,
+    network_id: &str,
+    sc: &SubnetConfig,
+    field: &str,
+    addr: IpAddr,
+    owner: &str,
+) -> Result<()> {
     reserve_excluding(tx, network_id, sc, field, addr, owner, &[])
 }
 
 /// [`reserve`], refusing `exclude` (the host's own addresses) too.
 #[allow(clippy::too_many_arguments)]
-pub fn reserve_excluding(tx: &mut dyn Tx, network_id: &str, sc: &SubnetConfig, field: &str, addr: IpAddr, owner: &str, exclude: &[IpAddr]) -> Result<()> {
+pub fn reserve_excluding(
+    tx: &mut dyn Tx,
+    network_id: &str,
+    sc: &SubnetConfig,
+    field: &str,
+    addr: IpAddr,
+    owner: &str,
+    exclude: &[IpAddr],
+) -> Result<()> {
     if let Some(why) = reserved_reason(sc, addr) {
         return Err(Error::invalid(field, addr, why));
     }
     if exclude.contains(&addr) {
-        return Err(Error::Conflict(format!("{field} {addr}: that is the host's own address")));
+        return Err(Error::Conflict(format!(
+            "{field} {addr}: that is the host's own address"
+        )));
     }
     if let Some(holder) = tx.address_owner(network_id, addr)? {
         return Err(Error::Conflict(format!(
@@ -144,7 +177,9 @@ mod tests {
     fn honours_ip_range_and_runs_out_with_a_clear_error() {
         let s = MemStore::default();
         let c = sc("192.0.2.0/24", Some("192.0.2.252/30"));
-        let got: Vec<String> = (0..3).map(|i| alloc(&s, &c, &i.to_string()).unwrap().to_string()).collect();
+        let got: Vec<String> = (0..3)
+            .map(|i| alloc(&s, &c, &i.to_string()).unwrap().to_string())
+            .collect();
         assert_eq!(got, ["192.0.2.252", "192.0.2.253", "192.0.2.254"]);
         let e = alloc(&s, &c, "x").unwrap_err();
         assert!(e.to_string().contains("no free address"), "{e}");
@@ -167,16 +202,26 @@ mod tests {
     fn static_request_refused_with_reason() {
         let s = MemStore::default();
         let c = sc("192.0.2.0/24", None);
-        let e = s.write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.1".parse().unwrap(), "a")).unwrap_err();
+        let e = s
+            .write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.1".parse().unwrap(), "a"))
+            .unwrap_err();
         assert!(e.to_string().contains("gateway"), "{e}");
-        let e = s.write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.3".parse().unwrap(), "a")).unwrap_err();
+        let e = s
+            .write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.3".parse().unwrap(), "a"))
+            .unwrap_err();
         assert!(e.to_string().contains("printer"), "{e}");
-        s.write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.9".parse().unwrap(), "a")).unwrap();
-        let e = s.write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.9".parse().unwrap(), "b")).unwrap_err();
+        s.write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.9".parse().unwrap(), "a"))
+            .unwrap();
+        let e = s
+            .write(&mut |tx| reserve(tx, "n", &c, "--ip", "192.0.2.9".parse().unwrap(), "b"))
+            .unwrap_err();
         assert!(matches!(e, Error::Conflict(_)), "{e}");
         // The allocator never hands out the static one.
         for i in 0..20 {
-            assert_ne!(alloc(&s, &c, &format!("d{i}")).unwrap().to_string(), "192.0.2.9");
+            assert_ne!(
+                alloc(&s, &c, &format!("d{i}")).unwrap().to_string(),
+                "192.0.2.9"
+            );
         }
     }
 
@@ -185,9 +230,13 @@ mod tests {
         let s = MemStore::default();
         let c = sc("192.0.2.0/24", None);
         let host: IpAddr = "192.0.2.2".parse().unwrap();
-        let got = s.write(&mut |tx| allocate_excluding(tx, "n", &c, "a", &[host])).unwrap();
+        let got = s
+            .write(&mut |tx| allocate_excluding(tx, "n", &c, "a", &[host]))
+            .unwrap();
         assert_eq!(got.to_string(), "192.0.2.4");
-        let e = s.write(&mut |tx| reserve_excluding(tx, "n", &c, "--ip", host, "b", &[host])).unwrap_err();
+        let e = s
+            .write(&mut |tx| reserve_excluding(tx, "n", &c, "--ip", host, "b", &[host]))
+            .unwrap_err();
         assert!(e.to_string().contains("host's own address"), "{e}");
     }
 

@@ -81,7 +81,12 @@ impl View {
     /// Addresses on the named link.
     pub fn addresses_of(&self, name: &str) -> Vec<IpNet> {
         match self.link(name) {
-            Some(l) => self.addresses.iter().filter(|a| a.index == l.index).map(|a| a.addr).collect(),
+            Some(l) => self
+                .addresses
+                .iter()
+                .filter(|a| a.index == l.index)
+                .map(|a| a.addr)
+                .collect(),
             None => vec![],
         }
     }
@@ -139,7 +144,11 @@ pub struct FailAt<K> {
 impl<K> FailAt<K> {
     /// Wraps `inner`; apply number `at` fails.
     pub fn new(inner: K, at: usize) -> Self {
-        FailAt { inner, at, calls: 0 }
+        FailAt {
+            inner,
+            at,
+            calls: 0,
+        }
     }
 }
 
@@ -154,7 +163,11 @@ impl<K: Kernel> Kernel for FailAt<K> {
         let n = self.calls;
         self.calls += 1;
         if n == self.at {
-            return Err(crate::Error::kernel(op.to_string(), format!("injected failure at step {n} (LANYARD_FAIL_AT)"), None));
+            return Err(crate::Error::kernel(
+                op.to_string(),
+                format!("injected failure at step {n} (LANYARD_FAIL_AT)"),
+                None,
+            ));
         }
         self.inner.apply(op)
     }
@@ -249,7 +262,13 @@ pub mod fake {
             for a in addrs {
                 let addr: IpNet = a.parse().unwrap_or_else(|_| panic!("test address {a}"));
                 k.host.addresses.push(AddrInfo { index: 2, addr });
-                k.host.routes.push(RouteInfo { dst: addr.trunc(), gateway: None, oif: Some(2), src: Some(addr.addr()), protocol: 2 });
+                k.host.routes.push(RouteInfo {
+                    dst: addr.trunc(),
+                    gateway: None,
+                    oif: Some(2),
+                    src: Some(addr.addr()),
+                    protocol: 2,
+                });
             }
             k
         }

@@ -127,10 +127,18 @@ impl MacAddr {
             b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
         }
         if b[0] & 1 == 1 {
-            return Err(Error::invalid(field, s, "is a multicast address; the first octet must be even"));
+            return Err(Error::invalid(
+                field,
+                s,
+                "is a multicast address; the first octet must be even",
+            ));
         }
         if b == [0; 6] {
-            return Err(Error::invalid(field, s, "the all-zero address is not usable"));
+            return Err(Error::invalid(
+                field,
+                s,
+                "the all-zero address is not usable",
+            ));
         }
         Ok(MacAddr(b))
     }
@@ -139,7 +147,11 @@ impl MacAddr {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 impl fmt::Debug for MacAddr {
@@ -300,7 +312,10 @@ impl NetworkRequest {
                 return Err(Error::invalid(
                     "--opt",
                     o,
-                    format!("unknown option {k:?}; known options: {}", KNOWN_OPTIONS.join(", ")),
+                    format!(
+                        "unknown option {k:?}; known options: {}",
+                        KNOWN_OPTIONS.join(", ")
+                    ),
                 ));
             }
             options.insert(k.to_string(), v.to_string());
@@ -330,15 +345,31 @@ impl NetworkRequest {
             ));
         }
         let macvlan_mode = match (driver, options.get("macvlan_mode")) {
-            (Driver::Macvlan, Some(m)) => Some(parse_mode("-o macvlan_mode", m, "bridge, private, vepa, passthru")?),
+            (Driver::Macvlan, Some(m)) => Some(parse_mode(
+                "-o macvlan_mode",
+                m,
+                "bridge, private, vepa, passthru",
+            )?),
             (Driver::Macvlan, None) => Some(MacvlanMode::Bridge),
-            (_, Some(m)) => return Err(Error::invalid("-o macvlan_mode", m, format!("only for the macvlan driver, not {driver}"))),
+            (_, Some(m)) => {
+                return Err(Error::invalid(
+                    "-o macvlan_mode",
+                    m,
+                    format!("only for the macvlan driver, not {driver}"),
+                ))
+            }
             _ => None,
         };
         let ipvlan_mode = match (driver, options.get("ipvlan_mode")) {
             (Driver::Ipvlan, Some(m)) => Some(parse_mode("-o ipvlan_mode", m, "l2, l3, l3s")?),
             (Driver::Ipvlan, None) => Some(IpvlanMode::L2),
-            (_, Some(m)) => return Err(Error::invalid("-o ipvlan_mode", m, format!("only for the ipvlan driver, not {driver}"))),
+            (_, Some(m)) => {
+                return Err(Error::invalid(
+                    "-o ipvlan_mode",
+                    m,
+                    format!("only for the ipvlan driver, not {driver}"),
+                ))
+            }
             _ => None,
         };
         let mtu = match options.get("mtu") {
@@ -371,20 +402,43 @@ impl NetworkRequest {
         };
         let snat_source = match options.get("snat_source") {
             Some(s) if driver == Driver::Bridge => Some(parse_ip("-o snat_source", s)?),
-            Some(s) => return Err(Error::invalid("-o snat_source", s, "only bridge networks are NATed")),
+            Some(s) => {
+                return Err(Error::invalid(
+                    "-o snat_source",
+                    s,
+                    "only bridge networks are NATed",
+                ))
+            }
             None => None,
         };
         let bridge = match (driver, options.get("bridge_name")) {
             (Driver::Bridge, Some(b)) => Some(IfName::parse_for("-o bridge_name", b)?),
-            (Driver::Bridge, None) => Some(IfName::new(&format!("lyb-{}", &id[..11.min(id.len())]))?),
-            (_, Some(b)) => return Err(Error::invalid("-o bridge_name", b, "only for the bridge driver")),
+            (Driver::Bridge, None) => {
+                Some(IfName::new(&format!("lyb-{}", &id[..11.min(id.len())]))?)
+            }
+            (_, Some(b)) => {
+                return Err(Error::invalid(
+                    "-o bridge_name",
+                    b,
+                    "only for the bridge driver",
+                ))
+            }
             _ => None,
         };
 
         if !driver.has_ipam() {
-            for (field, list) in [("--subnet", &self.subnets), ("--gateway", &self.gateways), ("--ip-range", &self.ip_ranges), ("--aux-address", &self.aux_addresses)] {
+            for (field, list) in [
+                ("--subnet", &self.subnets),
+                ("--gateway", &self.gateways),
+                ("--ip-range", &self.ip_ranges),
+                ("--aux-address", &self.aux_addresses),
+            ] {
                 if let Some(v) = list.first() {
-                    return Err(Error::invalid(field, v, format!("the {driver} driver has no addresses to manage")));
+                    return Err(Error::invalid(
+                        field,
+                        v,
+                        format!("the {driver} driver has no addresses to manage"),
+                    ));
                 }
             }
         }
@@ -393,28 +447,73 @@ impl NetworkRequest {
         for s in &self.subnets {
             let subnet = parse_cidr("--subnet", s)?;
             if subnet.prefix_len() >= subnet.max_prefix_len() - 1 && subnet.addr().is_ipv4() {
-                return Err(Error::invalid("--subnet", s, "too small: an IPv4 subnet needs at least a /30"));
+                return Err(Error::invalid(
+                    "--subnet",
+                    s,
+                    "too small: an IPv4 subnet needs at least a /30",
+                ));
             }
-            if let Some(o) = subnets.iter().find(|c| c.subnet.contains(&subnet) || subnet.contains(&c.subnet)) {
-                return Err(Error::invalid("--subnet", s, format!("overlaps --subnet {}", o.subnet)));
+            if let Some(o) = subnets
+                .iter()
+                .find(|c| c.subnet.contains(&subnet) || subnet.contains(&c.subnet))
+            {
+                return Err(Error::invalid(
+                    "--subnet",
+                    s,
+                    format!("overlaps --subnet {}", o.subnet),
+                ));
             }
-            subnets.push(SubnetConfig { subnet, gateway: None, ip_range: None, aux_addresses: BTreeMap::new() });
+            subnets.push(SubnetConfig {
+                subnet,
+                gateway: None,
+                ip_range: None,
+                aux_addresses: BTreeMap::new(),
+            });
         }
-        let find = |field: &str, v: &str, addr: IpAddr, subnets: &mut Vec<SubnetConfig>| -> Result<usize> {
+        let find = |field: &str,
+                    v: &str,
+                    addr: IpAddr,
+                    subnets: &mut Vec<SubnetConfig>|
+         -> Result<usize> {
             subnets
                 .iter()
                 .position(|c| c.subnet.contains(&addr))
-                .ok_or_else(|| Error::invalid(field, v, if subnets.is_empty() { "needs a --subnet to belong to".to_string() } else { format!("is outside every --subnet ({})", subnets.iter().map(|c| c.subnet.to_string()).collect::<Vec<_>>().join(", ")) }))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        field,
+                        v,
+                        if subnets.is_empty() {
+                            "needs a --subnet to belong to".to_string()
+                        } else {
+                            format!(
+                                "is outside every --subnet ({})",
+                                subnets
+                                    .iter()
+                                    .map(|c| c.subnet.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        },
+                    )
+                })
         };
         for g in &self.gateways {
             let addr = parse_ip("--gateway", g)?;
             let i = find("--gateway", g, addr, &mut subnets)?;
             let c = &mut subnets[i];
             if c.gateway.is_some() {
-                return Err(Error::invalid("--gateway", g, format!("subnet {} already has a gateway", c.subnet)));
+                return Err(Error::invalid(
+                    "--gateway",
+                    g,
+                    format!("subnet {} already has a gateway", c.subnet),
+                ));
             }
             if is_network_or_broadcast(&c.subnet, addr) {
-                return Err(Error::invalid("--gateway", g, format!("is the network or broadcast address of {}", c.subnet)));
+                return Err(Error::invalid(
+                    "--gateway",
+                    g,
+                    format!("is the network or broadcast address of {}", c.subnet),
+                ));
             }
             c.gateway = Some(addr);
         }
@@ -425,7 +524,11 @@ impl NetworkRequest {
                 .position(|c| c.subnet.contains(&range))
                 .ok_or_else(|| Error::invalid("--ip-range", r, "is not inside any --subnet"))?;
             if subnets[i].ip_range.is_some() {
-                return Err(Error::invalid("--ip-range", r, format!("subnet {} already has an ip-range", subnets[i].subnet)));
+                return Err(Error::invalid(
+                    "--ip-range",
+                    r,
+                    format!("subnet {} already has an ip-range", subnets[i].subnet),
+                ));
             }
             subnets[i].ip_range = Some(range);
         }
@@ -433,13 +536,29 @@ impl NetworkRequest {
             let (k, v) = split_kv("--aux-address", a)?;
             let addr = parse_ip("--aux-address", v)?;
             let i = find("--aux-address", a, addr, &mut subnets)?;
-            if subnets[i].aux_addresses.insert(k.to_string(), addr).is_some() {
-                return Err(Error::invalid("--aux-address", a, format!("name {k:?} given twice")));
+            if subnets[i]
+                .aux_addresses
+                .insert(k.to_string(), addr)
+                .is_some()
+            {
+                return Err(Error::invalid(
+                    "--aux-address",
+                    a,
+                    format!("name {k:?} given twice"),
+                ));
             }
         }
         let has_v6 = subnets.iter().any(|c| c.subnet.addr().is_ipv6());
         if has_v6 && !self.ipv6 {
-            return Err(Error::invalid("--subnet", subnets.iter().find(|c| c.subnet.addr().is_ipv6()).map(|c| c.subnet.to_string()).unwrap_or_default(), "is IPv6; add --ipv6"));
+            return Err(Error::invalid(
+                "--subnet",
+                subnets
+                    .iter()
+                    .find(|c| c.subnet.addr().is_ipv6())
+                    .map(|c| c.subnet.to_string())
+                    .unwrap_or_default(),
+                "is IPv6; add --ipv6",
+            ));
         }
         for c in &mut subnets {
             if c.gateway.is_none() {
@@ -471,7 +590,10 @@ impl NetworkRequest {
 /// Whether `addr` is the network or (IPv4) broadcast address of `net`.
 pub fn is_network_or_broadcast(net: &IpNet, addr: IpAddr) -> bool {
     match net {
-        IpNet::V4(n) => n.prefix_len() < 31 && (addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast())),
+        IpNet::V4(n) => {
+            n.prefix_len() < 31
+                && (addr == IpAddr::V4(n.network()) || addr == IpAddr::V4(n.broadcast()))
+        }
         IpNet::V6(n) => addr == IpAddr::V6(n.network()),
     }
 }
@@ -481,7 +603,9 @@ pub fn first_host(net: &IpNet) -> Option<IpAddr> {
     match net {
         IpNet::V4(n) => n.hosts().next().map(IpAddr::V4),
         // ipnet's IPv6 hosts() starts at the subnet-router anycast address (::0).
-        IpNet::V6(n) => (n.prefix_len() < 128).then(|| IpAddr::V6((u128::from(n.network()) + 1).into())),
+        IpNet::V6(n) => {
+            (n.prefix_len() < 128).then(|| IpAddr::V6((u128::from(n.network()) + 1).into()))
+        }
     }
 }
 
@@ -529,7 +653,9 @@ impl PortMapping {
             None => (s, Proto::Tcp),
         };
         // Split off the container part (after the last ':'), then the host port, then an optional IP.
-        let (head, cport) = rest.rsplit_once(':').ok_or_else(|| bad("expected HOSTPORT:CONTAINERPORT"))?;
+        let (head, cport) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("expected HOSTPORT:CONTAINERPORT"))?;
         let (host_ip, hport) = match head.rsplit_once(':') {
             Some((ip, hp)) => {
                 let ip = ip.trim_start_matches('[').trim_end_matches(']');
@@ -539,8 +665,12 @@ impl PortMapping {
         };
         let range = |p: &str| -> Result<(u16, u16)> {
             let (a, b) = p.split_once('-').unwrap_or((p, p));
-            let a: u16 = a.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
-            let b: u16 = b.parse().map_err(|_| bad("port is not a number from 1 to 65535"))?;
+            let a: u16 = a
+                .parse()
+                .map_err(|_| bad("port is not a number from 1 to 65535"))?;
+            let b: u16 = b
+                .parse()
+                .map_err(|_| bad("port is not a number from 1 to 65535"))?;
             if a == 0 || b < a {
                 return Err(bad("port range must be ascending and start at 1 or more"));
             }
@@ -552,7 +682,12 @@ impl PortMapping {
             return Err(bad("host and container ranges differ in length"));
         }
         Ok((0..=(h1 - h0))
-            .map(|i| PortMapping { host_ip, host_port: h0 + i, container_port: c0 + i, proto })
+            .map(|i| PortMapping {
+                host_ip,
+                host_port: h0 + i,
+                container_port: c0 + i,
+                proto,
+            })
             .collect())
     }
 }
@@ -564,7 +699,9 @@ impl fmt::Display for PortMapping {
             Proto::Udp => "udp",
         };
         match self.host_ip {
-            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}->{}/{p}", self.host_port, self.container_port),
+            Some(IpAddr::V6(ip)) => {
+                write!(f, "[{ip}]:{}->{}/{p}", self.host_port, self.container_port)
+            }
             Some(ip) => write!(f, "{ip}:{}->{}/{p}", self.host_port, self.container_port),
             None => write!(f, "{}->{}/{p}", self.host_port, self.container_port),
         }
@@ -615,7 +752,10 @@ impl Endpoint {
     }
     /// Name if it has one, else the short id.
     pub fn display_name(&self) -> String {
-        self.name.as_ref().map(|n| n.to_string()).unwrap_or_else(|| self.short_id().to_string())
+        self.name
+            .as_ref()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| self.short_id().to_string())
     }
 }
 
@@ -661,9 +801,15 @@ mod tests {
     use super::*;
 
     fn req(f: impl FnOnce(&mut NetworkRequest)) -> Result<Network> {
-        let mut r = NetworkRequest { name: "lan".into(), ..Default::default() };
+        let mut r = NetworkRequest {
+            name: "lan".into(),
+            ..Default::default()
+        };
         f(&mut r);
-        r.validate("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(), 0)
+        r.validate(
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            0,
+        )
     }
 
     fn field_of(e: Error) -> String {
@@ -675,8 +821,14 @@ mod tests {
 
     #[test]
     fn bad_cidr_names_subnet() {
-        assert_eq!(field_of(req(|r| r.subnets = vec!["192.0.2.0/33".into()]).unwrap_err()), "--subnet");
-        assert_eq!(field_of(req(|r| r.subnets = vec!["192.0.2.1/24".into()]).unwrap_err()), "--subnet");
+        assert_eq!(
+            field_of(req(|r| r.subnets = vec!["192.0.2.0/33".into()]).unwrap_err()),
+            "--subnet"
+        );
+        assert_eq!(
+            field_of(req(|r| r.subnets = vec!["192.0.2.1/24".into()]).unwrap_err()),
+            "--subnet"
+        );
     }
 
     #[test]
@@ -711,8 +863,14 @@ mod tests {
 
     #[test]
     fn unknown_driver_and_option_are_refused() {
-        assert_eq!(field_of(req(|r| r.driver = Some("overlay".into())).unwrap_err()), "--driver");
-        assert_eq!(field_of(req(|r| r.options = vec!["colour=blue".into()]).unwrap_err()), "--opt");
+        assert_eq!(
+            field_of(req(|r| r.driver = Some("overlay".into())).unwrap_err()),
+            "--driver"
+        );
+        assert_eq!(
+            field_of(req(|r| r.options = vec!["colour=blue".into()]).unwrap_err()),
+            "--opt"
+        );
     }
 
     #[test]
@@ -732,7 +890,11 @@ mod tests {
     fn host_access_on_in_private_mode_is_refused() {
         let e = req(|r| {
             r.driver = Some("macvlan".into());
-            r.options = vec!["parent=eth0".into(), "macvlan_mode=private".into(), "host_access=on".into()];
+            r.options = vec![
+                "parent=eth0".into(),
+                "macvlan_mode=private".into(),
+                "host_access=on".into(),
+            ];
         });
         assert_eq!(field_of(e.unwrap_err()), "-o host_access");
     }

@@ -29,7 +29,11 @@ fn check_object_name(field: &str, s: &str) -> Result<()> {
         return Err(Error::invalid(field, s, "is longer than 64 bytes"));
     }
     if !first.is_ascii_alphanumeric() {
-        return Err(Error::invalid(field, s, "must start with a letter or digit"));
+        return Err(Error::invalid(
+            field,
+            s,
+            "must start with a letter or digit",
+        ));
     }
     if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
         return Err(Error::invalid(
@@ -92,7 +96,10 @@ impl IfName {
         if s == "." || s == ".." {
             return Err(Error::invalid(field, s, "interface name cannot be . or .."));
         }
-        if let Some(bad) = s.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control()) {
+        if let Some(bad) = s
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        {
             return Err(Error::invalid(
                 field,
                 s,
@@ -158,7 +165,10 @@ mod tests {
     fn interface_name_over_15_bytes_is_refused_with_its_length() {
         let e = IfName::parse_for("--ifname", "abcdefghijklmnop").unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("--ifname") && msg.contains("16 bytes"), "{msg}");
+        assert!(
+            msg.contains("--ifname") && msg.contains("16 bytes"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -210,16 +210,44 @@ impl Op {
     /// The op that undoes this one, if there is one to run.
     pub fn inverse(&self) -> Option<Op> {
         Some(match self {
-            Op::CreateBridge { name, .. } | Op::CreateVlan { name, .. } => Op::DeleteLink { netns: Netns::Host, name: name.clone() },
-            Op::CreateVeth { host, .. } => Op::DeleteLink { netns: Netns::Host, name: host.clone() },
+            Op::CreateBridge { name, .. } | Op::CreateVlan { name, .. } => Op::DeleteLink {
+                netns: Netns::Host,
+                name: name.clone(),
+            },
+            Op::CreateVeth { host, .. } => Op::DeleteLink {
+                netns: Netns::Host,
+                name: host.clone(),
+            },
             Op::CreateMacvlan { netns, name, .. } | Op::CreateIpvlan { netns, name, .. } => {
-                Op::DeleteLink { netns: netns.clone(), name: name.clone() }
+                Op::DeleteLink {
+                    netns: netns.clone(),
+                    name: name.clone(),
+                }
             }
-            Op::AddAddress { netns, link, addr, .. } => Op::DelAddress { netns: netns.clone(), link: link.clone(), addr: *addr },
-            Op::AddRoute { netns, route } => Op::DelRoute { netns: netns.clone(), route: route.clone() },
-            Op::Nft { undo: Some(undo), .. } => Op::Nft { script: undo.clone(), undo: None },
+            Op::AddAddress {
+                netns, link, addr, ..
+            } => Op::DelAddress {
+                netns: netns.clone(),
+                link: link.clone(),
+                addr: *addr,
+            },
+            Op::AddRoute { netns, route } => Op::DelRoute {
+                netns: netns.clone(),
+                route: route.clone(),
+            },
+            Op::Nft {
+                undo: Some(undo), ..
+            } => Op::Nft {
+                script: undo.clone(),
+                undo: None,
+            },
             Op::Nft { undo: None, .. } => return None,
-            Op::RetireLink { .. } | Op::DeleteLink { .. } | Op::SetUp { .. } | Op::DelAddress { .. } | Op::DelRoute { .. } | Op::SetSysctl { .. } => return None,
+            Op::RetireLink { .. }
+            | Op::DeleteLink { .. }
+            | Op::SetUp { .. }
+            | Op::DelAddress { .. }
+            | Op::DelRoute { .. }
+            | Op::SetSysctl { .. } => return None,
         })
     }
 }
@@ -232,19 +260,80 @@ impl fmt::Display for Op {
             Netns::Path(p) => format!(" [netns {}]", p.display()),
         };
         match self {
-            Op::CreateBridge { name, mtu } => write!(f, "ip link add {name} type bridge{}", mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()),
-            Op::CreateVeth { host, peer, peer_netns, master, .. } => write!(f, "ip link add {host} type veth peer name {peer} netns {peer_netns}{}", master.as_ref().map(|m| format!(" master {m}")).unwrap_or_default()),
-            Op::CreateMacvlan { netns, name, parent, mode, .. } => write!(f, "ip link add {name} link {parent} netns {netns} type macvlan mode {}", format!("{mode:?}").to_lowercase()),
-            Op::CreateIpvlan { netns, name, parent, mode, .. } => write!(f, "ip link add {name} link {parent} netns {netns} type ipvlan mode {}", format!("{mode:?}").to_lowercase()),
-            Op::CreateVlan { name, parent, id } => write!(f, "ip link add {name} link {parent} type vlan id {id}"),
+            Op::CreateBridge { name, mtu } => write!(
+                f,
+                "ip link add {name} type bridge{}",
+                mtu.map(|m| format!(" mtu {m}")).unwrap_or_default()
+            ),
+            Op::CreateVeth {
+                host,
+                peer,
+                peer_netns,
+                master,
+                ..
+            } => write!(
+                f,
+                "ip link add {host} type veth peer name {peer} netns {peer_netns}{}",
+                master
+                    .as_ref()
+                    .map(|m| format!(" master {m}"))
+                    .unwrap_or_default()
+            ),
+            Op::CreateMacvlan {
+                netns,
+                name,
+                parent,
+                mode,
+                ..
+            } => write!(
+                f,
+                "ip link add {name} link {parent} netns {netns} type macvlan mode {}",
+                format!("{mode:?}").to_lowercase()
+            ),
+            Op::CreateIpvlan {
+                netns,
+                name,
+                parent,
+                mode,
+                ..
+            } => write!(
+                f,
+                "ip link add {name} link {parent} netns {netns} type ipvlan mode {}",
+                format!("{mode:?}").to_lowercase()
+            ),
+            Op::CreateVlan { name, parent, id } => {
+                write!(f, "ip link add {name} link {parent} type vlan id {id}")
+            }
             Op::DeleteLink { netns, name } => write!(f, "ip link del {name}{}", ns(netns)),
-            Op::RetireLink { netns, name, tombstone } => write!(f, "ip link set {name} name {tombstone}; ip addr flush dev {tombstone}{}", ns(netns)),
+            Op::RetireLink {
+                netns,
+                name,
+                tombstone,
+            } => write!(
+                f,
+                "ip link set {name} name {tombstone}; ip addr flush dev {tombstone}{}",
+                ns(netns)
+            ),
             Op::SetUp { netns, name } => write!(f, "ip link set {name} up{}", ns(netns)),
-            Op::AddAddress { netns, link, addr, nodad } => write!(f, "ip addr add {addr} dev {link}{}{}", if *nodad { " nodad" } else { "" }, ns(netns)),
-            Op::DelAddress { netns, link, addr } => write!(f, "ip addr del {addr} dev {link}{}", ns(netns)),
+            Op::AddAddress {
+                netns,
+                link,
+                addr,
+                nodad,
+            } => write!(
+                f,
+                "ip addr add {addr} dev {link}{}{}",
+                if *nodad { " nodad" } else { "" },
+                ns(netns)
+            ),
+            Op::DelAddress { netns, link, addr } => {
+                write!(f, "ip addr del {addr} dev {link}{}", ns(netns))
+            }
             Op::AddRoute { netns, route } => write!(f, "ip route replace {route}{}", ns(netns)),
             Op::DelRoute { netns, route } => write!(f, "ip route del {route}{}", ns(netns)),
-            Op::SetSysctl { netns, key, value } => write!(f, "sysctl -w {key}={value}{}", ns(netns)),
+            Op::SetSysctl { netns, key, value } => {
+                write!(f, "sysctl -w {key}={value}{}", ns(netns))
+            }
             Op::Nft { script, .. } => {
                 let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
                 let more = script.lines().filter(|l| !l.trim().is_empty()).count() > 1;

@@ -24,17 +24,24 @@ pub const DEFAULT_ROUTE_METRIC: u32 = 100;
 
 /// FNV-1a, for stable short names.
 fn fnv(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// Name of the host-access shim for `parent`.
 pub fn shim_name(parent: &IfName) -> IfName {
-    IfName::new(&format!("lys-{:08x}", fnv(parent.as_str()))).unwrap_or_else(|_| unreachable!("12 bytes"))
+    IfName::new(&format!("lys-{:08x}", fnv(parent.as_str())))
+        .unwrap_or_else(|_| unreachable!("12 bytes"))
 }
 
 /// Name of the host side of an endpoint's veth pair.
 pub fn veth_name(endpoint_id: &str) -> IfName {
-    IfName::new(&format!("lyv-{}", &endpoint_id[..11.min(endpoint_id.len())])).unwrap_or_else(|_| unreachable!("15 bytes"))
+    IfName::new(&format!(
+        "lyv-{}",
+        &endpoint_id[..11.min(endpoint_id.len())]
+    ))
+    .unwrap_or_else(|_| unreachable!("15 bytes"))
 }
 
 /// The parent link endpoints hang off (the VLAN link for `eth0.10`).
@@ -55,7 +62,9 @@ pub fn host_addresses(host: &View, parent: &IfName) -> Vec<IpNet> {
 
 /// Whether `net` uses a host-access shim.
 pub fn uses_shim(net: &Network) -> bool {
-    net.host_access && net.driver == Driver::Macvlan && net.macvlan_mode == Some(MacvlanMode::Bridge)
+    net.host_access
+        && net.driver == Driver::Macvlan
+        && net.macvlan_mode == Some(MacvlanMode::Bridge)
 }
 
 /// Ops that make the network's host-side pieces exist: the bridge with its gateway
@@ -64,56 +73,120 @@ pub fn network_infra(net: &Network, host: &View) -> Result<Vec<Op>> {
     let mut ops = vec![];
     match net.driver {
         Driver::Bridge => {
-            let br = net.bridge.clone().ok_or_else(|| Error::Other(format!("network {} has no bridge name", net.name)))?;
+            let br = net
+                .bridge
+                .clone()
+                .ok_or_else(|| Error::Other(format!("network {} has no bridge name", net.name)))?;
             if host.link(br.as_str()).is_none() {
-                ops.push(Op::CreateBridge { name: br.clone(), mtu: net.mtu });
+                ops.push(Op::CreateBridge {
+                    name: br.clone(),
+                    mtu: net.mtu,
+                });
             }
             let have = host.addresses_of(br.as_str());
             for sc in &net.subnets {
                 if let Some(gw) = sc.gateway {
-                    let addr = IpNet::new(gw, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?;
+                    let addr = IpNet::new(gw, sc.subnet.prefix_len())
+                        .map_err(|e| Error::Other(e.to_string()))?;
                     if !have.contains(&addr) {
-                        ops.push(Op::AddAddress { netns: Netns::Host, link: br.clone(), addr, nodad: true });
+                        ops.push(Op::AddAddress {
+                            netns: Netns::Host,
+                            link: br.clone(),
+                            addr,
+                            nodad: true,
+                        });
                     }
                 }
             }
             if host.link(br.as_str()).is_none_or(|l| !l.up) {
-                ops.push(Op::SetUp { netns: Netns::Host, name: br.clone() });
+                ops.push(Op::SetUp {
+                    netns: Netns::Host,
+                    name: br.clone(),
+                });
             }
+            // Lets DNAT of 127.0.0.1:PORT reach endpoints (the firewall masquerades it).
+            ops.push(Op::SetSysctl {
+                netns: Netns::Host,
+                key: format!("net.ipv4.conf.{br}.route_localnet"),
+                value: "1".into(),
+            });
             if !net.internal {
-                ops.push(Op::SetSysctl { netns: Netns::Host, key: "net.ipv4.ip_forward".into(), value: "1".into() });
+                ops.push(Op::SetSysctl {
+                    netns: Netns::Host,
+                    key: "net.ipv4.ip_forward".into(),
+                    value: "1".into(),
+                });
                 if net.ipv6 {
-                    ops.push(Op::SetSysctl { netns: Netns::Host, key: "net.ipv6.conf.all.forwarding".into(), value: "1".into() });
+                    ops.push(Op::SetSysctl {
+                        netns: Netns::Host,
+                        key: "net.ipv6.conf.all.forwarding".into(),
+                        value: "1".into(),
+                    });
                 }
             }
         }
         Driver::Macvlan | Driver::Ipvlan => {
-            let parent = net.parent.clone().ok_or_else(|| Error::invalid("-o parent", "", "missing"))?;
+            let parent = net
+                .parent
+                .clone()
+                .ok_or_else(|| Error::invalid("-o parent", "", "missing"))?;
             if let Some((base, id)) = parent.vlan() {
                 if host.link(parent.as_str()).is_none() {
                     if host.link(base.as_str()).is_none() {
-                        return Err(Error::invalid("-o parent", &parent, format!("VLAN base interface {base} does not exist")));
+                        return Err(Error::invalid(
+                            "-o parent",
+                            &parent,
+                            format!("VLAN base interface {base} does not exist"),
+                        ));
                     }
-                    ops.push(Op::CreateVlan { name: parent.clone(), parent: base, id });
+                    ops.push(Op::CreateVlan {
+                        name: parent.clone(),
+                        parent: base,
+                        id,
+                    });
                 }
             } else if host.link(parent.as_str()).is_none() {
-                return Err(Error::invalid("-o parent", &parent, "no such interface in this namespace"));
+                return Err(Error::invalid(
+                    "-o parent",
+                    &parent,
+                    "no such interface in this namespace",
+                ));
             }
             if uses_shim(net) {
                 let shim = shim_name(&parent);
                 if host.link(shim.as_str()).is_none() {
-                    ops.push(Op::CreateMacvlan { netns: Netns::Host, name: shim.clone(), parent: parent.clone(), mode: MacvlanMode::Bridge, mac: None, mtu: None });
-                    ops.push(Op::SetSysctl { netns: Netns::Host, key: format!("net.ipv6.conf.{shim}.keep_addr_on_down"), value: "1".into() });
+                    ops.push(Op::CreateMacvlan {
+                        netns: Netns::Host,
+                        name: shim.clone(),
+                        parent: parent.clone(),
+                        mode: MacvlanMode::Bridge,
+                        mac: None,
+                        mtu: None,
+                    });
+                    ops.push(Op::SetSysctl {
+                        netns: Netns::Host,
+                        key: format!("net.ipv6.conf.{shim}.keep_addr_on_down"),
+                        value: "1".into(),
+                    });
                 }
                 let have = host.addresses_of(shim.as_str());
                 for a in host_addresses(host, &parent) {
-                    let addr = IpNet::new(a.addr(), a.max_prefix_len()).map_err(|e| Error::Other(e.to_string()))?;
+                    let addr = IpNet::new(a.addr(), a.max_prefix_len())
+                        .map_err(|e| Error::Other(e.to_string()))?;
                     if !have.contains(&addr) {
-                        ops.push(Op::AddAddress { netns: Netns::Host, link: shim.clone(), addr, nodad: true });
+                        ops.push(Op::AddAddress {
+                            netns: Netns::Host,
+                            link: shim.clone(),
+                            addr,
+                            nodad: true,
+                        });
                     }
                 }
                 if host.link(shim.as_str()).is_none_or(|l| !l.up) {
-                    ops.push(Op::SetUp { netns: Netns::Host, name: shim });
+                    ops.push(Op::SetUp {
+                        netns: Netns::Host,
+                        name: shim,
+                    });
                 }
             }
         }
@@ -130,21 +203,37 @@ pub fn network_teardown(net: &Network, remaining: &[Network], host: &View) -> Ve
         Driver::Bridge => {
             if let Some(br) = &net.bridge {
                 if host.link(br.as_str()).is_some() {
-                    ops.push(Op::DeleteLink { netns: Netns::Host, name: br.clone() });
+                    ops.push(Op::DeleteLink {
+                        netns: Netns::Host,
+                        name: br.clone(),
+                    });
                 }
             }
         }
         Driver::Macvlan | Driver::Ipvlan => {
-            let Some(parent) = &net.parent else { return ops };
-            let shared = |f: &dyn Fn(&Network) -> bool| remaining.iter().any(|o| o.id != net.id && o.parent.as_ref() == Some(parent) && f(o));
+            let Some(parent) = &net.parent else {
+                return ops;
+            };
+            let shared = |f: &dyn Fn(&Network) -> bool| {
+                remaining
+                    .iter()
+                    .any(|o| o.id != net.id && o.parent.as_ref() == Some(parent) && f(o))
+            };
             if uses_shim(net) && !shared(&uses_shim) {
                 let shim = shim_name(parent);
                 if host.link(shim.as_str()).is_some() {
-                    ops.push(Op::DeleteLink { netns: Netns::Host, name: shim });
+                    ops.push(Op::DeleteLink {
+                        netns: Netns::Host,
+                        name: shim,
+                    });
                 }
             }
-            if parent.vlan().is_some() && !shared(&|_| true) && host.link(parent.as_str()).is_some() {
-                ops.push(Op::DeleteLink { netns: Netns::Host, name: parent.clone() });
+            if parent.vlan().is_some() && !shared(&|_| true) && host.link(parent.as_str()).is_some()
+            {
+                ops.push(Op::DeleteLink {
+                    netns: Netns::Host,
+                    name: parent.clone(),
+                });
             }
         }
         Driver::Host | Driver::None => {}
@@ -154,13 +243,18 @@ pub fn network_teardown(net: &Network, remaining: &[Network], host: &View) -> Ve
 
 /// Host-side routes of one endpoint (shim routes for host access).
 pub fn endpoint_host_routes(net: &Network, ep: &Endpoint, host: &View) -> Vec<RouteSpec> {
-    let Some(parent) = net.parent.as_ref().filter(|_| uses_shim(net)) else { return vec![] };
+    let Some(parent) = net.parent.as_ref().filter(|_| uses_shim(net)) else {
+        return vec![];
+    };
     let shim = shim_name(parent);
     let host_addrs = host_addresses(host, parent);
     ep.addresses
         .iter()
         .map(|a| {
-            let src = host_addrs.iter().find(|h| h.addr().is_ipv4() == a.addr().is_ipv4()).map(|h| h.addr());
+            let src = host_addrs
+                .iter()
+                .find(|h| h.addr().is_ipv4() == a.addr().is_ipv4())
+                .map(|h| h.addr());
             RouteSpec {
                 dst: IpNet::new(a.addr(), a.max_prefix_len()).unwrap_or(*a),
                 via: None,
@@ -180,32 +274,79 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
     let mut ops = vec![];
     match net.driver {
         Driver::Bridge => {
-            let host_if = ep.host_ifname.clone().ok_or_else(|| Error::Other("bridge endpoint without veth name".into()))?;
-            ops.push(Op::CreateVeth { host: host_if, peer: ifname.clone(), peer_netns: ns.clone(), mtu: net.mtu, master: net.bridge.clone(), peer_mac: ep.mac });
+            let host_if = ep
+                .host_ifname
+                .clone()
+                .ok_or_else(|| Error::Other("bridge endpoint without veth name".into()))?;
+            ops.push(Op::CreateVeth {
+                host: host_if,
+                peer: ifname.clone(),
+                peer_netns: ns.clone(),
+                mtu: net.mtu,
+                master: net.bridge.clone(),
+                peer_mac: ep.mac,
+            });
         }
         Driver::Macvlan => {
-            let parent = net.parent.clone().ok_or_else(|| Error::Other("macvlan network without parent".into()))?;
-            ops.push(Op::CreateMacvlan { netns: ns.clone(), name: ifname.clone(), parent, mode: net.macvlan_mode.unwrap_or_default(), mac: ep.mac, mtu: net.mtu });
+            let parent = net
+                .parent
+                .clone()
+                .ok_or_else(|| Error::Other("macvlan network without parent".into()))?;
+            ops.push(Op::CreateMacvlan {
+                netns: ns.clone(),
+                name: ifname.clone(),
+                parent,
+                mode: net.macvlan_mode.unwrap_or_default(),
+                mac: ep.mac,
+                mtu: net.mtu,
+            });
         }
         Driver::Ipvlan => {
-            let parent = net.parent.clone().ok_or_else(|| Error::Other("ipvlan network without parent".into()))?;
+            let parent = net
+                .parent
+                .clone()
+                .ok_or_else(|| Error::Other("ipvlan network without parent".into()))?;
             if ep.mac.is_some() {
-                return Err(Error::invalid("--mac", ep.mac.map(|m| m.to_string()).unwrap_or_default(), "ipvlan endpoints share the parent's MAC"));
+                return Err(Error::invalid(
+                    "--mac",
+                    ep.mac.map(|m| m.to_string()).unwrap_or_default(),
+                    "ipvlan endpoints share the parent's MAC",
+                ));
             }
-            ops.push(Op::CreateIpvlan { netns: ns.clone(), name: ifname.clone(), parent, mode: net.ipvlan_mode.unwrap_or_default(), mtu: net.mtu });
+            ops.push(Op::CreateIpvlan {
+                netns: ns.clone(),
+                name: ifname.clone(),
+                parent,
+                mode: net.ipvlan_mode.unwrap_or_default(),
+                mtu: net.mtu,
+            });
         }
         Driver::Host | Driver::None => return Ok(vec![]),
     }
     if let Some(p) = ep.unprivileged_port_start {
-        ops.push(Op::SetSysctl { netns: ns.clone(), key: "net.ipv4.ip_unprivileged_port_start".into(), value: p.to_string() });
+        ops.push(Op::SetSysctl {
+            netns: ns.clone(),
+            key: "net.ipv4.ip_unprivileged_port_start".into(),
+            value: p.to_string(),
+        });
     }
     for a in &ep.addresses {
-        ops.push(Op::AddAddress { netns: ns.clone(), link: ifname.clone(), addr: *a, nodad: true });
+        ops.push(Op::AddAddress {
+            netns: ns.clone(),
+            link: ifname.clone(),
+            addr: *a,
+            nodad: true,
+        });
     }
-    ops.push(Op::SetUp { netns: ns.clone(), name: ifname.clone() });
+    ops.push(Op::SetUp {
+        netns: ns.clone(),
+        name: ifname.clone(),
+    });
     let l3 = net.driver == Driver::Ipvlan && net.ipvlan_mode != Some(crate::model::IpvlanMode::L2);
     for gw in &ep.gateways {
-        let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }.parse().unwrap_or_else(|_| unreachable!());
+        let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
         ops.push(Op::AddRoute {
             netns: ns.clone(),
             route: RouteSpec {
@@ -222,30 +363,63 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
         if let Some(parent) = &net.parent {
             for h in host_addresses(host, parent) {
                 let inside = ep.addresses.iter().any(|a| a.contains(&h.addr()));
-                if !inside && ep.addresses.iter().any(|a| a.addr().is_ipv4() == h.addr().is_ipv4()) {
+                if !inside
+                    && ep
+                        .addresses
+                        .iter()
+                        .any(|a| a.addr().is_ipv4() == h.addr().is_ipv4())
+                {
                     ops.push(Op::AddRoute {
                         netns: ns.clone(),
-                        route: RouteSpec { dst: IpNet::new(h.addr(), h.max_prefix_len()).unwrap_or(h), via: None, dev: Some(ifname.clone()), src: None, metric: None },
+                        route: RouteSpec {
+                            dst: IpNet::new(h.addr(), h.max_prefix_len()).unwrap_or(h),
+                            via: None,
+                            dev: Some(ifname.clone()),
+                            src: None,
+                            metric: None,
+                        },
                     });
                 }
             }
         }
     }
     for r in endpoint_host_routes(net, ep, host) {
-        ops.push(Op::AddRoute { netns: Netns::Host, route: r });
+        ops.push(Op::AddRoute {
+            netns: Netns::Host,
+            route: r,
+        });
     }
     Ok(ops)
 }
 
 /// Ops that unwire `ep`: host routes removed, its link retired to `tombstone` (the
 /// caller reaps it later). Skips the namespace side when `netns_alive` is false.
-pub fn endpoint_teardown(net: &Network, ep: &Endpoint, host: &View, netns_alive: bool, tombstone: IfName) -> Vec<Op> {
-    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, host).into_iter().map(|route| Op::DelRoute { netns: Netns::Host, route }).collect();
+pub fn endpoint_teardown(
+    net: &Network,
+    ep: &Endpoint,
+    host: &View,
+    netns_alive: bool,
+    tombstone: IfName,
+) -> Vec<Op> {
+    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, host)
+        .into_iter()
+        .map(|route| Op::DelRoute {
+            netns: Netns::Host,
+            route,
+        })
+        .collect();
     if netns_alive && !matches!(net.driver, Driver::Host | Driver::None) {
-        ops.push(Op::RetireLink { netns: Netns::Path(ep.netns.clone()), name: ep.ifname.clone(), tombstone });
+        ops.push(Op::RetireLink {
+            netns: Netns::Path(ep.netns.clone()),
+            name: ep.ifname.clone(),
+            tombstone,
+        });
     } else if let Some(h) = &ep.host_ifname {
         if host.link(h.as_str()).is_some() {
-            ops.push(Op::DeleteLink { netns: Netns::Host, name: h.clone() });
+            ops.push(Op::DeleteLink {
+                netns: Netns::Host,
+                name: h.clone(),
+            });
         }
     }
     ops
@@ -296,17 +470,35 @@ mod tests {
         let n = net("macvlan", &["parent=eth0"], &["198.51.100.0/24"]);
         let e = ep(&n, &["198.51.100.10/24"]);
         let ops = endpoint_ops(&n, &e, &host, 0).unwrap();
-        assert!(matches!(&ops[0], Op::CreateMacvlan { netns: Netns::Path(_), .. }));
+        assert!(matches!(
+            &ops[0],
+            Op::CreateMacvlan {
+                netns: Netns::Path(_),
+                ..
+            }
+        ));
         let shim = shim_name(&ifname("eth0"));
         // The host reaches the endpoint through the shim, from its own LAN address.
         assert!(ops.contains(&Op::AddRoute {
             netns: Netns::Host,
-            route: RouteSpec { dst: "198.51.100.10/32".parse().unwrap(), via: None, dev: Some(shim), src: Some("192.0.2.2".parse().unwrap()), metric: None }
+            route: RouteSpec {
+                dst: "198.51.100.10/32".parse().unwrap(),
+                via: None,
+                dev: Some(shim),
+                src: Some("192.0.2.2".parse().unwrap()),
+                metric: None
+            }
         }));
         // The endpoint (other subnet) reaches the host on-link.
         assert!(ops.contains(&Op::AddRoute {
             netns: Netns::Path("/proc/1/ns/net".into()),
-            route: RouteSpec { dst: "192.0.2.2/32".parse().unwrap(), via: None, dev: Some(ifname("eth0")), src: None, metric: None }
+            route: RouteSpec {
+                dst: "192.0.2.2/32".parse().unwrap(),
+                via: None,
+                dev: Some(ifname("eth0")),
+                src: None,
+                metric: None
+            }
         }));
     }
 
@@ -315,16 +507,32 @@ mod tests {
         let mut host = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]).host;
         let n = net("macvlan", &["parent=eth0"], &["192.0.2.0/24"]);
         let ops = network_infra(&n, &host).unwrap();
-        assert!(ops.iter().any(|o| matches!(o, Op::CreateMacvlan { netns: Netns::Host, .. })));
-        assert!(ops.iter().any(|o| matches!(o, Op::AddAddress { addr, .. } if addr.to_string() == "192.0.2.2/32")));
-        assert!(ops.iter().any(|o| matches!(o, Op::AddAddress { addr, .. } if addr.to_string() == "2001:db8:1::2/128")));
+        assert!(ops.iter().any(|o| matches!(
+            o,
+            Op::CreateMacvlan {
+                netns: Netns::Host,
+                ..
+            }
+        )));
+        assert!(ops.iter().any(
+            |o| matches!(o, Op::AddAddress { addr, .. } if addr.to_string() == "192.0.2.2/32")
+        ));
+        assert!(ops.iter().any(
+            |o| matches!(o, Op::AddAddress { addr, .. } if addr.to_string() == "2001:db8:1::2/128")
+        ));
         // Once the shim exists (up, addressed), nothing is left to do.
         let mut l = host.links[1].clone();
         l.name = shim_name(&ifname("eth0")).to_string();
         l.index = 9;
         host.links.push(l);
-        host.addresses.push(crate::kernel::AddrInfo { index: 9, addr: "192.0.2.2/32".parse().unwrap() });
-        host.addresses.push(crate::kernel::AddrInfo { index: 9, addr: "2001:db8:1::2/128".parse().unwrap() });
+        host.addresses.push(crate::kernel::AddrInfo {
+            index: 9,
+            addr: "192.0.2.2/32".parse().unwrap(),
+        });
+        host.addresses.push(crate::kernel::AddrInfo {
+            index: 9,
+            addr: "2001:db8:1::2/128".parse().unwrap(),
+        });
         assert_eq!(network_infra(&n, &host).unwrap(), vec![]);
     }
 
@@ -341,7 +549,10 @@ mod tests {
         let a = net("macvlan", &["parent=eth0"], &["192.0.2.0/24"]);
         let mut b = net("macvlan", &["parent=eth0"], &["198.51.100.0/24"]);
         b.id = "ef".repeat(32);
-        assert_eq!(network_teardown(&a, std::slice::from_ref(&b), &host), vec![]);
+        assert_eq!(
+            network_teardown(&a, std::slice::from_ref(&b), &host),
+            vec![]
+        );
         assert_eq!(network_teardown(&a, &[], &host).len(), 1);
     }
 
@@ -352,7 +563,10 @@ mod tests {
         let e = network_infra(&n, &host).unwrap_err();
         assert!(e.to_string().contains("eth9"), "{e}");
         let v = net("macvlan", &["parent=eth0.10"], &["192.0.2.0/24"]);
-        assert!(matches!(&network_infra(&v, &host).unwrap()[0], Op::CreateVlan { id: 10, .. }));
+        assert!(matches!(
+            &network_infra(&v, &host).unwrap()[0],
+            Op::CreateVlan { id: 10, .. }
+        ));
     }
 
     #[test]
@@ -361,7 +575,13 @@ mod tests {
         let n = net("bridge", &[], &["10.89.0.0/24"]);
         let e = ep(&n, &["10.89.0.2/24"]);
         let ops = endpoint_ops(&n, &e, &host, 1).unwrap();
-        assert!(matches!(&ops[0], Op::CreateVeth { master: Some(_), .. }));
+        assert!(matches!(
+            &ops[0],
+            Op::CreateVeth {
+                master: Some(_),
+                ..
+            }
+        ));
         assert!(ops.iter().any(|o| matches!(o, Op::AddRoute { route, .. } if route.metric == Some(DEFAULT_ROUTE_METRIC + 1) && route.via == Some("10.89.0.1".parse().unwrap()))));
         let infra = network_infra(&n, &host).unwrap();
         assert!(matches!(&infra[0], Op::CreateBridge { .. }));
@@ -373,7 +593,13 @@ mod tests {
         let n = net("macvlan", &["parent=eth0"], &["192.0.2.0/24"]);
         let e = ep(&n, &["192.0.2.10/24"]);
         let ops = endpoint_teardown(&n, &e, &host, true, ifname("lyx-1"));
-        assert!(matches!(&ops[0], Op::DelRoute { netns: Netns::Host, .. }));
+        assert!(matches!(
+            &ops[0],
+            Op::DelRoute {
+                netns: Netns::Host,
+                ..
+            }
+        ));
         assert!(matches!(&ops[1], Op::RetireLink { .. }));
         let gone = endpoint_teardown(&n, &e, &host, false, ifname("lyx-1"));
         assert_eq!(gone.len(), 1);

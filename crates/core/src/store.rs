@@ -81,15 +81,26 @@ pub mod mem {
     #[derive(Debug, Default)]
     pub struct MemStore(RefCell<Data>);
 
-    fn by_name_or_id<'a, T>(items: impl Iterator<Item = &'a T>, key: &str, name: impl Fn(&T) -> Option<String>, id: impl Fn(&T) -> &str) -> Result<Option<T>>
+    fn by_name_or_id<'a, T>(
+        items: impl Iterator<Item = &'a T>,
+        key: &str,
+        name: impl Fn(&T) -> Option<String>,
+        id: impl Fn(&T) -> &str,
+    ) -> Result<Option<T>>
     where
         T: Clone + 'a,
     {
         let items: Vec<&T> = items.collect();
-        if let Some(t) = items.iter().find(|t| name(t).as_deref() == Some(key) || id(t) == key) {
+        if let Some(t) = items
+            .iter()
+            .find(|t| name(t).as_deref() == Some(key) || id(t) == key)
+        {
             return Ok(Some((*t).clone()));
         }
-        let m: Vec<&&T> = items.iter().filter(|t| !key.is_empty() && id(t).starts_with(key)).collect();
+        let m: Vec<&&T> = items
+            .iter()
+            .filter(|t| !key.is_empty() && id(t).starts_with(key))
+            .collect();
         match m.len() {
             0 => Ok(None),
             1 => Ok(Some((*m[0]).clone())),
@@ -104,11 +115,23 @@ pub mod mem {
             Ok(v)
         }
         fn network(&self, key: &str) -> Result<Option<Network>> {
-            by_name_or_id(self.networks.values(), key, |n| Some(n.name.to_string()), |n| &n.id)
+            by_name_or_id(
+                self.networks.values(),
+                key,
+                |n| Some(n.name.to_string()),
+                |n| &n.id,
+            )
         }
         fn put_network(&mut self, n: &Network) -> Result<()> {
-            if self.networks.values().any(|o| o.name == n.name && o.id != n.id) {
-                return Err(Error::Conflict(format!("network {} already exists", n.name)));
+            if self
+                .networks
+                .values()
+                .any(|o| o.name == n.name && o.id != n.id)
+            {
+                return Err(Error::Conflict(format!(
+                    "network {} already exists",
+                    n.name
+                )));
             }
             self.networks.insert(n.id.clone(), n.clone());
             Ok(())
@@ -123,11 +146,24 @@ pub mod mem {
             Ok(self.endpoints.values().cloned().collect())
         }
         fn endpoint(&self, key: &str) -> Result<Option<Endpoint>> {
-            by_name_or_id(self.endpoints.values(), key, |e| e.name.as_ref().map(|n| n.to_string()), |e| &e.id)
+            by_name_or_id(
+                self.endpoints.values(),
+                key,
+                |e| e.name.as_ref().map(|n| n.to_string()),
+                |e| &e.id,
+            )
         }
         fn put_endpoint(&mut self, e: &Endpoint) -> Result<()> {
-            if e.name.is_some() && self.endpoints.values().any(|o| o.name == e.name && o.id != e.id) {
-                return Err(Error::Conflict(format!("endpoint name {} is already in use", e.display_name())));
+            if e.name.is_some()
+                && self
+                    .endpoints
+                    .values()
+                    .any(|o| o.name == e.name && o.id != e.id)
+            {
+                return Err(Error::Conflict(format!(
+                    "endpoint name {} is already in use",
+                    e.display_name()
+                )));
             }
             self.endpoints.insert(e.id.clone(), e.clone());
             Ok(())
@@ -140,7 +176,8 @@ pub mod mem {
             Ok(self.addresses.get(&(network_id.to_string(), addr)).cloned())
         }
         fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
-            self.addresses.insert((network_id.to_string(), addr), owner.to_string());
+            self.addresses
+                .insert((network_id.to_string(), addr), owner.to_string());
             Ok(())
         }
         fn release_addresses(&mut self, owner: &str) -> Result<()> {
@@ -148,10 +185,17 @@ pub mod mem {
             Ok(())
         }
         fn address_count(&self, network_id: &str) -> Result<u64> {
-            Ok(self.addresses.keys().filter(|(n, _)| n == network_id).count() as u64)
+            Ok(self
+                .addresses
+                .keys()
+                .filter(|(n, _)| n == network_id)
+                .count() as u64)
         }
         fn cursor(&self, network_id: &str, subnet: &IpNet) -> Result<Option<IpAddr>> {
-            Ok(self.cursors.get(&(network_id.to_string(), *subnet)).copied())
+            Ok(self
+                .cursors
+                .get(&(network_id.to_string(), *subnet))
+                .copied())
         }
         fn set_cursor(&mut self, network_id: &str, subnet: &IpNet, addr: IpAddr) -> Result<()> {
             self.cursors.insert((network_id.to_string(), *subnet), addr);

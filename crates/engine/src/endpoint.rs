@@ -3,18 +3,19 @@
 //! caller's path), list.
 
 use crate::{new_id, nonce, now, Engine};
+use ipnet::IpNet;
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::ipam;
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
 use lanyard_core::model::{
-    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, Network, PortMapping,
+    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, Network,
+    PortMapping,
 };
 use lanyard_core::name::{EndpointName, IfName};
 use lanyard_core::op::{Netns, Op};
 use lanyard_core::plan;
 use lanyard_core::store::{Store, Tx};
 use lanyard_core::{Error, Result};
-use ipnet::IpNet;
 use std::net::IpAddr;
 
 /// Parsed, typed form of an [`AttachRequest`] (everything checkable without state).
@@ -32,7 +33,11 @@ fn parse(req: &AttachRequest) -> Result<Parsed> {
     if let Some(a) = ip.filter(|a| !a.is_ipv4()) {
         return Err(Error::invalid("--ip", a, "is IPv6; use --ip6"));
     }
-    let ip6 = req.ip6.as_deref().map(|s| parse_ip("--ip6", s)).transpose()?;
+    let ip6 = req
+        .ip6
+        .as_deref()
+        .map(|s| parse_ip("--ip6", s))
+        .transpose()?;
     if let Some(a) = ip6.filter(|a| !a.is_ipv6()) {
         return Err(Error::invalid("--ip6", a, "is IPv4; use --ip"));
     }
@@ -41,10 +46,18 @@ fn parse(req: &AttachRequest) -> Result<Parsed> {
         ports.extend(PortMapping::parse_spec(p)?);
     }
     Ok(Parsed {
-        ifname: req.ifname.as_deref().map(|s| IfName::parse_for("--ifname", s)).transpose()?,
+        ifname: req
+            .ifname
+            .as_deref()
+            .map(|s| IfName::parse_for("--ifname", s))
+            .transpose()?,
         ip,
         ip6,
-        mac: req.mac.as_deref().map(|s| MacAddr::parse_for("--mac", s)).transpose()?,
+        mac: req
+            .mac
+            .as_deref()
+            .map(|s| MacAddr::parse_for("--mac", s))
+            .transpose()?,
         name: req.name.as_deref().map(EndpointName::new).transpose()?,
         ports,
     })
@@ -52,57 +65,124 @@ fn parse(req: &AttachRequest) -> Result<Parsed> {
 
 /// Records the endpoint as pending, with its addresses, in one transaction.
 #[allow(clippy::too_many_arguments)]
-fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, ns_id: (u64, u64), id: &str, unpriv: Option<u16>, exclude: &[IpAddr]) -> Result<(Endpoint, u32)> {
+fn record(
+    tx: &mut dyn Tx,
+    net: &Network,
+    p: &Parsed,
+    netns: &std::path::Path,
+    ns_id: (u64, u64),
+    id: &str,
+    unpriv: Option<u16>,
+    exclude: &[IpAddr],
+) -> Result<(Endpoint, u32)> {
     let all = tx.endpoints()?;
     let same_ns: Vec<&Endpoint> = all.iter().filter(|e| e.netns_inode == ns_id).collect();
     if let Some(n) = &p.name {
         if all.iter().any(|e| e.name.as_ref() == Some(n)) {
-            return Err(Error::Conflict(format!("endpoint name {n} is already in use")));
+            return Err(Error::Conflict(format!(
+                "endpoint name {n} is already in use"
+            )));
         }
     }
     if let Some(e) = same_ns.iter().find(|e| e.network_id == net.id) {
-        return Err(Error::Conflict(format!("namespace {} is already on network {} (endpoint {})", netns.display(), net.name, e.display_name())));
+        return Err(Error::Conflict(format!(
+            "namespace {} is already on network {} (endpoint {})",
+            netns.display(),
+            net.name,
+            e.display_name()
+        )));
     }
     let ifname = match &p.ifname {
         Some(i) => {
             if same_ns.iter().any(|e| &e.ifname == i) {
-                return Err(Error::Conflict(format!("--ifname {i}: the namespace already has an endpoint with that name")));
+                return Err(Error::Conflict(format!(
+                    "--ifname {i}: the namespace already has an endpoint with that name"
+                )));
             }
             i.clone()
         }
         None => (0..)
             .map(|n| IfName::new(&format!("eth{n}")))
-            .find(|i| i.as_ref().is_ok_and(|i| !same_ns.iter().any(|e| &e.ifname == i)))
+            .find(|i| {
+                i.as_ref()
+                    .is_ok_and(|i| !same_ns.iter().any(|e| &e.ifname == i))
+            })
             .unwrap_or_else(|| unreachable!("some ethN is free"))?,
     };
     for m in &p.ports {
-        if let Some(o) = all.iter().find(|e| e.ports.iter().any(|q| q.host_port == m.host_port && q.proto == m.proto && (q.host_ip.is_none() || m.host_ip.is_none() || q.host_ip == m.host_ip))) {
-            return Err(Error::Conflict(format!("--publish {m}: host port {} is already published by endpoint {}", m.host_port, o.display_name())));
+        if let Some(o) = all.iter().find(|e| {
+            e.ports.iter().any(|q| {
+                q.host_port == m.host_port
+                    && q.proto == m.proto
+                    && (q.host_ip.is_none() || m.host_ip.is_none() || q.host_ip == m.host_ip)
+            })
+        }) {
+            return Err(Error::Conflict(format!(
+                "--publish {m}: host port {} is already published by endpoint {}",
+                m.host_port,
+                o.display_name()
+            )));
         }
     }
     let mut addresses = vec![];
     let mut gateways = vec![];
     for (want, v6, field) in [(p.ip, false, "--ip"), (p.ip6, true, "--ip6")] {
-        let subnets: Vec<_> = net.subnets.iter().filter(|s| s.subnet.addr().is_ipv6() == v6).collect();
+        let subnets: Vec<_> = net
+            .subnets
+            .iter()
+            .filter(|s| s.subnet.addr().is_ipv6() == v6)
+            .collect();
         if subnets.is_empty() {
             if let Some(a) = want {
-                return Err(Error::invalid(field, a, format!("network {} has no IPv{} subnet", net.name, if v6 { 6 } else { 4 })));
+                return Err(Error::invalid(
+                    field,
+                    a,
+                    format!(
+                        "network {} has no IPv{} subnet",
+                        net.name,
+                        if v6 { 6 } else { 4 }
+                    ),
+                ));
             }
             continue;
         }
         let (sc, addr) = match want {
             Some(a) => {
-                let sc = subnets.iter().find(|s| s.subnet.contains(&a)).ok_or_else(|| {
-                    Error::invalid(field, a, format!("is outside the subnets of network {}", net.name))
-                })?;
+                let sc = subnets
+                    .iter()
+                    .find(|s| s.subnet.contains(&a))
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            field,
+                            a,
+                            format!("is outside the subnets of network {}", net.name),
+                        )
+                    })?;
                 ipam::reserve_excluding(tx, &net.id, sc, field, a, id, exclude)?;
                 (*sc, a)
             }
-            None => (subnets[0], ipam::allocate_excluding(tx, &net.id, subnets[0], id, exclude)?),
+            None => (
+                subnets[0],
+                ipam::allocate_excluding(tx, &net.id, subnets[0], id, exclude)?,
+            ),
         };
-        addresses.push(IpNet::new(addr, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?);
+        addresses.push(
+            IpNet::new(addr, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?,
+        );
         gateways.extend(sc.gateway);
     }
+    let mac = match (p.mac, net.driver) {
+        (Some(m), _) => Some(m),
+        // Known before the link exists, so the anti-spoofing guard goes in first.
+        (None, Driver::Bridge) => Some(crate::firewall::default_mac(
+            id,
+            addresses.iter().find_map(|a| match a.addr() {
+                IpAddr::V4(v) => Some(v),
+                IpAddr::V6(_) => None,
+            }),
+        )),
+        (None, _) => None,
+    };
     let ep = Endpoint {
         id: id.to_string(),
         name: p.name.clone(),
@@ -112,7 +192,7 @@ fn record(tx: &mut dyn Tx, net: &Network, p: &Parsed, netns: &std::path::Path, n
         netns_inode: ns_id,
         ifname,
         host_ifname: (net.driver == Driver::Bridge).then(|| plan::veth_name(id)),
-        mac: p.mac,
+        mac,
         addresses,
         gateways,
         ports: p.ports.clone(),
@@ -131,20 +211,66 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let p = parse(req)?;
         let net = self.network(&req.network)?;
         if matches!(net.driver, Driver::Host | Driver::None) {
-            return Err(Error::invalid("network", &req.network, format!("{} networks have no endpoints to attach; use `lanyard run --network {}`", net.driver, net.driver)));
+            return Err(Error::invalid(
+                "network",
+                &req.network,
+                format!(
+                    "{} networks have no endpoints to attach; use `lanyard run --network {}`",
+                    net.driver, net.driver
+                ),
+            ));
+        }
+        if let Some(first) = req.publish.first() {
+            if net.driver != Driver::Bridge {
+                return Err(Error::invalid("--publish", first, format!("{} endpoints have their own LAN address; ports are published only on bridge networks", net.driver)));
+            }
+            if net.internal {
+                return Err(Error::invalid(
+                    "--publish",
+                    first,
+                    format!(
+                        "network {} is internal: nothing reaches it from outside",
+                        net.name
+                    ),
+                ));
+            }
         }
         if net.driver == Driver::Ipvlan && p.mac.is_some() {
-            return Err(Error::invalid("--mac", req.mac.clone().unwrap_or_default(), "ipvlan endpoints share the parent's MAC"));
+            return Err(Error::invalid(
+                "--mac",
+                req.mac.clone().unwrap_or_default(),
+                "ipvlan endpoints share the parent's MAC",
+            ));
         }
-        let ns_id = self.kernel.netns_id(&req.netns).map_err(|_| Error::invalid("--netns", req.netns.display(), "no network namespace at this path"))?;
+        let ns_id = self.kernel.netns_id(&req.netns).map_err(|_| {
+            Error::invalid(
+                "--netns",
+                req.netns.display(),
+                "no network namespace at this path",
+            )
+        })?;
         let id = new_id();
         let host = self.kernel.view(&Netns::Host)?;
         // The host's own addresses on the parent LAN are never handed out.
         let exclude: Vec<IpAddr> = match &net.parent {
-            Some(parent) => plan::host_addresses(&host, parent).iter().map(|a| a.addr()).collect(),
+            Some(parent) => plan::host_addresses(&host, parent)
+                .iter()
+                .map(|a| a.addr())
+                .collect(),
             None => vec![],
         };
-        let (ep, rank) = self.store.write(&mut |tx| record(tx, &net, &p, &req.netns, ns_id, &id, req.unprivileged_port_start, &exclude))?;
+        let (ep, rank) = self.store.write(&mut |tx| {
+            record(
+                tx,
+                &net,
+                &p,
+                &req.netns,
+                ns_id,
+                &id,
+                req.unprivileged_port_start,
+                &exclude,
+            )
+        })?;
         match self.wire(&net, &ep, rank, &host) {
             Ok(()) => {}
             Err(e) => {
@@ -167,7 +293,15 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         // Infra is shared with other endpoints (and maybe being made by another
         // process right now): keep it even if this endpoint fails.
         apply_ensure(&mut self.kernel, &ops[..infra_len])?;
-        apply_all(&mut self.kernel, &ops[infra_len..])
+        // Firewall elements (anti-spoofing guard, published ports) before the link.
+        let fw_undo = self.firewall_add(net, ep)?;
+        let wired = apply_all(&mut self.kernel, &ops[infra_len..]);
+        if wired.is_err() {
+            if let Some(undo) = fw_undo {
+                let _ = self.kernel.apply(&undo);
+            }
+        }
+        wired
     }
 
     /// `detach`: idempotent. Returns the endpoint that was removed, if any.
@@ -175,8 +309,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let ep = self.store.read(&mut |tx| match req {
             DetachRequest::Endpoint(key) => tx.endpoint(key),
             DetachRequest::Netns { network, netns } => {
-                let Some(net) = tx.network(network)? else { return Ok(None) };
-                Ok(tx.endpoints()?.into_iter().find(|e| e.network_id == net.id && &e.netns == netns))
+                let Some(net) = tx.network(network)? else {
+                    return Ok(None);
+                };
+                Ok(tx
+                    .endpoints()?
+                    .into_iter()
+                    .find(|e| e.network_id == net.id && &e.netns == netns))
             }
         })?;
         let Some(ep) = ep else { return Ok(None) };
@@ -188,9 +327,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// and addresses free at once) and deleted in the background.
     pub(crate) fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let net = self.store.read(&mut |tx| tx.network(&ep.network_id))?;
-        let alive = self.kernel.netns_id(&ep.netns).is_ok_and(|id| id == ep.netns_inode);
+        let alive = self
+            .kernel
+            .netns_id(&ep.netns)
+            .is_ok_and(|id| id == ep.netns_inode);
         let mut errors = vec![];
         if let Some(net) = &net {
+            self.firewall_remove(net, ep);
             let host = self.kernel.view(&Netns::Host)?;
             let tomb = tombstone_name(nonce());
             let ops = plan::endpoint_teardown(net, ep, &host, alive, tomb.clone());
@@ -198,14 +341,19 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             errors = apply_best_effort(&mut self.kernel, &ops);
             if retired && errors.is_empty() {
                 // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
-                let _ = self.kernel.reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
+                let _ = self
+                    .kernel
+                    .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
             }
         }
         self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
         match errors.into_iter().next() {
             // A link already gone is what we wanted.
             Some(Error::NotFound { .. }) | None => Ok(()),
-            Some(e) => Err(Error::Other(format!("endpoint {} forgotten, but cleanup failed: {e}; run `lanyard gc`", ep.display_name()))),
+            Some(e) => Err(Error::Other(format!(
+                "endpoint {} forgotten, but cleanup failed: {e}; run `lanyard gc`",
+                ep.display_name()
+            ))),
         }
     }
 
@@ -216,17 +364,26 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// One endpoint by name or id.
     pub fn endpoint(&self, key: &str) -> Result<Endpoint> {
-        self.store.read(&mut |tx| tx.endpoint(key))?.ok_or_else(|| Error::not_found("endpoint", key))
+        self.store
+            .read(&mut |tx| tx.endpoint(key))?
+            .ok_or_else(|| Error::not_found("endpoint", key))
     }
 
     /// Brings up `lo` in a fresh namespace (`lanyard run`).
     pub fn loopback_up(&mut self, netns: &std::path::Path) -> Result<()> {
-        self.kernel.apply(&Op::SetUp { netns: Netns::Path(netns.to_path_buf()), name: IfName::new("lo")? })
+        self.kernel.apply(&Op::SetUp {
+            netns: Netns::Path(netns.to_path_buf()),
+            name: IfName::new("lo")?,
+        })
     }
 
     /// Sets a sysctl inside a namespace (`lanyard run --network none --unprivileged-port-start`).
     pub fn kernel_sysctl(&mut self, netns: &std::path::Path, key: &str, value: &str) -> Result<()> {
-        self.kernel.apply(&Op::SetSysctl { netns: Netns::Path(netns.to_path_buf()), key: key.into(), value: value.into() })
+        self.kernel.apply(&Op::SetSysctl {
+            netns: Netns::Path(netns.to_path_buf()),
+            key: key.into(),
+            value: value.into(),
+        })
     }
 
     /// The host view (for front ends that report it, e.g. doctor).
@@ -264,13 +421,23 @@ mod tests {
         shim.index = 9;
         e.kernel.host.links.push(shim);
         for a in ["192.0.2.2/32", "2001:db8:1::2/128"] {
-            e.kernel.host.addresses.push(lanyard_core::kernel::AddrInfo { index: 9, addr: a.parse().unwrap() });
+            e.kernel
+                .host
+                .addresses
+                .push(lanyard_core::kernel::AddrInfo {
+                    index: 9,
+                    addr: a.parse().unwrap(),
+                });
         }
         e
     }
 
     fn attach(ns: &str) -> AttachRequest {
-        AttachRequest { network: "lan".into(), netns: ns.into(), ..Default::default() }
+        AttachRequest {
+            network: "lan".into(),
+            netns: ns.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -299,15 +466,31 @@ mod tests {
             let applied_before = e.kernel.applied.len();
             e.kernel.fail_at = Some(start + fail);
             assert!(e.attach(&attach("/run/netns/c1")).is_err(), "step {fail}");
-            assert!(e.endpoints().unwrap().is_empty(), "step {fail}: endpoint left");
+            assert!(
+                e.endpoints().unwrap().is_empty(),
+                "step {fail}: endpoint left"
+            );
             let tail = &e.kernel.applied[applied_before..];
             let done: Vec<&Op> = tail.iter().filter(|o| o.inverse().is_some()).collect();
-            let undone: Vec<Op> = tail.iter().filter(|o| matches!(o, Op::DeleteLink { .. } | Op::DelAddress { .. } | Op::DelRoute { .. })).cloned().collect();
+            let undone: Vec<Op> = tail
+                .iter()
+                .filter(|o| {
+                    matches!(
+                        o,
+                        Op::DeleteLink { .. } | Op::DelAddress { .. } | Op::DelRoute { .. }
+                    )
+                })
+                .cloned()
+                .collect();
             let expected: Vec<Op> = done.iter().rev().filter_map(|o| o.inverse()).collect();
             assert_eq!(undone, expected, "step {fail}");
             // The addresses are free again (next-fit moves on, so check the records).
             let id = e.network("lan").unwrap().id;
-            assert_eq!(e.store.read(&mut |tx| tx.address_count(&id)).unwrap(), 0, "step {fail}");
+            assert_eq!(
+                e.store.read(&mut |tx| tx.address_count(&id)).unwrap(),
+                0,
+                "step {fail}"
+            );
         }
     }
 
@@ -327,11 +510,35 @@ mod tests {
     fn bad_input_is_named() {
         let mut e = engine();
         for (f, r) in [
-            ("--mac", AttachRequest { mac: Some("01:00:00:00:00:01".into()), ..attach("/run/netns/c1") }),
-            ("--ip", AttachRequest { ip: Some("2001:db8::5".into()), ..attach("/run/netns/c1") }),
-            ("--ifname", AttachRequest { ifname: Some("a-very-long-ifname".into()), ..attach("/run/netns/c1") }),
+            (
+                "--mac",
+                AttachRequest {
+                    mac: Some("01:00:00:00:00:01".into()),
+                    ..attach("/run/netns/c1")
+                },
+            ),
+            (
+                "--ip",
+                AttachRequest {
+                    ip: Some("2001:db8::5".into()),
+                    ..attach("/run/netns/c1")
+                },
+            ),
+            (
+                "--ifname",
+                AttachRequest {
+                    ifname: Some("a-very-long-ifname".into()),
+                    ..attach("/run/netns/c1")
+                },
+            ),
             ("--netns", attach("/run/netns/gone")),
-            ("--publish", AttachRequest { publish: vec!["x:80".into()], ..attach("/run/netns/c1") }),
+            (
+                "--publish",
+                AttachRequest {
+                    publish: vec!["x:80".into()],
+                    ..attach("/run/netns/c1")
+                },
+            ),
         ] {
             let err = e.attach(&r).unwrap_err();
             assert!(err.to_string().contains(f), "{f}: {err}");
@@ -342,23 +549,51 @@ mod tests {
     #[test]
     fn detach_is_idempotent_and_frees_the_address() {
         let mut e = engine();
-        let ep = e.attach(&AttachRequest { name: Some("web".into()), ..attach("/run/netns/c1") }).unwrap();
-        assert!(e.detach(&DetachRequest::Endpoint("web".into())).unwrap().is_some());
-        assert!(e.detach(&DetachRequest::Endpoint("web".into())).unwrap().is_none());
+        let ep = e
+            .attach(&AttachRequest {
+                name: Some("web".into()),
+                ..attach("/run/netns/c1")
+            })
+            .unwrap();
+        assert!(e
+            .detach(&DetachRequest::Endpoint("web".into()))
+            .unwrap()
+            .is_some());
+        assert!(e
+            .detach(&DetachRequest::Endpoint("web".into()))
+            .unwrap()
+            .is_none());
         let again = e.attach(&attach("/run/netns/c2")).unwrap();
         assert_ne!(again.id, ep.id);
         // The link was retired then reaped (fake: deleted inline).
-        assert!(e.kernel.applied.iter().any(|o| matches!(o, Op::RetireLink { .. })));
+        assert!(e
+            .kernel
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::RetireLink { .. })));
     }
 
     #[test]
     fn second_network_in_a_namespace_gets_eth1_and_a_higher_default_metric() {
         let mut e = engine();
-        e.create_network(&NetworkRequest { name: "b".into(), subnets: vec!["203.0.113.0/24".into()], ..Default::default() }).unwrap();
+        e.create_network(&NetworkRequest {
+            name: "b".into(),
+            subnets: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        })
+        .unwrap();
         e.attach(&attach("/run/netns/c1")).unwrap();
-        let ep = e.attach(&AttachRequest { network: "b".into(), ..attach("/run/netns/c1") }).unwrap();
+        let ep = e
+            .attach(&AttachRequest {
+                network: "b".into(),
+                ..attach("/run/netns/c1")
+            })
+            .unwrap();
         assert_eq!(ep.ifname.as_str(), "eth1");
         assert!(e.kernel.applied.iter().any(|o| matches!(o, Op::AddRoute { route, .. } if route.metric == Some(plan::DEFAULT_ROUTE_METRIC + 1))));
-        assert!(e.attach(&attach("/run/netns/c1")).is_err(), "same network twice");
+        assert!(
+            e.attach(&attach("/run/netns/c1")).is_err(),
+            "same network twice"
+        );
     }
 }

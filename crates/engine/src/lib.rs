@@ -4,6 +4,7 @@
 //! with rollback, then records the outcome.
 
 mod endpoint;
+mod firewall;
 mod maintain;
 mod network;
 
@@ -30,7 +31,11 @@ pub struct Engine<S: Store, K: Kernel> {
 impl<S: Store, K: Kernel> Engine<S, K> {
     /// An engine over `store` and `kernel`.
     pub fn new(store: S, kernel: K, config: Config) -> Self {
-        Engine { store, kernel, config }
+        Engine {
+            store,
+            kernel,
+            config,
+        }
     }
 }
 
@@ -40,7 +45,12 @@ pub fn new_id() -> String {
         .map(|i| {
             let mut h = RandomState::new().build_hasher();
             h.write_u64(i);
-            h.write_u128(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+            h.write_u128(
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
             h.write_u32(std::process::id());
             format!("{:016x}", h.finish())
         })
@@ -49,10 +59,15 @@ pub fn new_id() -> String {
 
 /// A random 32-bit number (tombstone names).
 pub fn nonce() -> u32 {
-    new_id()[..8].chars().fold(0u32, |a, c| (a << 4) | c.to_digit(16).unwrap_or(0))
+    new_id()[..8]
+        .chars()
+        .fold(0u32, |a, c| (a << 4) | c.to_digit(16).unwrap_or(0))
 }
 
 /// Unix seconds now.
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -29,19 +29,27 @@ pub struct Report {
 
 impl<S: Store, K: Kernel> Engine<S, K> {
     fn netns_alive(&mut self, ep: &Endpoint) -> bool {
-        self.kernel.netns_id(&ep.netns).is_ok_and(|id| id == ep.netns_inode)
+        self.kernel
+            .netns_id(&ep.netns)
+            .is_ok_and(|id| id == ep.netns_inode)
     }
 
     /// `restore`: brings back bridges, VLAN parents, shims, host routes and every
     /// endpoint whose namespace still exists; forgets the others.
     pub fn restore(&mut self) -> Result<Report> {
         let mut report = Report::default();
-        let (networks, endpoints) = self.store.read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+        let (networks, endpoints) = self
+            .store
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
         for net in &networks {
             let host = self.kernel.view(&Netns::Host)?;
-            match plan::network_infra(net, &host).and_then(|ops| apply_ensure(&mut self.kernel, &ops).map(|_| ops.len())) {
+            match plan::network_infra(net, &host)
+                .and_then(|ops| apply_ensure(&mut self.kernel, &ops).map(|_| ops.len()))
+            {
                 Ok(0) => {}
-                Ok(n) => report.restored.push(format!("network {}: {n} host-side steps", net.name)),
+                Ok(n) => report
+                    .restored
+                    .push(format!("network {}: {n} host-side steps", net.name)),
                 Err(e) => report.errors.push(format!("network {}: {e}", net.name)),
             }
         }
@@ -55,9 +63,26 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 continue;
             }
             match self.restore_endpoint(net, ep) {
-                Ok(true) => report.restored.push(format!("endpoint {} on {}", ep.display_name(), net.name)),
+                Ok(true) => {
+                    report
+                        .restored
+                        .push(format!("endpoint {} on {}", ep.display_name(), net.name))
+                }
                 Ok(false) => {}
-                Err(e) => report.errors.push(format!("endpoint {}: {e}", ep.display_name())),
+                Err(e) => report
+                    .errors
+                    .push(format!("endpoint {}: {e}", ep.display_name())),
+            }
+        }
+        if networks
+            .iter()
+            .any(|n| n.driver == lanyard_core::model::Driver::Bridge)
+        {
+            match self.rebuild_firewall() {
+                Ok(()) => report
+                    .restored
+                    .push("nftables tables inet/bridge lanyard".into()),
+                Err(e) => report.errors.push(format!("firewall: {e}")),
             }
         }
         Ok(report)
@@ -69,29 +94,61 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let host = self.kernel.view(&Netns::Host)?;
         let inside = self.kernel.view(&Netns::Path(ep.netns.clone()))?;
         let link_ok = inside.link(ep.ifname.as_str()).is_some();
-        let host_side_ok = match (&ep.host_ifname, net.bridge.as_ref().and_then(|b| host.link(b.as_str()))) {
-            (Some(v), Some(br)) => host.link(v.as_str()).is_some_and(|l| l.master == Some(br.index)),
+        let host_side_ok = match (
+            &ep.host_ifname,
+            net.bridge.as_ref().and_then(|b| host.link(b.as_str())),
+        ) {
+            (Some(v), Some(br)) => host
+                .link(v.as_str())
+                .is_some_and(|l| l.master == Some(br.index)),
             (Some(_), None) => false,
             (None, _) => true,
         };
         if link_ok && host_side_ok {
-            let ops: Vec<Op> = plan::endpoint_host_routes(net, ep, &host).into_iter().map(|route| Op::AddRoute { netns: Netns::Host, route }).collect();
+            let ops: Vec<Op> = plan::endpoint_host_routes(net, ep, &host)
+                .into_iter()
+                .map(|route| Op::AddRoute {
+                    netns: Netns::Host,
+                    route,
+                })
+                .collect();
             apply_all(&mut self.kernel, &ops)?;
             return Ok(false);
         }
         if link_ok {
-            let ops = plan::endpoint_teardown(net, ep, &host, true, lanyard_core::kernel::tombstone_name(crate::nonce()));
+            let ops = plan::endpoint_teardown(
+                net,
+                ep,
+                &host,
+                true,
+                lanyard_core::kernel::tombstone_name(crate::nonce()),
+            );
             for op in &ops {
-                if let Op::RetireLink { netns, tombstone, .. } = op {
+                if let Op::RetireLink {
+                    netns, tombstone, ..
+                } = op
+                {
                     self.kernel.apply(op)?;
-                    self.kernel.apply(&Op::DeleteLink { netns: netns.clone(), name: tombstone.clone() })?;
+                    self.kernel.apply(&Op::DeleteLink {
+                        netns: netns.clone(),
+                        name: tombstone.clone(),
+                    })?;
                 }
             }
         }
         if let Some(v) = &ep.host_ifname {
-            self.kernel.apply(&Op::DeleteLink { netns: Netns::Host, name: v.clone() })?;
+            self.kernel.apply(&Op::DeleteLink {
+                netns: Netns::Host,
+                name: v.clone(),
+            })?;
         }
-        let rank = self.store.read(&mut |tx| Ok(tx.endpoints()?.iter().filter(|o| o.netns_inode == ep.netns_inode && o.created < ep.created).count() as u32))?;
+        let rank = self.store.read(&mut |tx| {
+            Ok(tx
+                .endpoints()?
+                .iter()
+                .filter(|o| o.netns_inode == ep.netns_inode && o.created < ep.created)
+                .count() as u32)
+        })?;
         let host = self.kernel.view(&Netns::Host)?;
         apply_all(&mut self.kernel, &plan::endpoint_ops(net, ep, &host, rank)?)?;
         Ok(true)
@@ -99,8 +156,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     fn forget(&mut self, ep: &Endpoint, report: &mut Report, why: &str) {
         match self.remove_endpoint(ep) {
-            Ok(()) => report.removed.push(format!("endpoint {} ({why})", ep.display_name())),
-            Err(e) => report.errors.push(format!("endpoint {}: {e}", ep.display_name())),
+            Ok(()) => report
+                .removed
+                .push(format!("endpoint {} ({why})", ep.display_name())),
+            Err(e) => report
+                .errors
+                .push(format!("endpoint {}: {e}", ep.display_name())),
         }
     }
 
@@ -108,13 +169,17 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// removes pending records a crash left, deletes tombstones and orphaned links.
     pub fn gc(&mut self) -> Result<Report> {
         let mut report = Report::default();
-        let (networks, endpoints) = self.store.read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+        let (networks, endpoints) = self
+            .store
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
         for ep in &endpoints {
             if !networks.iter().any(|n| n.id == ep.network_id) {
                 self.forget(ep, &mut report, "its network is gone");
             } else if !self.netns_alive(ep) {
                 self.forget(ep, &mut report, "its namespace is gone");
-            } else if ep.state == EndpointState::Pending && now().saturating_sub(ep.created) > PENDING_GRACE_SECS {
+            } else if ep.state == EndpointState::Pending
+                && now().saturating_sub(ep.created) > PENDING_GRACE_SECS
+            {
                 self.forget(ep, &mut report, "an attach was interrupted");
             }
         }
@@ -126,14 +191,22 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 expected.extend(n.parent.as_ref().map(|p| plan::shim_name(p).to_string()));
             }
         }
-        let live_veths: Vec<String> = self.endpoints()?.iter().filter_map(|e| e.host_ifname.as_ref().map(|h| h.to_string())).collect();
+        let live_veths: Vec<String> = self
+            .endpoints()?
+            .iter()
+            .filter_map(|e| e.host_ifname.as_ref().map(|h| h.to_string()))
+            .collect();
         let mut ops = vec![];
         for l in &host.links {
-            let orphan = (l.name.starts_with("lyb-") || l.name.starts_with("lys-")) && !expected.contains(&l.name);
+            let orphan = (l.name.starts_with("lyb-") || l.name.starts_with("lys-"))
+                && !expected.contains(&l.name);
             let stray_veth = l.name.starts_with("lyv-") && !live_veths.contains(&l.name);
             if is_tombstone(&l.name) || orphan || stray_veth {
                 if let Ok(name) = lanyard_core::name::IfName::new(&l.name) {
-                    ops.push(Op::DeleteLink { netns: Netns::Host, name });
+                    ops.push(Op::DeleteLink {
+                        netns: Netns::Host,
+                        name,
+                    });
                     report.removed.push(format!("link {}", l.name));
                 }
             }
@@ -147,35 +220,62 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
 #[cfg(test)]
 mod tests {
+    use crate::Engine;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::model::{AttachRequest, NetworkRequest};
+    use lanyard_core::op::Op;
     use lanyard_core::store::mem::MemStore;
     use lanyard_core::store::Store;
-    use lanyard_core::op::Op;
-    use crate::Engine;
 
     #[test]
     fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_their_address() {
         let mut k = FakeKernel::with_eth0(&["192.0.2.2/24"]);
         k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
         let mut e = Engine::new(MemStore::default(), k, Default::default());
-        e.create_network(&NetworkRequest { name: "b".into(), subnets: vec!["203.0.113.0/24".into()], ..Default::default() }).unwrap();
-        let ep = e.attach(&AttachRequest { network: "b".into(), netns: "/run/netns/c1".into(), ..Default::default() }).unwrap();
+        e.create_network(&NetworkRequest {
+            name: "b".into(),
+            subnets: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let ep = e
+            .attach(&AttachRequest {
+                network: "b".into(),
+                netns: "/run/netns/c1".into(),
+                ..Default::default()
+            })
+            .unwrap();
         e.kernel.namespaces.clear();
         let r = e.gc().unwrap();
         assert_eq!(r.removed.len(), 1, "{r:?}");
         assert!(e.endpoints().unwrap().is_empty());
-        let owner = e.store.read(&mut |tx| tx.address_owner(&ep.network_id, ep.addresses[0].addr())).unwrap();
+        let owner = e
+            .store
+            .read(&mut |tx| tx.address_owner(&ep.network_id, ep.addresses[0].addr()))
+            .unwrap();
         assert_eq!(owner, None);
     }
 
     #[test]
     fn restore_recreates_missing_network_pieces() {
-        let mut e = Engine::new(MemStore::default(), FakeKernel::with_eth0(&["192.0.2.2/24"]), Default::default());
-        e.create_network(&NetworkRequest { name: "m".into(), driver: Some("macvlan".into()), subnets: vec!["192.0.2.0/24".into()], options: vec!["parent=eth0".into()], ..Default::default() }).unwrap();
+        let mut e = Engine::new(
+            MemStore::default(),
+            FakeKernel::with_eth0(&["192.0.2.2/24"]),
+            Default::default(),
+        );
+        e.create_network(&NetworkRequest {
+            name: "m".into(),
+            driver: Some("macvlan".into()),
+            subnets: vec!["192.0.2.0/24".into()],
+            options: vec!["parent=eth0".into()],
+            ..Default::default()
+        })
+        .unwrap();
         let n = e.kernel.applied.len();
         e.restore().unwrap();
         // The fake host never shows the shim, so restore plans it again.
-        assert!(e.kernel.applied[n..].iter().any(|o| matches!(o, Op::CreateMacvlan { .. })));
+        assert!(e.kernel.applied[n..]
+            .iter()
+            .any(|o| matches!(o, Op::CreateMacvlan { .. })));
     }
 }

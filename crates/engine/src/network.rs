@@ -2,6 +2,7 @@
 //! remove, prune.
 
 use crate::{new_id, now, Engine};
+use ipnet::IpNet;
 use lanyard_core::apply::{apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{Kernel, View};
 use lanyard_core::model::{Driver, Network, NetworkRequest, SubnetConfig};
@@ -9,7 +10,6 @@ use lanyard_core::op::Netns;
 use lanyard_core::plan;
 use lanyard_core::store::Store;
 use lanyard_core::{Error, Result};
-use ipnet::IpNet;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -25,13 +25,19 @@ pub struct NetworkSummary {
 
 /// Links owned by lanyard (their routes never count as conflicts).
 fn is_lanyard_link(name: &str) -> bool {
-    ["lyb-", "lys-", "lyv-", "lyx-"].iter().any(|p| name.starts_with(p))
+    ["lyb-", "lys-", "lyv-", "lyx-"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// Refuses a subnet that overlaps a host route or another network on the same
 /// segment (parent or bridge). The parent's own connected LAN route is allowed.
 fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()> {
-    let parent_index = net.parent.as_ref().and_then(|p| host.link(p.as_str())).map(|l| l.index);
+    let parent_index = net
+        .parent
+        .as_ref()
+        .and_then(|p| host.link(p.as_str()))
+        .map(|l| l.index);
     for sc in &net.subnets {
         let s = sc.subnet;
         for o in others {
@@ -39,7 +45,11 @@ fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()>
                 (Driver::Bridge, Driver::Bridge) => true,
                 _ => net.parent.is_some() && net.parent == o.parent,
             };
-            if let Some(os) = o.subnets.iter().find(|os| os.subnet.contains(&s) || s.contains(&os.subnet)) {
+            if let Some(os) = o
+                .subnets
+                .iter()
+                .find(|os| os.subnet.contains(&s) || s.contains(&os.subnet))
+            {
                 if same_segment {
                     return Err(Error::Conflict(format!(
                         "subnet {s} overlaps subnet {} of network {} on the same {}; pick another subnet",
@@ -62,7 +72,8 @@ fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()>
                 continue;
             }
             // The parent's own connected route: the LAN the macvlan endpoints join.
-            let parents_lan = parent_index.is_some() && r.oif == parent_index && r.gateway.is_none();
+            let parents_lan =
+                parent_index.is_some() && r.oif == parent_index && r.gateway.is_none();
             if parents_lan && net.driver != Driver::Bridge {
                 continue;
             }
@@ -86,18 +97,33 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         if let Some(p) = &net.parent {
             let base = p.vlan().map(|(b, _)| b).unwrap_or_else(|| p.clone());
             if host.link(base.as_str()).is_none() {
-                return Err(Error::invalid("-o parent", p, "no such interface in this namespace"));
+                return Err(Error::invalid(
+                    "-o parent",
+                    p,
+                    "no such interface in this namespace",
+                ));
             }
         }
         let config = self.config.clone();
         let net = self.store.write(&mut |tx| {
             let others = tx.networks()?;
             if others.iter().any(|o| o.name == net.name) {
-                return Err(Error::Conflict(format!("network {} already exists", net.name)));
+                return Err(Error::Conflict(format!(
+                    "network {} already exists",
+                    net.name
+                )));
             }
             if net.driver.has_ipam() {
-                let mut taken: Vec<IpNet> = others.iter().flat_map(|o| o.subnets.iter().map(|s| s.subnet)).collect();
-                taken.extend(host.routes.iter().filter(|r| r.dst.prefix_len() > 0).map(|r| r.dst));
+                let mut taken: Vec<IpNet> = others
+                    .iter()
+                    .flat_map(|o| o.subnets.iter().map(|s| s.subnet))
+                    .collect();
+                taken.extend(
+                    host.routes
+                        .iter()
+                        .filter(|r| r.dst.prefix_len() > 0)
+                        .map(|r| r.dst),
+                );
                 taken.extend(host.addresses.iter().map(|a| a.addr.trunc()));
                 let want_v4 = !net.subnets.iter().any(|s| s.subnet.addr().is_ipv4());
                 let want_v6 = net.ipv6 && !net.subnets.iter().any(|s| s.subnet.addr().is_ipv6());
@@ -106,7 +132,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                         continue;
                     }
                     let subnet = config.pick_subnet(v6, &taken).ok_or_else(|| {
-                        Error::Conflict(format!("no free IPv{} subnet left in the default address pools; pass --subnet", if v6 { 6 } else { 4 }))
+                        Error::Conflict(format!(
+                            "no free IPv{} subnet left in the default address pools; pass --subnet",
+                            if v6 { 6 } else { 4 }
+                        ))
                     })?;
                     taken.push(subnet);
                     net.subnets.push(SubnetConfig {
@@ -128,8 +157,21 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 return Err(e);
             }
         };
-        if let Err(e) = apply_ensure(&mut self.kernel, &ops) {
+        let setup = apply_ensure(&mut self.kernel, &ops).and_then(|()| {
+            if net.driver == Driver::Bridge {
+                self.rebuild_firewall()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = setup {
             self.store.write(&mut |tx| tx.delete_network(&net.id))?;
+            let remaining = self.store.read(&mut |tx| tx.networks())?;
+            let host = self.kernel.view(&Netns::Host)?;
+            apply_best_effort(
+                &mut self.kernel,
+                &plan::network_teardown(&net, &remaining, &host),
+            );
             return Err(e);
         }
         Ok(net)
@@ -142,22 +184,34 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             Ok(tx
                 .networks()?
                 .into_iter()
-                .map(|n| NetworkSummary { endpoints: eps.iter().filter(|e| e.network_id == n.id).count(), network: n })
+                .map(|n| NetworkSummary {
+                    endpoints: eps.iter().filter(|e| e.network_id == n.id).count(),
+                    network: n,
+                })
                 .collect())
         })
     }
 
     /// One network by name or id.
     pub fn network(&self, key: &str) -> Result<Network> {
-        self.store.read(&mut |tx| tx.network(key))?.ok_or_else(|| Error::not_found("network", key))
+        self.store
+            .read(&mut |tx| tx.network(key))?
+            .ok_or_else(|| Error::not_found("network", key))
     }
 
     /// `network rm`: refused while endpoints are attached. Removes host-side pieces
     /// no other network shares.
     pub fn remove_network(&mut self, key: &str) -> Result<Network> {
         let net = self.store.write(&mut |tx| {
-            let net = tx.network(key)?.ok_or_else(|| Error::not_found("network", key))?;
-            let eps: Vec<String> = tx.endpoints()?.into_iter().filter(|e| e.network_id == net.id).map(|e| e.display_name()).collect();
+            let net = tx
+                .network(key)?
+                .ok_or_else(|| Error::not_found("network", key))?;
+            let eps: Vec<String> = tx
+                .endpoints()?
+                .into_iter()
+                .filter(|e| e.network_id == net.id)
+                .map(|e| e.display_name())
+                .collect();
             if !eps.is_empty() {
                 return Err(Error::Conflict(format!(
                     "network {} has active endpoints ({}); detach them first",
@@ -170,16 +224,30 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         })?;
         let remaining = self.store.read(&mut |tx| tx.networks())?;
         let host = self.kernel.view(&Netns::Host)?;
-        let errors = apply_best_effort(&mut self.kernel, &plan::network_teardown(&net, &remaining, &host));
+        let mut errors = apply_best_effort(
+            &mut self.kernel,
+            &plan::network_teardown(&net, &remaining, &host),
+        );
+        if net.driver == Driver::Bridge {
+            errors.extend(self.rebuild_firewall().err());
+        }
         if let Some(e) = errors.into_iter().next() {
-            return Err(Error::Other(format!("network {} removed from the store, but its teardown failed: {e}; run `lanyard gc`", net.name)));
+            return Err(Error::Other(format!(
+                "network {} removed from the store, but its teardown failed: {e}; run `lanyard gc`",
+                net.name
+            )));
         }
         Ok(net)
     }
 
     /// `network prune`: removes every network without endpoints.
     pub fn prune_networks(&mut self) -> Result<Vec<Network>> {
-        let idle: Vec<String> = self.networks()?.into_iter().filter(|s| s.endpoints == 0).map(|s| s.network.id).collect();
+        let idle: Vec<String> = self
+            .networks()?
+            .into_iter()
+            .filter(|s| s.endpoints == 0)
+            .map(|s| s.network.id)
+            .collect();
         let mut removed = vec![];
         for id in idle {
             match self.remove_network(&id) {
@@ -196,18 +264,26 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
-    use lanyard_core::store::mem::MemStore;
     use lanyard_core::kernel::RouteInfo;
+    use lanyard_core::store::mem::MemStore;
 
     fn engine() -> Engine<MemStore, FakeKernel> {
-        Engine::new(MemStore::default(), FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]), Default::default())
+        Engine::new(
+            MemStore::default(),
+            FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]),
+            Default::default(),
+        )
     }
 
     fn req(name: &str, driver: &str, subnet: &str, opts: &[&str]) -> NetworkRequest {
         NetworkRequest {
             name: name.into(),
             driver: Some(driver.into()),
-            subnets: if subnet.is_empty() { vec![] } else { vec![subnet.into()] },
+            subnets: if subnet.is_empty() {
+                vec![]
+            } else {
+                vec![subnet.into()]
+            },
             options: opts.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         }
@@ -216,27 +292,54 @@ mod tests {
     #[test]
     fn two_macvlan_networks_share_a_parent_with_different_subnets() {
         let mut e = engine();
-        e.create_network(&req("a", "macvlan", "192.0.2.0/24", &["parent=eth0"])).unwrap();
-        e.create_network(&req("b", "macvlan", "198.51.100.0/24", &["parent=eth0"])).unwrap();
-        let err = e.create_network(&req("c", "macvlan", "198.51.100.128/25", &["parent=eth0"])).unwrap_err();
-        assert!(matches!(err, Error::Conflict(_)) && err.to_string().contains("network b"), "{err}");
+        e.create_network(&req("a", "macvlan", "192.0.2.0/24", &["parent=eth0"]))
+            .unwrap();
+        e.create_network(&req("b", "macvlan", "198.51.100.0/24", &["parent=eth0"]))
+            .unwrap();
+        let err = e
+            .create_network(&req("c", "macvlan", "198.51.100.128/25", &["parent=eth0"]))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(_)) && err.to_string().contains("network b"),
+            "{err}"
+        );
     }
 
     #[test]
     fn overlapping_a_host_route_is_refused_naming_the_route() {
         let mut e = engine();
-        e.kernel.host.routes.push(RouteInfo { dst: "203.0.113.0/25".parse().unwrap(), gateway: Some("192.0.2.1".parse().unwrap()), oif: Some(2), src: None, protocol: 4 });
-        let err = e.create_network(&req("a", "bridge", "203.0.113.0/24", &[])).unwrap_err();
-        assert!(err.to_string().contains("203.0.113.0/25 via 192.0.2.1 dev eth0"), "{err}");
+        e.kernel.host.routes.push(RouteInfo {
+            dst: "203.0.113.0/25".parse().unwrap(),
+            gateway: Some("192.0.2.1".parse().unwrap()),
+            oif: Some(2),
+            src: None,
+            protocol: 4,
+        });
+        let err = e
+            .create_network(&req("a", "bridge", "203.0.113.0/24", &[]))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("203.0.113.0/25 via 192.0.2.1 dev eth0"),
+            "{err}"
+        );
         // A bridge may not sit on the host's own LAN either.
-        assert!(e.create_network(&req("b", "bridge", "192.0.2.0/24", &[])).is_err());
+        assert!(e
+            .create_network(&req("b", "bridge", "192.0.2.0/24", &[]))
+            .is_err());
         assert_eq!(e.networks().unwrap().len(), 0);
     }
 
     #[test]
     fn without_subnet_the_first_free_pool_subnet_is_picked() {
         let mut e = engine();
-        e.kernel.host.routes.push(RouteInfo { dst: "10.89.0.0/24".parse().unwrap(), gateway: None, oif: Some(2), src: None, protocol: 2 });
+        e.kernel.host.routes.push(RouteInfo {
+            dst: "10.89.0.0/24".parse().unwrap(),
+            gateway: None,
+            oif: Some(2),
+            src: None,
+            protocol: 2,
+        });
         let a = e.create_network(&req("a", "bridge", "", &[])).unwrap();
         assert_eq!(a.subnets[0].subnet.to_string(), "10.89.1.0/24");
         let b = e.create_network(&req("b", "bridge", "", &[])).unwrap();
@@ -247,8 +350,13 @@ mod tests {
     fn duplicate_name_and_missing_parent_change_nothing() {
         let mut e = engine();
         e.create_network(&req("a", "bridge", "", &[])).unwrap();
-        assert!(matches!(e.create_network(&req("a", "bridge", "", &[])).unwrap_err(), Error::Conflict(_)));
-        let err = e.create_network(&req("m", "macvlan", "192.0.2.0/24", &["parent=eth7"])).unwrap_err();
+        assert!(matches!(
+            e.create_network(&req("a", "bridge", "", &[])).unwrap_err(),
+            Error::Conflict(_)
+        ));
+        let err = e
+            .create_network(&req("m", "macvlan", "192.0.2.0/24", &["parent=eth7"]))
+            .unwrap_err();
         assert!(err.to_string().contains("eth7"));
         assert_eq!(e.networks().unwrap().len(), 1);
     }

@@ -17,8 +17,9 @@ use lanyard_core::op::{Netns, Op};
 use lanyard_core::{Error, Result};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, IpVlanMode, LinkAttribute,
-    LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoBridgePort, InfoData, InfoIpVlan, InfoKind, InfoMacVlan, InfoPortData, InfoPortKind,
+    InfoVeth, InfoVlan, IpVlanMode, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use std::os::fd::AsRawFd;
@@ -163,7 +164,29 @@ pub(crate) fn create_veth(nl: &mut Netlink, op: &Op, v: Veth<'_>) -> Result<()> 
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
-    create(nl, op, Kind::Veth, m)
+    create(nl, op, Kind::Veth, m)?;
+    if v.master.is_some() {
+        set_hairpin(nl, op, v.host)?;
+    }
+    Ok(())
+}
+
+/// `ip link set NAME type bridge_slave hairpin on`: the bridge may send a frame back
+/// out of the port it came in on, so an endpoint reaches its own published port
+/// through the host's address (hairpin NAT). Port data is ignored on a create, so
+/// this is a second request.
+fn set_hairpin(nl: &mut Netlink, op: &Op, name: &IfName) -> Result<()> {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(name.to_string()));
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::PortKind(InfoPortKind::Bridge),
+        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+            true,
+        )])),
+    ]));
+    nl.host_sock()?
+        .ack(RouteNetlinkMessage::NewLink(m), 0)
+        .map_err(|e| e.for_op(op))
 }
 
 /// A link on `parent` (host namespace) created up in `netns`.

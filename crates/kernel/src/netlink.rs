@@ -66,7 +66,10 @@ impl Netlink {
         if self.nft.is_none() {
             self.nft = Some(crate::nft::Nft::new()?);
         }
-        Ok(self.nft.as_mut().unwrap_or_else(|| unreachable!("just set")))
+        Ok(self
+            .nft
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("just set")))
     }
 
     /// Drops what is kept open for the namespace at `path` (its file and socket), so a

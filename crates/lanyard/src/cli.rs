@@ -9,10 +9,22 @@ use std::path::PathBuf;
 #[command(name = "lanyard", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Where the state database lives.
-    #[arg(long, global = true, env = "LANYARD_STATE_DIR", default_value = "/var/lib/lanyard", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "LANYARD_STATE_DIR",
+        default_value = "/var/lib/lanyard",
+        value_name = "DIR"
+    )]
     pub state_dir: PathBuf,
     /// Runtime files (locks, sockets).
-    #[arg(long, global = true, env = "LANYARD_RUN_DIR", default_value = "/run/lanyard", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "LANYARD_RUN_DIR",
+        default_value = "/run/lanyard",
+        value_name = "DIR"
+    )]
     pub run_dir: PathBuf,
     /// Configuration file (default address pools).
     #[arg(long, global = true, env = "LANYARD_CONFIG", default_value = lanyard_core::config::DEFAULT_PATH, value_name = "FILE")]
@@ -146,7 +158,9 @@ pub struct NetnsArgs {
 impl NetnsArgs {
     /// The namespace path, if one was given.
     pub fn path(&self) -> Option<PathBuf> {
-        self.netns.clone().or_else(|| self.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))))
+        self.netns
+            .clone()
+            .or_else(|| self.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))))
     }
 }
 

@@ -28,17 +28,27 @@ fn open(cli: &Cli) -> Result<Lanyard> {
     let config = Config::load(&cli.config)?;
     let store = SqliteStore::open(&cli.state_dir)?;
     let netlink = Netlink::new()?;
-    let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>()) {
+    let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>())
+    {
         None => Box::new(netlink),
         Some(Ok(at)) => Box::new(FailAt::new(netlink, at)),
-        Some(Err(_)) => return Err(Error::invalid(FAIL_AT_ENV, std::env::var(FAIL_AT_ENV).unwrap_or_default(), "must be a number")),
+        Some(Err(_)) => {
+            return Err(Error::invalid(
+                FAIL_AT_ENV,
+                std::env::var(FAIL_AT_ENV).unwrap_or_default(),
+                "must be a number",
+            ))
+        }
     };
     Ok(Engine::new(store, kernel, config))
 }
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -55,7 +65,12 @@ fn main() {
 fn dispatch(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "lanyard", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "lanyard",
+                &mut std::io::stdout(),
+            );
             return Ok(0);
         }
         Command::Man => {
@@ -70,7 +85,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Network(cmd) => network(&mut engine, cmd)?,
         Command::Attach(a) => {
-            let netns = a.ns.path().ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
+            let netns = a
+                .ns
+                .path()
+                .ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
             let o = &a.opts;
             let ep = engine.attach(&AttachRequest {
                 network: a.network.clone(),
@@ -91,7 +109,10 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         }
         Command::Detach(d) => {
             let req = match d.ns.path() {
-                Some(netns) => DetachRequest::Netns { network: d.target.clone(), netns },
+                Some(netns) => DetachRequest::Netns {
+                    network: d.target.clone(),
+                    netns,
+                },
                 None => DetachRequest::Endpoint(d.target.clone()),
             };
             engine.detach(&req)?;

@@ -22,7 +22,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect();
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect();
         println!("{}", s.join("   ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
@@ -30,13 +34,24 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 fn subnets(n: &Network) -> String {
-    n.subnets.iter().map(|s| s.subnet.to_string()).collect::<Vec<_>>().join(",")
+    n.subnets
+        .iter()
+        .map(|s| s.subnet.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `network ls`.
 pub fn network_table(nets: &[NetworkSummary]) {
     table(
-        &["NETWORK ID", "NAME", "DRIVER", "PARENT", "SUBNETS", "ENDPOINTS"],
+        &[
+            "NETWORK ID",
+            "NAME",
+            "DRIVER",
+            "PARENT",
+            "SUBNETS",
+            "ENDPOINTS",
+        ],
         nets.iter()
             .map(|s| {
                 let n = &s.network;
@@ -44,7 +59,9 @@ pub fn network_table(nets: &[NetworkSummary]) {
                     n.short_id().to_string(),
                     n.name.to_string(),
                     n.driver.to_string(),
-                    n.lower_link().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                    n.lower_link()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     subnets(n),
                     s.endpoints.to_string(),
                 ]
@@ -103,15 +120,30 @@ pub fn network_detail(s: &NetworkSummary) {
 /// `endpoint ls`.
 pub fn endpoint_table(eps: &[Endpoint]) {
     table(
-        &["ENDPOINT ID", "NAME", "NETWORK", "IFNAME", "ADDRESSES", "NETNS", "STATE"],
+        &[
+            "ENDPOINT ID",
+            "NAME",
+            "NETWORK",
+            "IFNAME",
+            "ADDRESSES",
+            "NETNS",
+            "STATE",
+        ],
         eps.iter()
             .map(|e| {
                 vec![
                     e.short_id().to_string(),
-                    e.name.as_ref().map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+                    e.name
+                        .as_ref()
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     e.network.to_string(),
                     e.ifname.to_string(),
-                    e.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                    e.addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
                     e.netns.display().to_string(),
                     format!("{:?}", e.state).to_lowercase(),
                 ]

@@ -47,7 +47,9 @@ fn resolve_user(spec: &str) -> Result<(u32, u32)> {
         unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
     };
     let gid = match g {
-        Some(g) => g.parse::<u32>().map_err(|_| Error::invalid("--user", spec, "GID must be a number"))?,
+        Some(g) => g
+            .parse::<u32>()
+            .map_err(|_| Error::invalid("--user", spec, "GID must be a number"))?,
         None => pw_gid,
     };
     Ok((uid, gid))
@@ -67,14 +69,26 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
         Some("none") if args.networks.len() == 1 => Mode::Fresh(vec![]),
         Some(c) if c.starts_with("container:") => {
             if args.networks.len() > 1 {
-                return Err(Error::invalid("--network", c, "container:NAME cannot be combined with other networks"));
+                return Err(Error::invalid(
+                    "--network",
+                    c,
+                    "container:NAME cannot be combined with other networks",
+                ));
             }
             let ep = engine.endpoint(&c["container:".len()..])?;
             Mode::Join(ep.netns)
         }
         _ => {
-            if let Some(s) = args.networks.iter().find(|n| ["host", "none"].contains(&n.as_str()) || n.starts_with("container:")) {
-                return Err(Error::invalid("--network", s, "host, none and container:NAME stand alone"));
+            if let Some(s) = args
+                .networks
+                .iter()
+                .find(|n| ["host", "none"].contains(&n.as_str()) || n.starts_with("container:"))
+            {
+                return Err(Error::invalid(
+                    "--network",
+                    s,
+                    "host, none and container:NAME stand alone",
+                ));
             }
             Mode::Fresh(args.networks.clone())
         }
@@ -86,9 +100,13 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
         .map(|a| CString::new(a.as_str()).map_err(|_| Error::invalid("CMD", a, "contains NUL")))
         .collect::<Result<_>>()?;
     let join = match &mode {
-        Mode::Join(p) => Some(
-            std::fs::File::open(p).map_err(|e| Error::invalid("--network", p.display(), format!("cannot open the namespace: {e}")))?,
-        ),
+        Mode::Join(p) => Some(std::fs::File::open(p).map_err(|e| {
+            Error::invalid(
+                "--network",
+                p.display(),
+                format!("cannot open the namespace: {e}"),
+            )
+        })?),
         _ => None,
     };
     let fresh = matches!(mode, Mode::Fresh(_));
@@ -97,7 +115,9 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     let mut ready = [0; 2];
     let mut go = [0; 2];
     // SAFETY: plain pipe2 calls on local arrays.
-    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0 || unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+    if unsafe { libc::pipe2(ready.as_mut_ptr(), libc::O_CLOEXEC) } != 0
+        || unsafe { libc::pipe2(go.as_mut_ptr(), libc::O_CLOEXEC) } != 0
+    {
         return Err(os_err("pipe"));
     }
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
@@ -125,7 +145,9 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     let n = unsafe { libc::read(ready[0], b.as_mut_ptr().cast(), 1) };
     let mut attached = vec![];
     let setup = if n != 1 || b[0] != 1 {
-        Err(Error::Other("the child could not create its network namespace (are you root?)".into()))
+        Err(Error::Other(
+            "the child could not create its network namespace (are you root?)".into(),
+        ))
     } else if let Mode::Fresh(nets) = &mode {
         let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
         let mut r = engine.loopback_up(&netns);
@@ -151,7 +173,11 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
         if nets.is_empty() {
             if let Some(p) = args.opts.unprivileged_port_start {
                 r = r.and_then(|_| {
-                    engine.kernel_sysctl(&netns, "net.ipv4.ip_unprivileged_port_start", &p.to_string())
+                    engine.kernel_sysctl(
+                        &netns,
+                        "net.ipv4.ip_unprivileged_port_start",
+                        &p.to_string(),
+                    )
                 });
             }
         }
@@ -209,7 +235,14 @@ fn wait(pid: libc::pid_t) -> Result<i32> {
 ///
 /// # Safety
 /// Call only in a freshly forked child of a single-threaded process.
-unsafe fn child(fresh: bool, join: Option<i32>, ready: i32, go: i32, user: Option<(u32, u32)>, argv: &[*const libc::c_char]) -> ! {
+unsafe fn child(
+    fresh: bool,
+    join: Option<i32>,
+    ready: i32,
+    go: i32,
+    user: Option<(u32, u32)>,
+    argv: &[*const libc::c_char],
+) -> ! {
     // SAFETY: the caller guarantees we are a fresh child; all calls are async-signal-safe.
     unsafe {
         let mut ok = 1u8;
@@ -228,7 +261,10 @@ unsafe fn child(fresh: bool, join: Option<i32>, ready: i32, go: i32, user: Optio
         }
         if let Some((uid, gid)) = user {
             let groups = [gid];
-            if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::setgroups(1, groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
                 let msg = b"lanyard run: cannot switch user\n";
                 libc::write(2, msg.as_ptr().cast(), msg.len());
                 libc::_exit(125);

@@ -18,10 +18,38 @@ macro_rules! lab {
 /// on the same parent in the LAN's second subnet.
 fn two_macvlan_networks(lab: &Lab) {
     lab.lanyard_ok(&[
-        "network", "create", "lan", "-d", "macvlan", "-o", "parent=eth0", "--subnet", addr::LAN_V4, "--gateway", addr::ROUTER_V4,
-        "--ip-range", "192.0.2.128/25", "--ipv6", "--subnet", addr::LAN_V6, "--gateway", addr::ROUTER_V6,
+        "network",
+        "create",
+        "lan",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+        "--ipv6",
+        "--subnet",
+        addr::LAN_V6,
+        "--gateway",
+        addr::ROUTER_V6,
     ]);
-    lab.lanyard_ok(&["network", "create", "lan2", "-d", "macvlan", "-o", "parent=eth0", "--subnet", addr::LAN2_V4, "--gateway", addr::ROUTER2_V4]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "lan2",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN2_V4,
+        "--gateway",
+        addr::ROUTER2_V4,
+    ]);
 }
 
 /// Attaches `ns` and returns the endpoint's JSON.
@@ -43,12 +71,17 @@ fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
 }
 
 fn endpoint_count(lab: &Lab) -> usize {
-    lab.lanyard_json(&["endpoint", "ls"]).as_array().unwrap().len()
+    lab.lanyard_json(&["endpoint", "ls"])
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 #[test]
 fn host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_each_other() {
-    let lab = lab!("host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_each_other");
+    let lab = lab!(
+        "host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_each_other"
+    );
     two_macvlan_networks(&lab);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let e1 = attach(&lab, "lan", &c1, &[]);
@@ -61,7 +94,10 @@ fn host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_eac
         assert!(host.ping(a), "host -> {a}");
         assert!(lan.ping(a), "router -> {a}");
     }
-    assert!(c1.ping(addr::HOST_V4) && c1.ping(addr::HOST_V6), "c1 -> host");
+    assert!(
+        c1.ping(addr::HOST_V4) && c1.ping(addr::HOST_V6),
+        "c1 -> host"
+    );
     assert!(c2.ping(addr::HOST_V4), "c2 (other subnet) -> host");
     assert!(c1.ping(&a2) && c2.ping(&a1), "endpoints reach each other");
 }
@@ -76,7 +112,11 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     assert!(lab.host().ip(&["route"]).contains("192.0.2.200"));
     lab.lanyard_ok(&["detach", "web"]);
     lab.lanyard_ok(&["detach", "web"]);
-    assert!(!c1.links().contains("eth0"), "eth0 still in the namespace: {:?}", c1.links());
+    assert!(
+        !c1.links().contains("eth0"),
+        "eth0 still in the namespace: {:?}",
+        c1.links()
+    );
     assert!(!lab.host().ip(&["route"]).contains("192.0.2.200"));
     // Same name, same address, same ifname, right away.
     let again = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
@@ -90,7 +130,18 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
 #[test]
 fn bridge_endpoints_reach_each_other_the_gateway_and_the_host() {
     let lab = lab!("bridge_endpoints_reach_each_other_the_gateway_and_the_host");
-    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24", "--ipv6", "--subnet", "2001:db8:5::/64", "-o", "mtu=1400"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "br",
+        "--subnet",
+        "203.0.113.0/24",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:5::/64",
+        "-o",
+        "mtu=1400",
+    ]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let e1 = attach(&lab, "br", &c1, &[]);
     let e2 = attach(&lab, "br", &c2, &["--mac", "02:42:cb:00:71:0a"]);
@@ -115,18 +166,41 @@ fn attach_and_detach_work_live_while_a_process_runs_inside() {
     lab.lanyard_ok(&["detach", "br", "--netns", c1.path().to_str().unwrap()]);
     assert!(!c1.links().contains("eth1") && c1.links().contains("eth0"));
     assert!(sleeper.is_running(), "the process inside was disturbed");
-    assert!(c1.ping(addr::ROUTER_V4), "eth0 still routes after eth1 went");
+    assert!(
+        c1.ping(addr::ROUTER_V4),
+        "eth0 still routes after eth1 went"
+    );
 }
 
 #[test]
 fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up() {
     let lab = lab!("lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up");
     two_macvlan_networks(&lab);
-    let out = lab.lanyard(&["run", "--network", "lan", "--network", "lan2", "--ip", "192.0.2.150", "--", "ip", "-br", "addr"]);
+    let out = lab.lanyard(&[
+        "run",
+        "--network",
+        "lan",
+        "--network",
+        "lan2",
+        "--ip",
+        "192.0.2.150",
+        "--",
+        "ip",
+        "-br",
+        "addr",
+    ]);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{s}");
-    assert!(s.contains("192.0.2.150/24") && s.contains("eth1") && s.contains("198.51.100."), "{s}");
-    assert_eq!(lab.lanyard(&["run", "--network", "lan", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+    assert!(
+        s.contains("192.0.2.150/24") && s.contains("eth1") && s.contains("198.51.100."),
+        "{s}"
+    );
+    assert_eq!(
+        lab.lanyard(&["run", "--network", "lan", "--", "sh", "-c", "exit 7"])
+            .status
+            .code(),
+        Some(7)
+    );
     assert_eq!(endpoint_count(&lab), 0, "run left endpoints behind");
     assert!(!lab.host().ip(&["route"]).contains("192.0.2.150"));
     // none: loopback only; host: the host's own links.
@@ -134,20 +208,44 @@ fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up()
     assert!(none.contains("lo") && !none.contains("eth0"), "{none}");
     let host = lab.lanyard_ok(&["run", "--network", "host", "--", "ip", "-br", "link"]);
     assert!(host.contains("eth0"), "{host}");
-    lab.lanyard_fails(&["run", "--network", "nosuch", "--", "true"], exit::NOT_FOUND);
+    lab.lanyard_fails(
+        &["run", "--network", "nosuch", "--", "true"],
+        exit::NOT_FOUND,
+    );
 }
 
 #[test]
 fn run_with_container_network_joins_a_named_endpoint() {
     let lab = lab!("run_with_container_network_joins_a_named_endpoint");
     two_macvlan_networks(&lab);
-    let web = lab.lanyard_spawn(&["run", "--network", "lan", "--name", "web", "--ip", "192.0.2.140", "--", "sleep", "600"]);
+    let web = lab.lanyard_spawn(&[
+        "run",
+        "--network",
+        "lan",
+        "--name",
+        "web",
+        "--ip",
+        "192.0.2.140",
+        "--",
+        "sleep",
+        "600",
+    ]);
     let ready = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        lab.lanyard_json(&["endpoint", "ls"]).as_array().is_some_and(|a| a.iter().any(|e| e["state"] == "active"))
+        lab.lanyard_json(&["endpoint", "ls"])
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["state"] == "active"))
     });
     assert!(ready, "web never came up: {}", web.stderr());
-    let joined = lab.lanyard_ok(&["run", "--network", "container:web", "--", "ip", "-br", "addr"]);
+    let joined = lab.lanyard_ok(&[
+        "run",
+        "--network",
+        "container:web",
+        "--",
+        "ip",
+        "-br",
+        "addr",
+    ]);
     assert!(joined.contains("192.0.2.140"), "{joined}");
     assert!(lab.lan().ping("192.0.2.140"));
     // SIGTERM to lanyard run reaches the command; lanyard then cleans up.
@@ -166,11 +264,26 @@ fn a_non_root_server_binds_port_80_with_unprivileged_port_start() {
     let serve = |extra: &[&str]| {
         let mut args = vec!["run", "--network", "lan", "--user", "nobody"];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "timeout", "0.5", "socat", "TCP-LISTEN:80,reuseaddr", "OPEN:/dev/null"]);
+        args.extend_from_slice(&[
+            "--",
+            "timeout",
+            "0.5",
+            "socat",
+            "TCP-LISTEN:80,reuseaddr",
+            "OPEN:/dev/null",
+        ]);
         lab.lanyard(&args).status.code()
     };
-    assert_eq!(serve(&["--unprivileged-port-start", "80"]), Some(124), "nobody could not bind port 80");
-    assert_eq!(serve(&[]), Some(1), "nobody bound port 80 without the sysctl?");
+    assert_eq!(
+        serve(&["--unprivileged-port-start", "80"]),
+        Some(124),
+        "nobody could not bind port 80"
+    );
+    assert_eq!(
+        serve(&[]),
+        Some(1),
+        "nobody bound port 80 without the sysctl?"
+    );
 }
 
 #[test]
@@ -197,21 +310,59 @@ fn a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before() {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(err.contains("injected failure"), "{net} step {step}: {err}");
             assert_eq!(endpoint_count(&lab), 0, "{net} step {step}: store changed");
-            assert_eq!(c1.links(), ["lo".to_string()].into(), "{net} step {step}: namespace changed");
-            assert_eq!(routes(), host_routes, "{net} step {step}: host routes changed");
-            assert_eq!(lab.host().links(), host_links, "{net} step {step}: host links changed");
+            assert_eq!(
+                c1.links(),
+                ["lo".to_string()].into(),
+                "{net} step {step}: namespace changed"
+            );
+            assert_eq!(
+                routes(),
+                host_routes,
+                "{net} step {step}: host routes changed"
+            );
+            assert_eq!(
+                lab.host().links(),
+                host_links,
+                "{net} step {step}: host links changed"
+            );
             step += 1;
         }
         assert!(step >= 4, "{net}: only {step} steps?");
         lab.lanyard_ok(&["detach", net, "--netns", path.to_str().unwrap()]);
     }
     // A multicast MAC is refused before anything happens.
-    lab.lanyard_fails(&["attach", "lan", "--netns", path.to_str().unwrap(), "--mac", "01:02:03:04:05:06"], exit::USAGE);
+    lab.lanyard_fails(
+        &[
+            "attach",
+            "lan",
+            "--netns",
+            path.to_str().unwrap(),
+            "--mac",
+            "01:02:03:04:05:06",
+        ],
+        exit::USAGE,
+    );
     // A parent that vanished after the network was made.
-    lab.host().ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"]);
-    lab.lanyard_ok(&["network", "create", "gone", "-d", "macvlan", "-o", "parent=p1", "--subnet", "198.51.100.0/25", "-o", "host_access=off"]);
+    lab.host()
+        .ip(&["link", "add", "p1", "type", "veth", "peer", "name", "p1b"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "gone",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=p1",
+        "--subnet",
+        "198.51.100.0/25",
+        "-o",
+        "host_access=off",
+    ]);
     lab.host().ip(&["link", "del", "p1"]);
-    let err = lab.lanyard_fails(&["attach", "gone", "--netns", path.to_str().unwrap()], exit::USAGE);
+    let err = lab.lanyard_fails(
+        &["attach", "gone", "--netns", path.to_str().unwrap()],
+        exit::USAGE,
+    );
     assert!(err.contains("p1"), "{err}");
     assert_eq!(endpoint_count(&lab), 0);
     assert_eq!(c1.links(), ["lo".to_string()].into());
@@ -234,14 +385,27 @@ fn restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints() {
         host.ip(&["link", "del", &l]);
     }
     c1.ip(&["link", "del", "eth0"]);
-    std::process::Command::new("ip").args(["netns", "del", c3.name()]).status().expect("ip netns del");
+    std::process::Command::new("ip")
+        .args(["netns", "del", c3.name()])
+        .status()
+        .expect("ip netns del");
     assert!(!host.ping(&a1) && !host.ping(&a2));
     let report = lab.lanyard_ok(&["restore"]);
     assert!(report.contains("restored"), "{report}");
-    assert!(host.ping_within(&a1, Duration::from_secs(3)), "host -> restored macvlan endpoint");
-    assert!(host.ping_within(&a2, Duration::from_secs(3)), "host -> restored bridge endpoint");
+    assert!(
+        host.ping_within(&a1, Duration::from_secs(3)),
+        "host -> restored macvlan endpoint"
+    );
+    assert!(
+        host.ping_within(&a2, Duration::from_secs(3)),
+        "host -> restored bridge endpoint"
+    );
     assert!(lab.lan().ping(&a1));
-    assert_eq!(endpoint_count(&lab), 2, "the endpoint whose namespace is gone was not forgotten");
+    assert_eq!(
+        endpoint_count(&lab),
+        2,
+        "the endpoint whose namespace is gone was not forgotten"
+    );
 }
 
 #[test]
@@ -250,7 +414,10 @@ fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
     attach(&lab, "lan", &c1, &["--ip", "192.0.2.222"]);
-    std::process::Command::new("ip").args(["netns", "del", c1.name()]).status().expect("ip netns del");
+    std::process::Command::new("ip")
+        .args(["netns", "del", c1.name()])
+        .status()
+        .expect("ip netns del");
     let report = lab.lanyard_ok(&["gc"]);
     assert!(report.contains("namespace is gone"), "{report}");
     assert_eq!(endpoint_count(&lab), 0);
@@ -269,44 +436,119 @@ fn host_access_survives_the_parent_going_down_and_up() {
     let host = lab.host();
     host.ip(&["link", "set", "eth0", "down"]);
     host.ip(&["link", "set", "eth0", "up"]);
-    assert!(host.ping_within(&v4, Duration::from_secs(5)), "host -> {v4} after flap");
-    assert!(host.ping_within(&v6, Duration::from_secs(5)), "host -> {v6} after flap");
-    assert!(c1.ping_within(addr::HOST_V6, Duration::from_secs(5)), "endpoint -> host v6 after flap");
+    assert!(
+        host.ping_within(&v4, Duration::from_secs(5)),
+        "host -> {v4} after flap"
+    );
+    assert!(
+        host.ping_within(&v6, Duration::from_secs(5)),
+        "host -> {v6} after flap"
+    );
+    assert!(
+        c1.ping_within(addr::HOST_V6, Duration::from_secs(5)),
+        "endpoint -> host v6 after flap"
+    );
 }
 
 #[test]
 fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
     let lab = lab!("macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent");
-    lab.lanyard_ok(&["network", "create", "p", "-d", "macvlan", "-o", "parent=eth0", "-o", "macvlan_mode=private", "--subnet", addr::LAN_V4, "--ip-range", "192.0.2.128/25"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "p",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "macvlan_mode=private",
+        "--subnet",
+        addr::LAN_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+    ]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let a1 = addr_of(&attach(&lab, "p", &c1, &[]), false);
     let a2 = addr_of(&attach(&lab, "p", &c2, &[]), false);
-    assert!(lab.lan().ping(&a1) && lab.lan().ping(&a2), "the LAN reaches private endpoints");
+    assert!(
+        lab.lan().ping(&a1) && lab.lan().ping(&a2),
+        "the LAN reaches private endpoints"
+    );
     assert!(!c1.ping(&a2), "private endpoints reached each other");
     let link = &c1.ip_json(&["-d", "link", "show", "eth0"])[0];
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "private");
     // vepa: created with that mode.
-    lab.lanyard_ok(&["network", "create", "v", "-d", "macvlan", "-o", "parent=eth0", "-o", "macvlan_mode=vepa", "--subnet", addr::LAN2_V4]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "v",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "macvlan_mode=vepa",
+        "--subnet",
+        addr::LAN2_V4,
+    ]);
     let c3 = lab.netns("c3");
     attach(&lab, "v", &c3, &[]);
-    assert_eq!(c3.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"], "vepa");
+    assert_eq!(
+        c3.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"],
+        "vepa"
+    );
     // passthru on a parent of its own.
-    lab.host().ip(&["link", "add", "p2", "type", "veth", "peer", "name", "p2b"]);
-    lab.lanyard_ok(&["network", "create", "pt", "-d", "macvlan", "-o", "parent=p2", "-o", "macvlan_mode=passthru", "--subnet", "203.0.113.0/24"]);
+    lab.host()
+        .ip(&["link", "add", "p2", "type", "veth", "peer", "name", "p2b"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "pt",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=p2",
+        "-o",
+        "macvlan_mode=passthru",
+        "--subnet",
+        "203.0.113.0/24",
+    ]);
     let c4 = lab.netns("c4");
     attach(&lab, "pt", &c4, &[]);
-    assert_eq!(c4.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"], "passthru");
+    assert_eq!(
+        c4.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"],
+        "passthru"
+    );
 }
 
 #[test]
 fn ipvlan_attach_works_or_says_the_kernel_lacks_it() {
     let lab = lab!("ipvlan_attach_works_or_says_the_kernel_lacks_it");
-    lab.lanyard_ok(&["network", "create", "iv", "-d", "ipvlan", "-o", "parent=eth0", "--subnet", addr::LAN_V4, "--ip-range", "192.0.2.128/25", "-o", "host_access=off"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "iv",
+        "-d",
+        "ipvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+        "-o",
+        "host_access=off",
+    ]);
     let c1 = lab.netns("c1");
     let out = lab.lanyard(&["attach", "iv", "--netns", c1.path().to_str().unwrap()]);
     let has_ipvlan = std::path::Path::new("/sys/module/ipvlan").exists() || out.status.success();
     if has_ipvlan {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     } else {
         assert_eq!(out.status.code(), Some(exit::UNSUPPORTED));
         assert!(String::from_utf8_lossy(&out.stderr).contains("kernel has no ipvlan support"));

@@ -5,7 +5,7 @@
 //! kernel feature the host may lack; `scripts/test` runs them in a VM with a stock
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
-mod harness;
-mod smoke;
 mod attach;
+mod harness;
 mod network;
+mod smoke;

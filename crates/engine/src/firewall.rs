@@ -1,0 +1,112 @@
+//! Firewall glue: lanyard's nftables tables follow the store. A bridge network
+//! created or removed rebuilds the whole ruleset in one transaction; an endpoint
+//! coming or going changes only its own set elements (anti-spoofing guard, published
+//! ports), so the cost does not grow with the number of mappings. If the tables are
+//! missing (after `nft flush ruleset`, a firewall reload, a reboot) an element change
+//! falls back to a full rebuild from the store.
+
+use crate::Engine;
+use lanyard_core::firewall::{self, BridgeNet, BridgePort, Change, Element, FirewallInput};
+use lanyard_core::kernel::Kernel;
+use lanyard_core::model::{Driver, Endpoint, MacAddr, Network};
+use lanyard_core::op::Op;
+use lanyard_core::store::Store;
+use lanyard_core::{Error, Result};
+
+/// The firewall's view of one bridge endpoint, if it has one.
+fn port_of(net: &Network, ep: &Endpoint) -> Result<Option<BridgePort>> {
+    if net.driver != Driver::Bridge {
+        return Ok(None);
+    }
+    let mac = ep.mac.ok_or_else(|| {
+        Error::Other(format!(
+            "bridge endpoint {} has no MAC recorded",
+            ep.display_name()
+        ))
+    })?;
+    BridgePort::from_endpoint(ep, mac).map(Some)
+}
+
+/// Everything the ruleset renders, from the store's networks and endpoints.
+pub(crate) fn input(nets: &[Network], eps: &[Endpoint]) -> Result<FirewallInput> {
+    let mut fw = FirewallInput::default();
+    for n in nets.iter().filter(|n| n.driver == Driver::Bridge) {
+        fw.networks.push(BridgeNet::from_network(n)?);
+    }
+    for e in eps {
+        if let Some(n) = nets.iter().find(|n| n.id == e.network_id) {
+            fw.endpoints.extend(port_of(n, e)?);
+        }
+    }
+    Ok(fw)
+}
+
+/// A MAC for a bridge endpoint that asked for none, known before the link exists so
+/// the anti-spoofing guard can be in place first: Docker's scheme, 02:42 and the
+/// IPv4 address; else 02 and bytes of the endpoint id.
+pub(crate) fn default_mac(ep_id: &str, v4: Option<std::net::Ipv4Addr>) -> MacAddr {
+    match v4 {
+        Some(a) => {
+            let o = a.octets();
+            MacAddr([0x02, 0x42, o[0], o[1], o[2], o[3]])
+        }
+        None => {
+            let mut b = [0x02u8, 0, 0, 0, 0, 0];
+            for (i, byte) in b.iter_mut().enumerate().skip(1) {
+                *byte = u8::from_str_radix(ep_id.get(2 * i..2 * i + 2).unwrap_or("00"), 16)
+                    .unwrap_or(0);
+            }
+            MacAddr(b)
+        }
+    }
+}
+
+impl<S: Store, K: Kernel> Engine<S, K> {
+    /// Rebuilds lanyard's nftables tables from the store in one transaction; removes
+    /// them when no bridge network is left. Other tables are never touched.
+    pub fn rebuild_firewall(&mut self) -> Result<()> {
+        let (nets, eps) = self
+            .store
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+        let script = if nets.iter().any(|n| n.driver == Driver::Bridge) {
+            let fw = input(&nets, &eps)?;
+            fw.validate()?;
+            firewall::ruleset(&fw)
+        } else {
+            firewall::teardown()
+        };
+        self.kernel.apply(&Op::Nft { script, undo: None })
+    }
+
+    /// Adds one endpoint's elements; returns the op that takes them out again.
+    pub(crate) fn firewall_add(&mut self, net: &Network, ep: &Endpoint) -> Result<Option<Op>> {
+        let Some(port) = port_of(net, ep)? else {
+            return Ok(None);
+        };
+        let elements: Vec<Element> = port.elements();
+        let op = Op::Nft {
+            script: firewall::element_ops(Change::Add, &elements),
+            undo: Some(firewall::element_ops(Change::Remove, &elements)),
+        };
+        if let Err(first) = self.kernel.apply(&op) {
+            // Tables gone (flushed, reloaded)? The store already holds this endpoint:
+            // a full rebuild puts everything back, this endpoint included.
+            if let Err(e) = self.rebuild_firewall() {
+                return Err(Error::Other(format!(
+                    "{first}; rebuilding lanyard's nftables tables also failed: {e}"
+                )));
+            }
+        }
+        Ok(op.inverse())
+    }
+
+    /// Takes one endpoint's elements out (best effort: the tables may be gone).
+    pub(crate) fn firewall_remove(&mut self, net: &Network, ep: &Endpoint) {
+        if let Ok(Some(port)) = port_of(net, ep) {
+            let script = firewall::element_ops(Change::Remove, &port.elements());
+            if self.kernel.apply(&Op::Nft { script, undo: None }).is_err() {
+                tracing::warn!("could not remove the firewall elements of endpoint {}; `lanyard restore` rebuilds them", ep.display_name());
+            }
+        }
+    }
+}
