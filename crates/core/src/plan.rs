@@ -10,7 +10,7 @@
 //! it. Routes follow endpoints as they come and go.
 
 use crate::kernel::View;
-use crate::model::{Driver, Endpoint, MacvlanMode, Network};
+use crate::model::{Driver, Endpoint, IpvlanMode, MacvlanMode, Network};
 use crate::name::IfName;
 use crate::op::{Netns, Op, RouteSpec};
 use crate::{Error, Result};
@@ -63,8 +63,13 @@ pub fn host_addresses(host: &View, parent: &IfName) -> Vec<IpNet> {
 /// Whether `net` uses a host-access shim.
 pub fn uses_shim(net: &Network) -> bool {
     net.host_access
-        && net.driver == Driver::Macvlan
-        && net.macvlan_mode == Some(MacvlanMode::Bridge)
+        && match net.driver {
+            Driver::Macvlan => net.macvlan_mode == Some(MacvlanMode::Bridge),
+            // An ipvlan shim: ipvlan hands the shim frames for the host's addresses
+            // it carries; still the host namespace, so nothing is lost.
+            Driver::Ipvlan => net.ipvlan_mode == Some(IpvlanMode::L2),
+            _ => false,
+        }
 }
 
 /// Ops that make the network's host-side pieces exist: the bridge with its gateway
@@ -155,13 +160,24 @@ pub fn network_infra(net: &Network, host: &View) -> Result<Vec<Op>> {
             if uses_shim(net) {
                 let shim = shim_name(&parent);
                 if host.link(shim.as_str()).is_none() {
-                    ops.push(Op::CreateMacvlan {
-                        netns: Netns::Host,
-                        name: shim.clone(),
-                        parent: parent.clone(),
-                        mode: MacvlanMode::Bridge,
-                        mac: None,
-                        mtu: None,
+                    // A parent is either macvlan's or ipvlan's, never both (the kernel
+                    // refuses), so one shim name per parent serves either kind.
+                    ops.push(match net.driver {
+                        Driver::Ipvlan => Op::CreateIpvlan {
+                            netns: Netns::Host,
+                            name: shim.clone(),
+                            parent: parent.clone(),
+                            mode: IpvlanMode::L2,
+                            mtu: None,
+                        },
+                        _ => Op::CreateMacvlan {
+                            netns: Netns::Host,
+                            name: shim.clone(),
+                            parent: parent.clone(),
+                            mode: MacvlanMode::Bridge,
+                            mac: None,
+                            mtu: None,
+                        },
                     });
                     ops.push(Op::SetSysctl {
                         netns: Netns::Host,
@@ -554,6 +570,27 @@ mod tests {
             vec![]
         );
         assert_eq!(network_teardown(&a, &[], &host).len(), 1);
+    }
+
+    #[test]
+    fn ipvlan_l2_gets_an_ipvlan_shim_and_l3_none() {
+        let host = FakeKernel::with_eth0(&["192.0.2.2/24"]).host;
+        let l2 = net("ipvlan", &["parent=eth0"], &["192.0.2.0/24"]);
+        assert!(network_infra(&l2, &host).unwrap().iter().any(|o| matches!(
+            o,
+            Op::CreateIpvlan {
+                netns: Netns::Host,
+                mode: IpvlanMode::L2,
+                ..
+            }
+        )));
+        let l3 = net(
+            "ipvlan",
+            &["parent=eth0", "ipvlan_mode=l3"],
+            &["198.51.100.0/24"],
+        );
+        assert!(!l3.host_access);
+        assert_eq!(network_infra(&l3, &host).unwrap(), vec![]);
     }
 
     #[test]
