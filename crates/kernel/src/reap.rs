@@ -3,12 +3,21 @@
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
 //! milliseconds that nobody needs to wait for once the link is renamed and flushed.
-//! The caller forks a child that forks the worker and exits at once; the caller reaps
-//! that child (microseconds), and the worker, reparented to init, is reaped there: no
-//! zombie, and no wait. The worker closes every inherited descriptor except the
-//! namespace files it needs, so it holds no pipe (a CNI runtime reading our stdout
-//! sees EOF when we exit) and no lock. After the fork it makes only raw syscalls on
-//! data prepared before it, which is safe even if the caller had other threads.
+//! The caller starts a child that forks the worker and exits at once; the caller reaps
+//! that child, and the worker, reparented to init, is reaped there: no zombie, and no
+//! wait. The child closes every descriptor except the namespace files the worker needs
+//! before it forks, so the worker never holds a pipe (a CNI runtime reading our stdout
+//! sees EOF when we exit) or a lock, not even for an instant.
+//!
+//! The intermediate child shares the caller's memory, and the caller is suspended
+//! until it exits (`CLONE_VM | CLONE_VFORK`, as `posix_spawn` does): only the worker
+//! gets a copy of the caller's page tables, and no copy is torn down while the caller
+//! waits, which takes a good part off the hand-off (0.30 ms to 0.25 ms here, more in
+//! a bigger process). The intermediate runs with every signal blocked, on a stack of
+//! its own, with a descriptor table of its own, and makes only raw syscalls (no
+//! `fork()` from libc, whose at-fork handlers would take locks in the memory it shares
+//! with the caller); the worker, after its fork, only raw syscalls on data prepared
+//! before it, which is safe even if the caller had other threads.
 
 use crate::netlink::Netlink;
 use crate::socket::encode;
@@ -19,6 +28,11 @@ use netlink_packet_core::NLM_F_REQUEST;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::raw::{c_int, c_void};
+
+/// Stack of the intermediate child (and, copied, of the worker): both only make
+/// syscalls, in a few small frames.
+const STACK: usize = 64 * 1024;
 
 /// One delete for the worker: the namespace to be in, the request to send there.
 struct Job {
@@ -47,45 +61,89 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
     keep.sort_unstable();
     keep.dedup();
 
-    // SAFETY: the child and the grandchild only make async-signal-safe syscalls on
-    // memory prepared above and leave with `_exit`.
-    match unsafe { libc::fork() } {
-        -1 => nl.reap_now(links),
-        0 => unsafe {
-            if libc::fork() == 0 {
-                worker(&jobs, &keep);
-            }
-            libc::_exit(0)
-        },
-        child => {
-            let mut status = 0;
-            // SAFETY: waiting for our own child; EINTR is retried, ECHILD (SIGCHLD
-            // ignored by the caller) means the kernel reaped it already.
-            while unsafe { libc::waitpid(child, &mut status, 0) } < 0
-                && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
-            {}
-            Ok(())
+    let mut stack = vec![0u8; STACK];
+    // SAFETY: zeroed sigsets are valid; the calls only write the sets they are given.
+    let old_mask = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let args = Args {
+        jobs: &jobs,
+        keep: &keep,
+        mask: &old_mask,
+    };
+    // SAFETY: `stack` and `args` outlive the child: with CLONE_VFORK this thread is
+    // suspended until the child has exited. The stack top is 16-byte aligned.
+    let child = unsafe {
+        let top = stack.as_mut_ptr().add(STACK) as usize & !15;
+        let pid = libc::clone(
+            intermediate,
+            top as *mut c_void,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &args as *const Args as *mut c_void,
+        );
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
+        pid
+    };
+    if child < 0 {
+        return nl.reap_now(links);
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child; EINTR is retried, ECHILD (SIGCHLD ignored
+    // by the caller) means the kernel reaped it already.
+    let waited = loop {
+        let r = unsafe { libc::waitpid(child, &mut status, 0) };
+        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break r;
         }
+    };
+    drop(stack);
+    if waited == child && !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        // The worker could not be forked: delete here after all.
+        return nl.reap_now(links);
+    }
+    Ok(())
+}
+
+/// What the intermediate child needs, prepared by the caller.
+struct Args<'a> {
+    jobs: &'a [Job],
+    keep: &'a [RawFd],
+    /// The caller's signal mask, for the worker.
+    mask: &'a libc::sigset_t,
+}
+
+/// The intermediate child, in the caller's memory but with its own copy of the
+/// descriptor table: closes every descriptor but `keep`, so the worker never holds
+/// any of the caller's (a pipe, a lock) even for an instant; forks the worker with a
+/// raw `clone` (a fork without libc's at-fork handlers); exits, 1 if that failed.
+extern "C" fn intermediate(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Args` the caller passed and keeps alive while we run;
+    // `clone(SIGCHLD)` without a new stack is `fork`, and the child it makes has its
+    // own copy of this memory, so the worker reads its copy of `Args`.
+    unsafe {
+        let a = &*(arg as *const Args);
+        close_all_but(a.keep);
+        let pid = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
+        if pid == 0 {
+            libc::pthread_sigmask(libc::SIG_SETMASK, a.mask, std::ptr::null_mut());
+            worker(a.jobs);
+        }
+        libc::_exit(i32::from(pid < 0))
     }
 }
 
-/// The grandchild: detach, close everything but `keep`, send each delete, exit.
+/// The grandchild: detach from the caller's session, send each delete, exit.
 ///
 /// # Safety
 /// Only to be called in a freshly forked process; never returns.
-unsafe fn worker(jobs: &[Job], keep: &[RawFd]) -> ! {
+unsafe fn worker(jobs: &[Job]) -> ! {
     // SAFETY (whole body): raw syscalls on valid pointers into memory we own.
     unsafe {
         libc::setsid();
-        let mut low: RawFd = 0;
-        for &fd in keep {
-            if fd > low {
-                close_range(low, fd - 1);
-            }
-            low = fd + 1;
-        }
-        close_range(low, RawFd::MAX);
-
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
         for job in jobs {
@@ -112,6 +170,24 @@ unsafe fn worker(jobs: &[Job], keep: &[RawFd]) -> ! {
         }
         libc::_exit(0)
     }
+}
+
+/// Closes every descriptor except `keep` (sorted, no duplicates).
+///
+/// # Safety
+/// Closing descriptors is memory-safe, but the caller must own the descriptor table
+/// (a child that does not share it).
+unsafe fn close_all_but(keep: &[RawFd]) {
+    let mut low: RawFd = 0;
+    for &fd in keep {
+        if fd > low {
+            // SAFETY: per this function's contract.
+            unsafe { close_range(low, fd - 1) };
+        }
+        low = fd + 1;
+    }
+    // SAFETY: per this function's contract.
+    unsafe { close_range(low, RawFd::MAX) };
 }
 
 /// Closes descriptors `low..=high`, with `close_range(2)` or one by one before 5.9.
