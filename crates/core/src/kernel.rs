@@ -78,6 +78,17 @@ impl View {
     pub fn link_by_index(&self, index: u32) -> Option<&LinkInfo> {
         self.links.iter().find(|l| l.index == index)
     }
+    /// This view cut down to the links called `names`, their addresses, no routes:
+    /// what [`Kernel::view_links`] returns.
+    pub fn only_links(mut self, names: &[IfName]) -> View {
+        self.links
+            .retain(|l| names.iter().any(|n| n.as_str() == l.name));
+        let links = &self.links;
+        self.addresses
+            .retain(|a| links.iter().any(|l| l.index == a.index));
+        self.routes.clear();
+        self
+    }
     /// Addresses on the named link.
     pub fn addresses_of(&self, name: &str) -> Vec<IpNet> {
         match self.link(name) {
@@ -99,6 +110,13 @@ pub type NsId = (u64, u64);
 pub trait Kernel {
     /// Links, addresses and main-table routes of `netns`.
     fn view(&mut self, netns: &Netns) -> Result<View>;
+    /// The links of `netns` called `names` (those that exist) with their addresses,
+    /// and no routes: what planning an endpoint looks at (see
+    /// [`crate::plan::host_links`]), at a cost that does not grow with the number of
+    /// links and routes the namespace has. Default: [`Kernel::view`], filtered.
+    fn view_links(&mut self, netns: &Netns, names: &[IfName]) -> Result<View> {
+        Ok(self.view(netns)?.only_links(names))
+    }
     /// Identity of the namespace at `path`; `Error::NotFound` if it is gone.
     fn netns_id(&mut self, path: &Path) -> Result<NsId>;
     /// Applies one step. Idempotent where the op says so (deletes of missing things).
@@ -118,6 +136,9 @@ pub trait Kernel {
 impl<K: Kernel + ?Sized> Kernel for Box<K> {
     fn view(&mut self, netns: &Netns) -> Result<View> {
         (**self).view(netns)
+    }
+    fn view_links(&mut self, netns: &Netns, names: &[IfName]) -> Result<View> {
+        (**self).view_links(netns, names)
     }
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         (**self).netns_id(path)
@@ -155,6 +176,9 @@ impl<K> FailAt<K> {
 impl<K: Kernel> Kernel for FailAt<K> {
     fn view(&mut self, netns: &Netns) -> Result<View> {
         self.inner.view(netns)
+    }
+    fn view_links(&mut self, netns: &Netns, names: &[IfName]) -> Result<View> {
+        self.inner.view_links(netns, names)
     }
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         self.inner.netns_id(path)
@@ -206,14 +230,17 @@ pub mod fake {
         pub calls: usize,
         /// Namespace paths that "exist", with their ids.
         pub namespaces: Vec<(std::path::PathBuf, NsId)>,
+        /// Number of full [`Kernel::view`] calls (tests of the hot path count them).
+        pub full_views: usize,
     }
 
     impl Kernel for FakeKernel {
         fn view(&mut self, netns: &Netns) -> Result<View> {
-            Ok(match netns {
-                Netns::Host => self.host.clone(),
-                Netns::Path(_) => View::default(),
-            })
+            self.full_views += 1;
+            Ok(self.namespace_view(netns))
+        }
+        fn view_links(&mut self, netns: &Netns, names: &[IfName]) -> Result<View> {
+            Ok(self.namespace_view(netns).only_links(names))
         }
         fn netns_id(&mut self, path: &Path) -> Result<NsId> {
             self.namespaces
@@ -234,6 +261,14 @@ pub mod fake {
     }
 
     impl FakeKernel {
+        /// What `netns` looks like: the host view, or an empty container.
+        fn namespace_view(&self, netns: &Netns) -> View {
+            match netns {
+                Netns::Host => self.host.clone(),
+                Netns::Path(_) => View::default(),
+            }
+        }
+
         /// A host with `eth0` (index 2) holding `addrs` and their connected routes.
         pub fn with_eth0(addrs: &[&str]) -> Self {
             let mut k = FakeKernel::default();

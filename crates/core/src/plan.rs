@@ -72,6 +72,25 @@ pub fn uses_shim(net: &Network) -> bool {
         }
 }
 
+/// The host links whose state (existence, up, addresses) the planner looks at for
+/// `net` and, if given, one endpoint of it: bridge, parent, VLAN base, shim, the
+/// endpoint's veth. Planning with a view of just these
+/// ([`crate::kernel::Kernel::view_links`]) gives the same ops as with a full view,
+/// at a cost that does not grow with the host's links and routes.
+pub fn host_links(net: &Network, ep: Option<&Endpoint>) -> Vec<IfName> {
+    let mut names: Vec<IfName> = vec![];
+    names.extend(net.bridge.clone());
+    if let Some(parent) = &net.parent {
+        names.push(parent.clone());
+        names.extend(parent.vlan().map(|(base, _)| base));
+        if uses_shim(net) {
+            names.push(shim_name(parent));
+        }
+    }
+    names.extend(ep.and_then(|e| e.host_ifname.clone()));
+    names
+}
+
 /// Ops that make the network's host-side pieces exist: the bridge with its gateway
 /// addresses, the VLAN parent, the host-access shim. Only what `host` lacks.
 pub fn network_infra(net: &Network, host: &View) -> Result<Vec<Op>> {
@@ -622,6 +641,89 @@ mod tests {
         assert!(ops.iter().any(|o| matches!(o, Op::AddRoute { route, .. } if route.metric == Some(DEFAULT_ROUTE_METRIC + 1) && route.via == Some("10.89.0.1".parse().unwrap()))));
         let infra = network_infra(&n, &host).unwrap();
         assert!(matches!(&infra[0], Op::CreateBridge { .. }));
+    }
+
+    #[test]
+    fn a_view_of_the_host_links_alone_plans_the_same_as_a_full_view() {
+        let mut full = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]).host;
+        // A busy host: other links with addresses and routes, and a made shim.
+        for (i, name) in ["docker0", "veth1", "eth1", "lys-00000000"]
+            .iter()
+            .enumerate()
+        {
+            let mut l = full.links[1].clone();
+            (l.index, l.name) = (10 + i as u32, name.to_string());
+            full.links.push(l);
+            full.addresses.push(crate::kernel::AddrInfo {
+                index: 10 + i as u32,
+                addr: format!("203.0.113.{}/24", i + 1).parse().unwrap(),
+            });
+        }
+        let mut shim = full.links[1].clone();
+        (shim.index, shim.name) = (9, shim_name(&ifname("eth0")).to_string());
+        full.links.push(shim);
+        full.addresses.push(crate::kernel::AddrInfo {
+            index: 9,
+            addr: "192.0.2.2/32".parse().unwrap(),
+        });
+        for (n, a) in [
+            (
+                net("macvlan", &["parent=eth0"], &["192.0.2.0/24"]),
+                "192.0.2.10/24",
+            ),
+            (
+                net(
+                    "macvlan",
+                    &["parent=eth0"],
+                    &["198.51.100.0/24", "2001:db8:1::/64"],
+                ),
+                "198.51.100.10/24",
+            ),
+            (
+                net("macvlan", &["parent=eth0.10"], &["198.51.100.0/24"]),
+                "198.51.100.10/24",
+            ),
+            (
+                net(
+                    "macvlan",
+                    &["parent=eth0", "macvlan_mode=private"],
+                    &["198.51.100.0/24"],
+                ),
+                "198.51.100.10/24",
+            ),
+            (
+                net("ipvlan", &["parent=eth0"], &["192.0.2.0/24"]),
+                "192.0.2.10/24",
+            ),
+            (net("bridge", &[], &["10.89.0.0/24"]), "10.89.0.2/24"),
+        ] {
+            let e = ep(&n, &[a]);
+            let part = full.clone().only_links(&host_links(&n, Some(&e)));
+            assert!(part.links.len() < full.links.len(), "{n:?}");
+            assert_eq!(
+                network_infra(&n, &part).ok(),
+                network_infra(&n, &full).ok(),
+                "{n:?}"
+            );
+            assert_eq!(
+                endpoint_ops(&n, &e, &part, 0).unwrap(),
+                endpoint_ops(&n, &e, &full, 0).unwrap(),
+                "{n:?}"
+            );
+            for alive in [true, false] {
+                let tomb = ifname("lyx-1");
+                assert_eq!(
+                    endpoint_teardown(&n, &e, &part, alive, tomb.clone()),
+                    endpoint_teardown(&n, &e, &full, alive, tomb),
+                    "{n:?}"
+                );
+            }
+            assert_eq!(
+                network_teardown(&n, &[], &part),
+                network_teardown(&n, &[], &full),
+                "{n:?}"
+            );
+        }
     }
 
     #[test]

@@ -250,7 +250,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             )
         })?;
         let id = new_id();
-        let host = self.kernel.view(&Netns::Host)?;
+        // Only the links planning looks at: a busy host's other links and routes
+        // cost nothing here.
+        let host = self
+            .kernel
+            .view_links(&Netns::Host, &plan::host_links(&net, None))?;
         // The host's own addresses on the parent LAN are never handed out.
         let exclude: Vec<IpAddr> = match &net.parent {
             Some(parent) => plan::host_addresses(&host, parent)
@@ -306,20 +310,28 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// `detach`: idempotent. Returns the endpoint that was removed, if any.
     pub fn detach(&mut self, req: &DetachRequest) -> Result<Option<Endpoint>> {
-        let ep = self.store.read(&mut |tx| match req {
-            DetachRequest::Endpoint(key) => tx.endpoint(key),
-            DetachRequest::Netns { network, netns } => {
-                let Some(net) = tx.network(network)? else {
-                    return Ok(None);
-                };
-                Ok(tx
-                    .endpoints()?
-                    .into_iter()
-                    .find(|e| e.network_id == net.id && &e.netns == netns))
+        // The endpoint and its network in one read.
+        let found = self.store.read(&mut |tx| {
+            let ep = match req {
+                DetachRequest::Endpoint(key) => tx.endpoint(key)?,
+                DetachRequest::Netns { network, netns } => {
+                    let Some(net) = tx.network(network)? else {
+                        return Ok(None);
+                    };
+                    tx.endpoints()?
+                        .into_iter()
+                        .find(|e| e.network_id == net.id && &e.netns == netns)
+                }
+            };
+            match ep {
+                Some(ep) => Ok(Some((tx.network(&ep.network_id)?, ep))),
+                None => Ok(None),
             }
         })?;
-        let Some(ep) = ep else { return Ok(None) };
-        self.remove_endpoint(&ep)?;
+        let Some((net, ep)) = found else {
+            return Ok(None);
+        };
+        self.unwire_and_forget(&ep, net.as_ref())?;
         Ok(Some(ep))
     }
 
@@ -327,26 +339,41 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// and addresses free at once) and deleted in the background.
     pub(crate) fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let net = self.store.read(&mut |tx| tx.network(&ep.network_id))?;
+        self.unwire_and_forget(ep, net.as_ref())
+    }
+
+    /// [`Engine::remove_endpoint`] with the endpoint's network already read (`None`:
+    /// the network is gone, only the record is left to forget).
+    fn unwire_and_forget(&mut self, ep: &Endpoint, net: Option<&Network>) -> Result<()> {
         let alive = self
             .kernel
             .netns_id(&ep.netns)
             .is_ok_and(|id| id == ep.netns_inode);
         let mut errors = vec![];
-        if let Some(net) = &net {
+        let mut tombstone = None;
+        if let Some(net) = net {
             self.firewall_remove(net, ep);
-            let host = self.kernel.view(&Netns::Host)?;
+            let host = self
+                .kernel
+                .view_links(&Netns::Host, &plan::host_links(net, Some(ep)))?;
             let tomb = tombstone_name(nonce());
             let ops = plan::endpoint_teardown(net, ep, &host, alive, tomb.clone());
             let retired = ops.iter().any(|o| matches!(o, Op::RetireLink { .. }));
             errors = apply_best_effort(&mut self.kernel, &ops);
             if retired && errors.is_empty() {
-                // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
-                let _ = self
-                    .kernel
-                    .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
+                tombstone = Some(tomb);
             }
         }
-        self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
+        let forgotten = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id));
+        if let Some(tomb) = tombstone {
+            // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
+            // Handed off last: after the hand-off (a fork) every page this process
+            // writes is copied first.
+            let _ = self
+                .kernel
+                .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
+        }
+        forgotten?;
         match errors.into_iter().next() {
             // A link already gone is what we wanted.
             Some(Error::NotFound { .. }) | None => Ok(()),
@@ -571,6 +598,27 @@ mod tests {
             .applied
             .iter()
             .any(|o| matches!(o, Op::RetireLink { .. })));
+    }
+
+    #[test]
+    fn attach_and_detach_look_at_the_planned_host_links_only() {
+        let mut e = engine();
+        e.kernel.full_views = 0; // creating the network looked at everything
+        e.attach(&attach("/run/netns/c1")).unwrap();
+        e.detach(&DetachRequest::Netns {
+            network: "lan".into(),
+            netns: "/run/netns/c1".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            e.kernel.full_views, 0,
+            "no full dump of the host on the hot path"
+        );
+        assert!(e
+            .kernel
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::DelRoute { .. })));
     }
 
     #[test]

@@ -145,6 +145,17 @@ impl Kernel for Netlink {
         view::view(sock).map_err(|e| e.for_text(format!("ip -j addr; ip -j route [netns {netns}]")))
     }
 
+    fn view_links(&mut self, netns: &Netns, names: &[IfName]) -> Result<View> {
+        let sock = self.need_sock(netns)?;
+        view::links(sock, names).map_err(|e| {
+            let names: Vec<&str> = names.iter().map(IfName::as_str).collect();
+            e.for_text(format!(
+                "ip -j addr show {} [netns {netns}]",
+                names.join(", ")
+            ))
+        })
+    }
+
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         netns::id_of(path).map_err(|e| {
             if netns::is_gone(&e) {

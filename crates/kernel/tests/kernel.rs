@@ -554,50 +554,53 @@ fn assert_no_zombie_children() {
     }
 }
 
+/// Tombstones (`lyx-…`) left in the calling thread's namespace.
+fn tombstones_left(k: &mut Netlink) -> usize {
+    k.view(&Netns::Host)
+        .unwrap()
+        .links
+        .iter()
+        .filter(|l| l.name.starts_with("lyx-"))
+        .count()
+}
+
 #[test]
 fn the_reaper_does_not_hold_the_callers_output_open() {
     in_fresh_netns("reaper fds", || {
         let mut k = Netlink::new().unwrap();
-        // Enough tombstones that the worker runs for a while (each delete takes ms).
+        // Enough tombstones that the worker is busy for a long while (each delete
+        // waits for RCU grace periods) and deletes the last one just before it exits.
+        const N: u32 = 20;
         let mut tombs = Vec::new();
-        for i in 0..20u32 {
+        for i in 0..N {
             let t = tombstone_name(0x200 + i);
             parent_pair(&mut k, t.as_str(), &format!("lyq{i}"));
             tombs.push((Netns::Host, t));
         }
-        // A pipe like a CNI runtime's stdout: EOF must come when we close our end,
-        // not when the worker finishes.
+        // A pipe like a CNI runtime's stdout: EOF must come when we close our end, not
+        // when the worker finishes. Close-on-exec keeps it from other tests' `ip`
+        // children (tests run in parallel); the reaper forks without exec, so that
+        // flag does not hide a worker that kept it.
         let mut fds = [0; 2];
         // SAFETY: valid out-array for two fds.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         k.reap(tombs.clone()).unwrap();
-        let t = Instant::now();
         // SAFETY: our own fds; read into a valid buffer.
         unsafe { libc::close(fds[1]) };
         let mut b = [0u8; 1];
+        // Blocks until no process holds the write end any more: no time limit.
         let n = unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
-        let eof_after = t.elapsed();
         unsafe { libc::close(fds[0]) };
         assert_eq!(n, 0, "EOF");
-        let still_there = k
-            .view(&Netns::Host)
-            .unwrap()
-            .links
-            .iter()
-            .filter(|l| l.name.starts_with("lyx-"))
-            .count();
-        eprintln!("EOF after {eof_after:?}; {still_there} tombstones not yet deleted then");
+        // The worker exits only after its last delete. Had it held the pipe, EOF would
+        // have come after that, with no tombstone left.
+        let still_there = tombstones_left(&mut k);
         assert!(
-            eof_after < Duration::from_millis(50),
-            "EOF took {eof_after:?}: the worker holds the pipe"
+            still_there > 0,
+            "EOF came only once all {N} tombstones were deleted: the worker holds the pipe"
         );
-        eventually("all deleted", || {
-            k.view(&Netns::Host)
-                .unwrap()
-                .links
-                .iter()
-                .all(|l| !l.name.starts_with("lyx-"))
-        });
+        eventually("all deleted", || tombstones_left(&mut k) == 0);
+        assert_no_zombie_children();
     });
 }
 
@@ -705,44 +708,41 @@ fn view_of_a_fresh_namespace_shows_loopback_only() {
     });
 }
 
-/// The hot path: one macvlan endpoint attach (create in the container, up, two
-/// addresses, default route) and its detach (retire; the tombstone is reaped later).
-/// The target is 5x faster than the CNI macvlan plugin's 25 ms per cycle.
+/// The hot path, over and over in one namespace: one macvlan endpoint attach (create
+/// in the container, two addresses, default route) and its detach (retire, tombstone
+/// handed to the reaper), each attach right after the previous detach. Its cost is
+/// measured by `examples/kernel_cycle.rs`, not here.
 #[test]
-fn macvlan_attach_and_detach_cost_well_under_five_ms() {
-    in_fresh_netns("timing", || {
+fn a_macvlan_endpoint_is_attached_and_detached_again_and_again() {
+    in_fresh_netns("cycle", || {
         let side = SideNetns::new();
         let ns = side.netns();
         let mut k = Netlink::new().unwrap();
         parent_pair(&mut k, "lyp0", "lyp1");
-        const N: u32 = 30;
-        let (mut attach, mut retire) = (Duration::ZERO, Duration::ZERO);
+        const N: u32 = 10;
         let mut tombs = Vec::new();
         for i in 0..N {
-            let t0 = Instant::now();
             let mac = MacAddr([0x02, 0x42, 0xc0, 0x00, 0x02, i as u8]);
             k.apply(&macvlan(ns.clone(), "eth0", "lyp0", Some(mac)))
                 .unwrap();
-            k.apply(&Op::AddAddress {
-                netns: ns.clone(),
-                link: name("eth0"),
-                addr: net("192.0.2.30/24"),
-                nodad: true,
-            })
-            .unwrap();
-            k.apply(&Op::AddAddress {
-                netns: ns.clone(),
-                link: name("eth0"),
-                addr: net("2001:db8::30/64"),
-                nodad: true,
-            })
-            .unwrap();
+            for a in ["192.0.2.30/24", "2001:db8::30/64"] {
+                k.apply(&Op::AddAddress {
+                    netns: ns.clone(),
+                    link: name("eth0"),
+                    addr: net(a),
+                    nodad: true,
+                })
+                .unwrap();
+            }
             k.apply(&Op::AddRoute {
                 netns: ns.clone(),
                 route: route("0.0.0.0/0", Some("192.0.2.1"), Some("eth0")),
             })
             .unwrap();
-            let t1 = Instant::now();
+            let v = k.view(&ns).unwrap();
+            assert_eq!(v.link("eth0").and_then(|l| l.mac), Some(mac), "cycle {i}");
+            assert!(v.addresses_of("eth0").contains(&net("192.0.2.30/24")));
+            assert!(v.routes.iter().any(|r| r.dst.prefix_len() == 0));
             let tomb = tombstone_name(0x100 + i);
             k.apply(&Op::RetireLink {
                 netns: ns.clone(),
@@ -750,23 +750,53 @@ fn macvlan_attach_and_detach_cost_well_under_five_ms() {
                 tombstone: tomb.clone(),
             })
             .unwrap();
-            let t2 = Instant::now();
-            attach += t1 - t0;
-            retire += t2 - t1;
-            tombs.push((ns.clone(), tomb));
+            k.reap(vec![(ns.clone(), tomb.clone())]).unwrap();
+            tombs.push(tomb);
         }
-        let t = Instant::now();
-        k.reap(tombs.clone()).unwrap();
-        let reap = t.elapsed();
         eventually("all tombstones reaped", || {
             let v = k.view(&ns).unwrap();
-            tombs.iter().all(|(_, t)| v.link(t.as_str()).is_none())
+            tombs.iter().all(|t| v.link(t.as_str()).is_none())
         });
-        let (a, r) = (attach / N, retire / N);
-        eprintln!("macvlan attach (create in netns + up + 2 addrs + route): {a:?}; retire: {r:?}; reap of {N} handed off in {reap:?}");
-        assert!(
-            a + r < Duration::from_millis(5),
-            "attach {a:?} + retire {r:?} exceeds 5 ms"
+        assert_eq!(k.view(&ns).unwrap().links.len(), 1, "only lo is left");
+        assert_no_zombie_children();
+    });
+}
+
+#[test]
+fn view_links_shows_the_named_links_and_their_addresses_only() {
+    in_fresh_netns("view_links", || {
+        let mut k = Netlink::new().unwrap();
+        parent_pair(&mut k, "lyp0", "lyp1");
+        parent_pair(&mut k, "lyo0", "lyo1");
+        for (link, a) in [
+            ("lyp0", "192.0.2.2/24"),
+            ("lyp0", "2001:db8::2/64"),
+            ("lyo0", "198.51.100.2/24"),
+        ] {
+            k.apply(&Op::AddAddress {
+                netns: Netns::Host,
+                link: name(link),
+                addr: net(a),
+                nodad: true,
+            })
+            .unwrap();
+        }
+        let names = [name("lyp0"), name("nope0"), name("lyp0")];
+        let part = k.view_links(&Netns::Host, &names).unwrap();
+        let full = k.view(&Netns::Host).unwrap();
+        assert!(!full.routes.is_empty());
+        assert_eq!(part, full.only_links(&names), "same as the full view, cut");
+        assert_eq!(part.links.len(), 1);
+        assert_eq!(part.links[0].name, "lyp0");
+        assert_eq!(part.links[0].kind.as_deref(), Some("veth"));
+        let mut got = part.addresses_of("lyp0");
+        got.retain(|a| !matches!(a, IpNet::V6(v) if v.addr().segments()[0] == 0xfe80));
+        got.sort();
+        assert_eq!(got, vec![net("192.0.2.2/24"), net("2001:db8::2/64")]);
+        assert!(part.routes.is_empty());
+        assert_eq!(
+            k.view_links(&Netns::Host, &[]).unwrap(),
+            lanyard_core::kernel::View::default()
         );
     });
 }
