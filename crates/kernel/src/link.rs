@@ -93,7 +93,7 @@ fn create_error(e: NlError, op: &Op, kind: Kind) -> Error {
     let unknown_type = match &e {
         NlError::Kernel { errno, msg } if *errno == libc::EOPNOTSUPP => msg
             .as_deref()
-            .map_or(true, |m| m.contains("Unknown device type")),
+            .is_none_or(|m| m.contains("Unknown device type")),
         _ => false,
     };
     if unknown_type {

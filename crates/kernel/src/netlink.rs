@@ -92,7 +92,7 @@ impl Netlink {
             }
             Err(e) => return Err(io_error(&format!("stat netns {}", path.display()), e)),
         };
-        if self.paths.get(path).map_or(true, |h| h.id != id) {
+        if self.paths.get(path).is_none_or(|h| h.id != id) {
             match NsHandle::open(path) {
                 Ok(h) => {
                     self.paths.insert(path.clone(), h);
