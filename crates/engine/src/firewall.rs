@@ -61,6 +61,14 @@ pub(crate) fn default_mac(ep_id: &str, v4: Option<std::net::Ipv4Addr>) -> MacAdd
     }
 }
 
+/// Did nft fail because a table or set the script names does not exist (lanyard's
+/// tables flushed)? nft says so as ENOENT: "No such file or directory".
+fn names_something_missing(e: &Error) -> bool {
+    const ENOENT: i32 = 2;
+    matches!(e, Error::Kernel { reason, errno, .. }
+        if *errno == Some(ENOENT) || reason.contains("No such file or directory"))
+}
+
 impl<S: Store, K: Kernel> Engine<S, K> {
     /// Rebuilds lanyard's nftables tables from the store in one transaction; removes
     /// them when no bridge network is left. Other tables are never touched.
@@ -89,8 +97,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             undo: Some(firewall::element_ops(Change::Remove, &elements)),
         };
         if let Err(first) = self.kernel.apply(&op) {
-            // Tables gone (flushed, reloaded)? The store already holds this endpoint:
-            // a full rebuild puts everything back, this endpoint included.
+            // Only for tables gone (flushed, reloaded): the store already holds this
+            // endpoint, so a full rebuild puts everything back, this endpoint included.
+            // Any other failure is the attach's, and rolls it back.
+            if !names_something_missing(&first) {
+                return Err(first);
+            }
             if let Err(e) = self.rebuild_firewall() {
                 return Err(Error::Other(format!(
                     "{first}; rebuilding lanyard's nftables tables also failed: {e}"
@@ -108,5 +120,101 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 tracing::warn!("could not remove the firewall elements of endpoint {}; `lanyard restore` rebuilds them", ep.display_name());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Engine;
+    use lanyard_core::kernel::fake::FakeKernel;
+    use lanyard_core::kernel::{Kernel, NsId, View};
+    use lanyard_core::model::{AttachRequest, NetworkRequest};
+    use lanyard_core::op::{Netns, Op};
+    use lanyard_core::store::mem::MemStore;
+    use lanyard_core::{Error, Result};
+    use std::path::Path;
+
+    /// The fake kernel, whose next `add element` fails with `reason`.
+    struct ElementFails {
+        inner: FakeKernel,
+        reason: Option<&'static str>,
+    }
+
+    impl Kernel for ElementFails {
+        fn view(&mut self, netns: &Netns) -> Result<View> {
+            self.inner.view(netns)
+        }
+        fn netns_id(&mut self, path: &Path) -> Result<NsId> {
+            self.inner.netns_id(path)
+        }
+        fn apply(&mut self, op: &Op) -> Result<()> {
+            if let Op::Nft { script, .. } = op {
+                if script.starts_with("add element") {
+                    if let Some(reason) = self.reason.take() {
+                        return Err(Error::kernel("nft add element …", reason, None));
+                    }
+                }
+            }
+            self.inner.apply(op)
+        }
+    }
+
+    fn engine(reason: &'static str) -> Engine<MemStore, ElementFails> {
+        let mut k = FakeKernel::with_eth0(&["192.0.2.2/24"]);
+        k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
+        let mut e = Engine::new(
+            MemStore::default(),
+            ElementFails {
+                inner: k,
+                reason: None,
+            },
+            Default::default(),
+        );
+        e.create_network(&NetworkRequest {
+            name: "br".into(),
+            subnets: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        e.kernel.reason = Some(reason);
+        e
+    }
+
+    fn attach(e: &mut Engine<MemStore, ElementFails>) -> Result<()> {
+        e.attach(&AttachRequest {
+            network: "br".into(),
+            netns: "/run/netns/c1".into(),
+            publish: vec!["8080:80".into()],
+            ..Default::default()
+        })
+        .map(drop)
+    }
+
+    fn rebuilds(e: &Engine<MemStore, ElementFails>) -> usize {
+        e.kernel
+            .inner
+            .applied
+            .iter()
+            .filter(|o| matches!(o, Op::Nft { script, .. } if script.starts_with("table inet lanyard\n")))
+            .count()
+    }
+
+    #[test]
+    fn an_element_change_on_flushed_tables_falls_back_to_a_full_rebuild() {
+        let mut e = engine("line 1:18-24: Error: No such file or directory");
+        let before = rebuilds(&e);
+        attach(&mut e).unwrap();
+        assert_eq!(rebuilds(&e), before + 1);
+        assert_eq!(e.endpoints().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn any_other_element_failure_fails_the_attach_and_rebuilds_nothing() {
+        let mut e = engine("injected failure");
+        let before = rebuilds(&e);
+        let err = attach(&mut e).unwrap_err();
+        assert!(err.to_string().contains("injected failure"), "{err}");
+        assert_eq!(rebuilds(&e), before);
+        assert!(e.endpoints().unwrap().is_empty());
     }
 }
