@@ -11,7 +11,9 @@
 //! - `socket`: one netlink socket and its request/answer exchanges;
 //! - `wire`: decoding the kernel's answers;
 //! - `reap`: the detached tombstone deleter;
-//! - `error`: netlink errors and their translation to [`lanyard_core::Error`].
+//! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
+//! - [`nft`]: nftables in-process through libnftables;
+//! - [`nftwatch`]: nftables change events and table shapes over nfnetlink.
 
 mod addr;
 mod error;
@@ -28,3 +30,4 @@ mod wire;
 pub use netlink::Netlink;
 pub use sysctl::sysctl_path;
 pub mod nft;
+pub mod nftwatch;
