@@ -53,6 +53,9 @@ pub enum Command {
     Restore(JsonFlag),
     /// Forget endpoints whose namespace is gone; remove leftovers of crashes.
     Gc(JsonFlag),
+    /// Keep lanyard's nftables tables in place: rebuild them from the store when a
+    /// flush or firewall reload drops them; gc now and then. Foreground; SIGTERM stops.
+    Daemon(DaemonArgs),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -68,6 +71,20 @@ pub struct JsonFlag {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Check lanyard's nftables tables this often even when no event came (seconds).
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub interval: u64,
+    /// Run `gc` this often (seconds; 0: never).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub gc_interval: u64,
+    /// After an nftables change is heard, wait this long for the rest of it (ms).
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub debounce_ms: u64,
 }
 
 /// `lanyard network …`.

@@ -4,6 +4,7 @@
 //! 5 unsupported by this kernel.
 
 mod cli;
+mod daemon;
 mod output;
 mod run;
 
@@ -79,6 +80,8 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 .map_err(|e| Error::Other(e.to_string()))?;
             return Ok(0);
         }
+        // Opens the store and kernel afresh for every check.
+        Command::Daemon(d) => return daemon::run(cli, d),
         _ => {}
     }
     let mut engine = open(cli)?;
@@ -136,7 +139,9 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         Command::Run(r) => return run::run(&mut engine, r),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
         Command::Gc(f) => report(engine.gc()?, f.json)?,
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man | Command::Daemon(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(0)
 }
