@@ -6,6 +6,7 @@
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
 mod attach;
+mod firewall;
 mod harness;
 mod network;
 mod smoke;

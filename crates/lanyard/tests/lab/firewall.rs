@@ -1,0 +1,744 @@
+//! lanyard's nftables firewall in a lab, with real packets checked where they arrive:
+//! socat servers answer every connection with `peer=<the address they saw>`, so a
+//! test knows both that a packet got through and what source address it carried.
+//! Egress masquerade and `-o snat_source`, published ports (LAN, host, hairpin, peer
+//! endpoint; ranges, UDP, IPv6, a fixed host address) with the client address kept,
+//! `--internal`, isolation between bridge networks, anti-spoofing, `restore` after
+//! `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
+//! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
+
+use crate::harness::{addr, exit, Bg, Lab, Ns};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+macro_rules! lab {
+    ($name:expr) => {
+        match Lab::new($name) {
+            Some(l) => l,
+            None => return,
+        }
+    };
+}
+
+/// How long a server may take to start listening, and a rebuild to show.
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// socat's spelling of `addr:port` (IPv6 in brackets).
+fn sock(addr: &str, port: u16) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Waits until something in `ns` listens on `port` (TCP or UDP).
+fn wait_listening(ns: &Ns, port: u16, udp: bool) {
+    let flags = if udp { "-Hlun" } else { "-Hltn" };
+    let end = Instant::now() + SETTLE;
+    let suffix = format!(":{port}");
+    while Instant::now() < end {
+        let out = ns.ok(&["ss", flags]);
+        let listening = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .any(|local| local.ends_with(&suffix));
+        if listening {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "[{}] nothing listens on port {port} after {SETTLE:?}",
+        ns.name()
+    );
+}
+
+/// TCP servers on `port` in `ns`, IPv4 and IPv6, answering `peer=<client>`.
+fn serve_tcp(ns: &Ns, port: u16) -> Vec<Bg> {
+    let v4 = ns.spawn(&[
+        "socat",
+        &format!("TCP4-LISTEN:{port},fork,reuseaddr"),
+        "SYSTEM:echo peer=$SOCAT_PEERADDR",
+    ]);
+    let v6 = ns.spawn(&[
+        "socat",
+        &format!("TCP6-LISTEN:{port},ipv6only=1,fork,reuseaddr"),
+        "SYSTEM:echo peer=$SOCAT_PEERADDR",
+    ]);
+    wait_listening(ns, port, false);
+    vec![v4, v6]
+}
+
+/// A UDP server on `port` in `ns` answering each datagram with `peer=<client>`.
+fn serve_udp(ns: &Ns, port: u16) -> Bg {
+    let s = ns.spawn(&[
+        "socat",
+        &format!("UDP4-RECVFROM:{port},fork"),
+        "SYSTEM:echo peer=$SOCAT_PEERADDR",
+    ]);
+    wait_listening(ns, port, true);
+    s
+}
+
+/// The address in a `peer=…` answer (socat writes IPv6 in brackets, expanded).
+fn parse_peer(out: &str) -> Option<IpAddr> {
+    let p = out.lines().find_map(|l| l.trim().strip_prefix("peer="))?;
+    p.trim_start_matches('[').trim_end_matches(']').parse().ok()
+}
+
+/// Connects from `from` to `addr:port` over TCP; the client address the server saw,
+/// or None if the connection failed (refused, no answer within 2 s).
+fn tcp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
+    let out = from.exec(&[
+        "socat",
+        "-T2",
+        "-",
+        &format!("TCP:{},connect-timeout=2", sock(addr, port)),
+    ]);
+    parse_peer(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Sends a UDP datagram from `from` to `addr:port` (up to three, UDP being lossy);
+/// the client address the server saw, or None without an answer.
+fn udp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
+    (0..3).find_map(|_| {
+        let out = from.exec(&[
+            "sh",
+            "-c",
+            "echo hello | socat -T3 -t3 - \"UDP4:$1\"",
+            "sh",
+            &sock(addr, port),
+        ]);
+        parse_peer(&String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Attaches `ns` to `net` with `extra` flags; returns the endpoint's JSON.
+fn attach(lab: &Lab, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {
+    let path = ns.path();
+    let mut args = vec!["attach", net, "--netns", path.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    lab.lanyard_json(&args)
+}
+
+fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
+    ep["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().split('/').next().unwrap().to_string())
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no IPv{} address in {ep}", if v6 { 6 } else { 4 }))
+}
+
+/// `br`: a bridge network, 203.0.113.0/24 and 2001:db8:5::/64.
+fn dual_stack_bridge(lab: &Lab, name: &str) {
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        name,
+        "--subnet",
+        "203.0.113.0/24",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:5::/64",
+    ]);
+}
+
+/// Packets dropped so far by lanyard's bridge table (sum of its counters).
+fn bridge_drops(lab: &Lab) -> u64 {
+    let out = lab
+        .host()
+        .ok(&["nft", "list", "table", "bridge", "lanyard"]);
+    out.lines()
+        .filter_map(|l| l.split("counter packets ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// What nft shows of a table without counters (`nft -s`), for before/after checks.
+fn table_text(ns: &Ns, family: &str, name: &str) -> String {
+    ns.ok(&["nft", "-s", "list", "table", family, name])
+}
+
+#[test]
+fn bridge_egress_is_masqueraded_to_the_hosts_address() {
+    let lab = lab!("bridge_egress_is_masqueraded_to_the_hosts_address");
+    dual_stack_bridge(&lab, "br");
+    let _router = serve_tcp(&lab.lan(), 9000);
+    let c1 = lab.netns("c1");
+    attach(&lab, "br", &c1, &[]);
+    assert_eq!(
+        tcp_peer(&c1, addr::ROUTER_V4, 9000),
+        Some(ip(addr::HOST_V4)),
+        "the router saw the endpoint's IPv4 connection come from the host"
+    );
+    assert_eq!(
+        tcp_peer(&c1, addr::ROUTER_V6, 9000),
+        Some(ip(addr::HOST_V6)),
+        "the router saw the endpoint's IPv6 connection come from the host"
+    );
+}
+
+#[test]
+fn snat_source_makes_each_network_leave_with_its_chosen_address() {
+    let lab = lab!("snat_source_makes_each_network_leave_with_its_chosen_address");
+    // The uplink has two addresses; masquerade would always pick the first.
+    lab.host()
+        .ip(&["addr", "add", "192.0.2.3/24", "dev", "eth0"]);
+    for (net, subnet, src) in [
+        ("a", "10.89.1.0/24", "192.0.2.3"),
+        ("b", "10.89.2.0/24", "192.0.2.2"),
+    ] {
+        lab.lanyard_ok(&[
+            "network",
+            "create",
+            net,
+            "--subnet",
+            subnet,
+            "-o",
+            &format!("snat_source={src}"),
+        ]);
+    }
+    let _router = serve_tcp(&lab.lan(), 9000);
+    let (ca, cb) = (lab.netns("ca"), lab.netns("cb"));
+    attach(&lab, "a", &ca, &[]);
+    attach(&lab, "b", &cb, &[]);
+    for _ in 0..3 {
+        assert_eq!(
+            tcp_peer(&ca, addr::ROUTER_V4, 9000),
+            Some(ip("192.0.2.3")),
+            "network a"
+        );
+        assert_eq!(
+            tcp_peer(&cb, addr::ROUTER_V4, 9000),
+            Some(ip("192.0.2.2")),
+            "network b"
+        );
+    }
+}
+
+#[test]
+fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_the_client_address_kept(
+) {
+    let lab = lab!("a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_the_client_address_kept");
+    dual_stack_bridge(&lab, "br");
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let e1 = attach(
+        &lab,
+        "br",
+        &c1,
+        &[
+            "-p",
+            "8080:80",
+            "-p",
+            "9000-9001:7000-7001",
+            "-p",
+            "5353:53/udp",
+            "-p",
+            "192.0.2.2:8443:443",
+        ],
+    );
+    attach(&lab, "br", &c2, &[]);
+    let _servers: Vec<Bg> = [80, 7000, 7001, 443]
+        .into_iter()
+        .flat_map(|p| serve_tcp(&c1, p))
+        .chain([serve_udp(&c1, 53)])
+        .collect();
+    let (lan, host) = (lab.lan(), lab.host());
+    let router = Some(ip(addr::ROUTER_V4));
+    // From the LAN: the server sees the router's own address, no proxy in between.
+    assert_eq!(tcp_peer(&lan, addr::HOST_V4, 8080), router, "LAN -> 8080");
+    assert_eq!(tcp_peer(&lan, addr::HOST_V4, 9000), router, "LAN -> 9000");
+    assert_eq!(tcp_peer(&lan, addr::HOST_V4, 9001), router, "LAN -> 9001");
+    assert_eq!(
+        udp_peer(&lan, addr::HOST_V4, 5353),
+        router,
+        "LAN -> 5353/udp"
+    );
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8443),
+        router,
+        "LAN -> 192.0.2.2:8443"
+    );
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V6, 8080),
+        Some(ip(addr::ROUTER_V6)),
+        "LAN -> [2001:db8:1::2]:8080"
+    );
+    // A mapping bound to 192.0.2.2 is not published on the host's other addresses.
+    assert_eq!(
+        tcp_peer(&host, "203.0.113.1", 8443),
+        None,
+        "8443 on the gateway"
+    );
+    assert_eq!(tcp_peer(&lan, addr::HOST_V6, 8443), None, "8443 over IPv6");
+    // From the host itself, through its LAN address and through loopback.
+    assert_eq!(
+        tcp_peer(&host, addr::HOST_V4, 8080),
+        Some(ip(addr::HOST_V4)),
+        "host -> 192.0.2.2:8080"
+    );
+    assert!(
+        tcp_peer(&host, "127.0.0.1", 8080).is_some(),
+        "host -> 127.0.0.1:8080"
+    );
+    assert!(
+        tcp_peer(&host, addr::HOST_V6, 8080).is_some(),
+        "host -> [2001:db8:1::2]:8080"
+    );
+    // Hairpin: the endpoint reaches its own published port through the host.
+    let veth = e1["host_ifname"].as_str().unwrap();
+    let port = &host.ip_json(&["-d", "link", "show", "dev", veth])[0];
+    assert_eq!(
+        port["linkinfo"]["info_slave_data"]["hairpin"], true,
+        "{port}"
+    );
+    assert!(
+        tcp_peer(&c1, addr::HOST_V4, 8080).is_some(),
+        "c1 -> its own port via 192.0.2.2:8080"
+    );
+    assert!(
+        tcp_peer(&c1, addr::HOST_V6, 8080).is_some(),
+        "c1 -> its own port via [2001:db8:1::2]:8080"
+    );
+    // Another endpoint of the same network.
+    assert!(tcp_peer(&c2, addr::HOST_V4, 8080).is_some(), "c2 -> 8080");
+    assert!(tcp_peer(&c2, addr::HOST_V4, 9001).is_some(), "c2 -> 9001");
+    assert!(
+        udp_peer(&c2, addr::HOST_V4, 5353).is_some(),
+        "c2 -> 5353/udp"
+    );
+    // Nothing but the published ports is forwarded.
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 80),
+        None,
+        "LAN -> unpublished 80"
+    );
+    assert_eq!(addr_of(&e1, false), "203.0.113.2");
+}
+
+#[test]
+fn the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoint() {
+    let lab =
+        lab!("the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoint");
+    dual_stack_bridge(&lab, "br");
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    attach(&lab, "br", &c1, &["--name", "web", "-p", "8080:80"]);
+    let _s1 = serve_tcp(&c1, 80);
+    let _s2 = serve_tcp(&c2, 80);
+    let lan = lab.lan();
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        Some(ip(addr::ROUTER_V4))
+    );
+    let path = c2.path();
+    let err = lab.lanyard_fails(
+        &[
+            "attach",
+            "br",
+            "--netns",
+            path.to_str().unwrap(),
+            "-p",
+            "8080:80",
+        ],
+        exit::CONFLICT,
+    );
+    assert!(
+        err.contains("8080") && err.contains("already published") && err.contains("web"),
+        "{err}"
+    );
+    // Also when one of them names a host address.
+    lab.lanyard_fails(
+        &[
+            "attach",
+            "br",
+            "--netns",
+            path.to_str().unwrap(),
+            "-p",
+            "192.0.2.2:8080:80",
+        ],
+        exit::CONFLICT,
+    );
+    assert_eq!(
+        c2.links(),
+        ["lo".to_string()].into(),
+        "a refused attach left a link"
+    );
+    lab.lanyard_ok(&["detach", "web"]);
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        None,
+        "8080 still answers after its endpoint was detached"
+    );
+    assert_eq!(tcp_peer(&lan, addr::HOST_V6, 8080), None);
+    // The port is free again: c2 takes it.
+    attach(&lab, "br", &c2, &["-p", "8080:80"]);
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        Some(ip(addr::ROUTER_V4))
+    );
+}
+
+#[test]
+fn an_internal_network_keeps_its_traffic_in_and_refuses_published_ports() {
+    let lab = lab!("an_internal_network_keeps_its_traffic_in_and_refuses_published_ports");
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "sealed",
+        "--internal",
+        "--subnet",
+        "10.89.3.0/24",
+    ]);
+    let _router = serve_tcp(&lab.lan(), 9000);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    attach(&lab, "sealed", &c1, &[]);
+    let e2 = attach(&lab, "sealed", &c2, &[]);
+    assert_eq!(tcp_peer(&c1, addr::ROUTER_V4, 9000), None, "c1 -> router");
+    assert!(!c1.ping(addr::ROUTER_V4), "c1 pinged the router");
+    assert!(
+        c1.ping(&addr_of(&e2, false)),
+        "endpoints of one internal network reach each other"
+    );
+    let c3 = lab.netns("c3");
+    let path = c3.path();
+    let err = lab.lanyard_fails(
+        &[
+            "attach",
+            "sealed",
+            "--netns",
+            path.to_str().unwrap(),
+            "-p",
+            "8080:80",
+        ],
+        exit::USAGE,
+    );
+    assert!(err.contains("internal"), "{err}");
+    assert_eq!(c3.links(), ["lo".to_string()].into());
+}
+
+#[test]
+fn endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_both() {
+    let lab =
+        lab!("endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_both");
+    lab.lanyard_ok(&["network", "create", "a", "--subnet", "10.89.1.0/24"]);
+    lab.lanyard_ok(&["network", "create", "b", "--subnet", "10.89.2.0/24"]);
+    let (ca, cb, both) = (lab.netns("ca"), lab.netns("cb"), lab.netns("both"));
+    let a = addr_of(&attach(&lab, "a", &ca, &[]), false);
+    let b = addr_of(&attach(&lab, "b", &cb, &[]), false);
+    let both_a = addr_of(&attach(&lab, "a", &both, &[]), false);
+    let both_b = addr_of(&attach(&lab, "b", &both, &[]), false);
+    let _sa = serve_tcp(&ca, 80);
+    let _sb = serve_tcp(&cb, 80);
+    assert_eq!(tcp_peer(&ca, &b, 80), None, "a -> b");
+    assert_eq!(tcp_peer(&cb, &a, 80), None, "b -> a");
+    assert!(!ca.ping(&b) && !cb.ping(&a), "a and b pinged each other");
+    // The namespace on both reaches both, directly on each bridge.
+    assert_eq!(tcp_peer(&both, &a, 80), Some(ip(&both_a)), "both -> a");
+    assert_eq!(tcp_peer(&both, &b, 80), Some(ip(&both_b)), "both -> b");
+    // Isolation is not a general block: both still reach the LAN.
+    assert!(ca.ping(addr::ROUTER_V4) && cb.ping(addr::ROUTER_V4));
+}
+
+#[test]
+fn frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge() {
+    let lab = lab!("frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge");
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let a1 = addr_of(&attach(&lab, "br", &c1, &[]), false);
+    attach(&lab, "br", &c2, &[]);
+    let _router = serve_tcp(&lab.lan(), 9000);
+    assert!(
+        c2.ping(addr::ROUTER_V4) && c2.ping(&a1),
+        "c2 before spoofing"
+    );
+    // A second address inside the namespace: packets from it never get out.
+    c2.ip(&["addr", "add", "203.0.113.77/24", "dev", "eth0"]);
+    let before = bridge_drops(&lab);
+    for to in [addr::ROUTER_V4, a1.as_str()] {
+        let out = c2.exec(&["ping", "-n", "-c1", "-W1", "-I", "203.0.113.77", to]);
+        assert!(
+            !out.status.success(),
+            "ping from 203.0.113.77 to {to} answered"
+        );
+    }
+    let out = c2.exec(&[
+        "socat",
+        "-T2",
+        "-",
+        "TCP:192.0.2.1:9000,bind=203.0.113.77,connect-timeout=2",
+    ]);
+    assert!(
+        parse_peer(&String::from_utf8_lossy(&out.stdout)).is_none(),
+        "the router answered a connection from a spoofed address"
+    );
+    let after_ip = bridge_drops(&lab);
+    assert!(
+        after_ip > before,
+        "no drops counted ({before} -> {after_ip})"
+    );
+    assert_eq!(
+        tcp_peer(&c2, addr::ROUTER_V4, 9000),
+        Some(ip(addr::HOST_V4)),
+        "c2's own address still works"
+    );
+    c2.ip(&["addr", "del", "203.0.113.77/24", "dev", "eth0"]);
+    // Another MAC: everything from it is dropped.
+    let mac = c2.ip_json(&["link", "show", "eth0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c2.ip(&["link", "set", "eth0", "address", "02:42:cb:00:71:99"]);
+    assert!(!c2.ping(addr::ROUTER_V4), "c2 with a foreign MAC -> router");
+    assert!(!c2.ping(&a1), "c2 with a foreign MAC -> c1");
+    assert_eq!(tcp_peer(&c2, addr::ROUTER_V4, 9000), None);
+    assert!(bridge_drops(&lab) > after_ip, "no MAC drops counted");
+    // The other endpoint is unaffected; c2 works again with its own MAC.
+    assert!(c1.ping(addr::ROUTER_V4), "c1 -> router");
+    c2.ip(&["link", "set", "eth0", "address", &mac]);
+    assert!(
+        c2.ping_within(addr::ROUTER_V4, SETTLE),
+        "c2 with its MAC back -> router"
+    );
+}
+
+#[test]
+fn restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back() {
+    let lab = lab!("restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back");
+    dual_stack_bridge(&lab, "br");
+    let c1 = lab.netns("c1");
+    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    let _web = serve_tcp(&c1, 80);
+    let _router = serve_tcp(&lab.lan(), 9000);
+    let (lan, host) = (lab.lan(), lab.host());
+    let works = || {
+        tcp_peer(&lan, addr::HOST_V4, 8080) == Some(ip(addr::ROUTER_V4))
+            && tcp_peer(&c1, addr::ROUTER_V4, 9000) == Some(ip(addr::HOST_V4))
+    };
+    assert!(works(), "before the flush");
+    host.ok(&["nft", "flush", "ruleset"]);
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        None,
+        "DNAT after flush"
+    );
+    assert_eq!(
+        tcp_peer(&c1, addr::ROUTER_V4, 9000),
+        None,
+        "egress without masquerade"
+    );
+    let report = lab.lanyard_ok(&["restore"]);
+    assert!(report.contains("nftables"), "{report}");
+    assert!(works(), "after restore");
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V6, 8080),
+        Some(ip(addr::ROUTER_V6))
+    );
+}
+
+/// Docker's iptables-nft rules: a filter FORWARD chain jumping to DOCKER-USER and a
+/// nat table with a DOCKER chain and a masquerade, both policy accept. Loaded with
+/// iptables-nft where installed, else the same tables with nft.
+fn load_docker_rules(host: &Ns) {
+    let iptables = host.exec(&["iptables-nft", "--version"]).status.success();
+    if iptables {
+        for rule in [
+            "-t filter -N DOCKER-USER",
+            "-t filter -A DOCKER-USER -j RETURN",
+            "-t filter -N DOCKER",
+            "-t filter -A FORWARD -j DOCKER-USER",
+            "-t filter -A FORWARD -o docker0 -j DOCKER",
+            "-t nat -N DOCKER",
+            "-t nat -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER",
+            "-t nat -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER",
+            "-t nat -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+            "-t nat -A DOCKER -p tcp --dport 9999 -j DNAT --to-destination 172.17.0.2:80",
+        ] {
+            let mut args = vec!["iptables-nft"];
+            args.extend(rule.split(' '));
+            host.ok(&args);
+        }
+    } else {
+        host.ok(&[
+            "nft",
+            "table ip filter { chain DOCKER-USER { return; } chain DOCKER { } \
+             chain FORWARD { type filter hook forward priority filter; policy accept; \
+             jump DOCKER-USER; oifname \"docker0\" jump DOCKER; } } \
+             table ip nat { chain DOCKER { tcp dport 9999 dnat to 172.17.0.2:80; } \
+             chain PREROUTING { type nat hook prerouting priority dstnat; policy accept; \
+             fib daddr type local jump DOCKER; } \
+             chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; \
+             oifname != \"docker0\" ip saddr 172.17.0.0/16 masquerade; } }",
+        ]);
+    }
+}
+
+#[test]
+fn docker_style_iptables_nft_rules_are_left_alone_and_lanyard_still_works() {
+    let lab = lab!("docker_style_iptables_nft_rules_are_left_alone_and_lanyard_still_works");
+    let host = lab.host();
+    load_docker_rules(&host);
+    let snapshot = || {
+        (
+            table_text(&host, "ip", "filter"),
+            table_text(&host, "ip", "nat"),
+        )
+    };
+    let docker = snapshot();
+    assert!(
+        docker.0.contains("DOCKER-USER") && docker.1.contains("masquerade"),
+        "{docker:?}"
+    );
+    let _router = serve_tcp(&lab.lan(), 9000);
+    dual_stack_bridge(&lab, "br");
+    assert_eq!(snapshot(), docker, "after network create");
+    let c1 = lab.netns("c1");
+    attach(&lab, "br", &c1, &["--name", "web", "-p", "8080:80"]);
+    assert_eq!(snapshot(), docker, "after attach");
+    let _web = serve_tcp(&c1, 80);
+    assert_eq!(
+        tcp_peer(&lab.lan(), addr::HOST_V4, 8080),
+        Some(ip(addr::ROUTER_V4)),
+        "published port beside Docker's rules"
+    );
+    assert_eq!(
+        tcp_peer(&c1, addr::ROUTER_V4, 9000),
+        Some(ip(addr::HOST_V4)),
+        "masquerade beside Docker's rules"
+    );
+    lab.lanyard_ok(&["detach", "web"]);
+    assert_eq!(snapshot(), docker, "after detach");
+    lab.lanyard_ok(&["network", "rm", "br"]);
+    assert_eq!(snapshot(), docker, "after network rm");
+    let tables = host.ok(&["nft", "list", "tables"]);
+    assert!(!tables.contains("lanyard"), "{tables}");
+    assert!(
+        tables.contains("table ip filter") && tables.contains("table ip nat"),
+        "{tables}"
+    );
+}
+
+/// Connects from the LAN to 192.0.2.2:8080 until the server answers or `SETTLE`
+/// passes; how long that took, or None.
+fn published_port_back_within(lab: &Lab, since: Instant) -> Option<Duration> {
+    let lan = lab.lan();
+    while since.elapsed() < SETTLE {
+        if tcp_peer(&lan, addr::HOST_V4, 8080) == Some(ip(addr::ROUTER_V4)) {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
+    let lab = lab!("the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload");
+    dual_stack_bridge(&lab, "br");
+    let c1 = lab.netns("c1");
+    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    let _web = serve_tcp(&c1, 80);
+    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
+    assert!(
+        daemon.wait_for_stdout("watching nftables", SETTLE),
+        "daemon did not start: {}",
+        daemon.stderr()
+    );
+    let host = lab.host();
+    let lan = lab.lan();
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        Some(ip(addr::ROUTER_V4))
+    );
+    // 1. nft flush ruleset.
+    let flushed = Instant::now();
+    host.ok(&["nft", "flush", "ruleset"]);
+    let took = published_port_back_within(&lab, flushed);
+    assert!(
+        took.is_some(),
+        "published port not back within {SETTLE:?} after nft flush ruleset\ndaemon stdout:\n{}\nstderr:\n{}",
+        daemon.stdout(),
+        daemon.stderr()
+    );
+    assert!(daemon.wait_for_stdout("rebuilt", SETTLE));
+    eprintln!(
+        "published port back {:.0} ms after `nft flush ruleset` was started (includes starting nft, ~10 ms poll steps and one connection)\n{}",
+        took.unwrap_or_default().as_secs_f64() * 1000.0,
+        daemon.stdout()
+    );
+    // 2. A firewall reload: one transaction that flushes everything and loads the
+    // firewall's own table, which must stay.
+    let reload = lab.dir().join("reload.nft");
+    std::fs::write(
+        &reload,
+        "flush ruleset\ntable inet firewall {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t}\n}\n",
+    )
+    .unwrap();
+    let reloaded = Instant::now();
+    host.ok(&["nft", "-f", reload.to_str().unwrap()]);
+    let took = published_port_back_within(&lab, reloaded);
+    assert!(
+        took.is_some(),
+        "published port not back within {SETTLE:?} after a reload\ndaemon stdout:\n{}\nstderr:\n{}",
+        daemon.stdout(),
+        daemon.stderr()
+    );
+    eprintln!(
+        "published port back {:.0} ms after a firewall reload was started",
+        took.unwrap_or_default().as_secs_f64() * 1000.0
+    );
+    let tables = host.ok(&["nft", "list", "tables"]);
+    assert!(tables.contains("table inet firewall"), "{tables}");
+    // 3. Only one of lanyard's chains emptied by hand: the check sees it.
+    host.ok(&["nft", "flush", "chain", "inet", "lanyard", "prerouting"]);
+    let took = published_port_back_within(&lab, Instant::now());
+    assert!(took.is_some(), "{}", daemon.stdout());
+    // SIGTERM stops it cleanly.
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let out = daemon.finish(SETTLE);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
+}
+
+#[test]
+fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
+    let lab = lab!("the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers");
+    dual_stack_bridge(&lab, "br");
+    let c1 = lab.netns("c1");
+    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    let _web = serve_tcp(&c1, 80);
+    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
+    assert!(daemon.wait_for_stdout("watching nftables", SETTLE));
+    // The state dir vanishes for a while (a store that cannot be opened).
+    let state = lab.state_dir();
+    let aside = lab.dir().join("state.aside");
+    std::fs::rename(&state, &aside).unwrap();
+    std::fs::write(&state, "not a directory").unwrap();
+    lab.host().ok(&["nft", "flush", "ruleset"]);
+    let end = Instant::now() + SETTLE;
+    while !daemon.stderr().contains("retrying") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        daemon.stderr().contains("retrying"),
+        "no retry logged: {}",
+        daemon.stderr()
+    );
+    assert!(daemon.is_running(), "the daemon exited on a store error");
+    std::fs::remove_file(&state).unwrap();
+    std::fs::rename(&aside, &state).unwrap();
+    let took = published_port_back_within(&lab, Instant::now());
+    assert!(
+        took.is_some(),
+        "not rebuilt once the store was back: {}\n{}",
+        daemon.stdout(),
+        daemon.stderr()
+    );
+}
