@@ -26,7 +26,11 @@
 //!
 //! Set *elements* are not compared with the store (that would read every published
 //! port on every check): an element deleted by hand (`nft delete element inet lanyard
-//! …`) comes back with the next `lanyard restore` or full rebuild.
+//! …`) comes back with the next `lanyard restore` or full rebuild. Likewise a rebuild
+//! that reads the store in the milliseconds between a concurrent detach removing its
+//! elements and removing its record puts that endpoint's elements back (stale, until
+//! the next rebuild); the store re-read after each rebuild narrows this window but
+//! cannot close it without a lock shared with the CLI.
 
 use crate::cli::{Cli, DaemonArgs};
 use lanyard_core::firewall::{self, FirewallInput, FAMILIES, TABLE};
