@@ -15,13 +15,16 @@
 //!
 //! Tests that need a kernel feature the host may lack call [`Lab::require_kernel`] and
 //! are named `vm_<feature>_…`: `scripts/test` runs the others on the host
-//! (`--skip ::vm_`) and these in a VM with a stock Debian kernel (`scripts/vm-test`).
+//! (`--skip vm_`) and these in a VM with a stock Debian kernel (`scripts/vm-test`).
+//! The VM emulates its CPU when KVM is unusable, where every exec costs tens of
+//! milliseconds: the harness batches `ip` commands and finds processes itself.
 
 // Each test module uses a different part of the harness.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,11 +112,8 @@ impl Lab {
             let _ = writeln!(std::io::stderr(), "skipped {test}: {why}");
             return None;
         }
-        let id = format!(
-            "{}t{}",
-            std::process::id(),
-            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
-        );
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}t{n}", std::process::id());
         let dir = tempfile::Builder::new()
             .prefix(&format!("{PREFIX}{id}-"))
             .tempdir()
@@ -135,35 +135,34 @@ impl Lab {
     fn build(&self) {
         let lan = self.add_namespace("lan");
         let host = self.add_namespace("host");
-        lan.ip(&[
-            "link",
-            "add",
-            "lan0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.name(),
+        let peer = format!(
+            "link add lan0 type veth peer name eth0 netns {}",
+            host.name()
+        );
+        lan.ip_batch(&[
+            "link set lo up",
+            &peer,
+            "link set lan0 up",
+            "addr add 192.0.2.1/24 dev lan0",
+            "addr add 198.51.100.1/24 dev lan0",
+            "addr add 2001:db8:1::1/64 dev lan0 nodad",
+            "addr add 2001:db8:2::1/64 dev lan0 nodad",
         ]);
-        lan.ip(&["link", "set", "lan0", "up"]);
-        host.ip(&["link", "set", "eth0", "up"]);
-        for a in ["192.0.2.1/24", "198.51.100.1/24"] {
-            lan.ip(&["addr", "add", a, "dev", "lan0"]);
-        }
-        for a in ["2001:db8:1::1/64", "2001:db8:2::1/64"] {
-            lan.ip(&["addr", "add", a, "dev", "lan0", "nodad"]);
-        }
-        lan.sysctl("net.ipv4.ip_forward", "1");
-        lan.sysctl("net.ipv6.conf.all.forwarding", "1");
-        host.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"]);
-        host.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"]);
-        host.ip(&["route", "add", "default", "via", addr::ROUTER_V4]);
-        host.ip(&["-6", "route", "add", "default", "via", addr::ROUTER_V6]);
+        lan.sysctls(&[
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ]);
+        host.ip_batch(&[
+            "link set lo up",
+            "link set eth0 up",
+            "addr add 192.0.2.2/24 dev eth0",
+            "addr add 2001:db8:1::2/64 dev eth0 nodad",
+            "route add default via 192.0.2.1",
+            "route add default via 2001:db8:1::1",
+        ]);
     }
 
-    /// Creates namespace `lyt-<id>-<role>` with `lo` up and records it for Drop.
+    /// Creates namespace `lyt-<id>-<role>` (lo still down) and records it for Drop.
     fn add_namespace(&self, role: &str) -> Ns {
         let ok = !role.is_empty()
             && role.len() <= 20
@@ -175,18 +174,12 @@ impl Lab {
             name: format!("{PREFIX}{}-{role}", self.id),
         };
         let mut names = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(
-            !names.contains(&ns.name),
-            "namespace {} exists already in this lab",
-            ns.name
-        );
+        assert!(!names.contains(&ns.name), "{} exists in this lab", ns.name);
         must(
             ip(&["netns", "add", &ns.name]),
             &format!("ip netns add {}", ns.name),
         );
         names.push(ns.name.clone());
-        drop(names);
-        ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
 
@@ -216,11 +209,10 @@ impl Lab {
 
     /// Makes a container namespace `lyt-<id>-<name>` (lo up), removed with the lab.
     pub fn netns(&self, name: &str) -> Ns {
-        assert!(
-            !matches!(name, "lan" | "host"),
-            "{name:?} is taken by the lab itself"
-        );
-        self.add_namespace(name)
+        assert!(!matches!(name, "lan" | "host"), "{name:?} is the lab's own");
+        let ns = self.add_namespace(name);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
     }
 
     /// Names of every namespace this lab made so far.
@@ -261,7 +253,7 @@ impl Lab {
     }
 
     /// `nsenter --net=<host> lanyard --state-dir … --run-dir … --config … ARGS`, not yet
-    /// started (stdin null). For cases the helpers below do not cover.
+    /// started (stdio /dev/null unless set). For cases the helpers below do not cover.
     pub fn lanyard_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.host().command(&[LANYARD]);
         cmd.arg("--state-dir").arg(self.state_dir());
@@ -271,8 +263,7 @@ impl Lab {
         cmd.env("LANYARD_STATE_DIR", self.state_dir())
             .env("LANYARD_RUN_DIR", self.run_dir())
             .env("LANYARD_CONFIG", self.config_path())
-            .env("RUST_BACKTRACE", "1")
-            .stdin(Stdio::null());
+            .env("RUST_BACKTRACE", "1");
         cmd
     }
 
@@ -280,6 +271,7 @@ impl Lab {
     pub fn lanyard(&self, args: &[&str]) -> Output {
         let what = format!("lanyard {}", args.join(" "));
         let out = run(self.lanyard_command(args), &what, COMMAND_TIMEOUT);
+        // Shown by libtest when the test fails.
         eprintln!(
             "$ {what}  # exit {}\n{}",
             code(&out.status),
@@ -327,62 +319,52 @@ impl Lab {
 
     /// Starts lanyard without waiting (e.g. `run --network N -- cmd`); killed on drop.
     pub fn lanyard_spawn(&self, args: &[&str]) -> Bg {
-        Bg::spawn(
-            self.lanyard_command(args),
-            &format!("lanyard {}", args.join(" ")),
-        )
+        let what = format!("lanyard {}", args.join(" "));
+        Bg::spawn(self.lanyard_command(args), &what)
     }
 
     /// Panics unless the running kernel can do `feature` (`ipvlan`, `vlan`, `dummy`,
     /// `macvlan`, `bridge`, `nftables`), probed in the lab's host namespace. Tests that
     /// call this are named `vm_<feature>_…` and run in the kernel VM.
     pub fn require_kernel(&self, feature: &str) {
-        let host = self.host();
-        let probe: Vec<&str> = match feature {
-            "ipvlan" => vec!["ip", "link", "add", "lytprobe0", "link", "eth0", "type", "ipvlan", "mode", "l2"],
-            "vlan" => vec!["ip", "link", "add", "link", "eth0", "name", "lytprobe0", "type", "vlan", "id", "4000"],
-            "dummy" => vec!["ip", "link", "add", "lytprobe0", "type", "dummy"],
-            "macvlan" => vec!["ip", "link", "add", "lytprobe0", "link", "eth0", "type", "macvlan", "mode", "bridge"],
-            "bridge" => vec!["ip", "link", "add", "lytprobe0", "type", "bridge"],
-            "nftables" => vec!["nft", "add", "table", "inet", "lytprobe"],
-            other => panic!("require_kernel({other:?}): known features are ipvlan, vlan, dummy, macvlan, bridge, nftables"),
+        const DEL: &str = "ip link del lytprobe0";
+        let (probe, undo) = match feature {
+            "ipvlan" => ("ip link add lytprobe0 link eth0 type ipvlan mode l2", DEL),
+            "vlan" => ("ip link add lytprobe0 link eth0 type vlan id 4000", DEL),
+            "dummy" => ("ip link add lytprobe0 type dummy", DEL),
+            "macvlan" => ("ip link add lytprobe0 link eth0 type macvlan mode bridge", DEL),
+            "bridge" => ("ip link add lytprobe0 type bridge", DEL),
+            "nftables" => ("nft add table inet lytprobe", "nft delete table inet lytprobe"),
+            other => panic!(
+                "require_kernel({other:?}): known are ipvlan, vlan, dummy, macvlan, bridge, nftables"
+            ),
         };
         if let Some(test) = std::thread::current().name().filter(|n| *n != "main") {
             let fn_name = test.rsplit("::").next().unwrap_or(test);
             assert!(
                 fn_name.starts_with("vm_"),
-                "{test} needs {feature}: name it vm_{feature}_… so that scripts/vm-test runs it in the kernel VM"
+                "{test} needs {feature}: name it vm_{feature}_… so that scripts/vm-test \
+                 runs it in the kernel VM"
             );
         }
-        let out = host.exec(&probe);
+        let host = self.host();
+        let out = host.exec(&probe.split(' ').collect::<Vec<_>>());
         if !out.status.success() {
             panic!(
-                "needs {feature}: this test runs in the kernel VM (scripts/vm-test); kernel {} here said: {}",
+                "needs {feature}: this test runs in the kernel VM (scripts/vm-test); \
+                 kernel {} here said: {}",
                 kernel_release(),
                 text(&out.stderr).trim()
             );
         }
-        match feature {
-            "nftables" => host.ok(&["nft", "delete", "table", "inet", "lytprobe"]),
-            _ => host.ok(&["ip", "link", "del", "lytprobe0"]),
-        };
+        host.ok(&undo.split(' ').collect::<Vec<_>>());
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         let names = std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut errors = Vec::new();
-        // Processes first (anything left running in our namespaces is ours), so that
-        // no namespace outlives its name; then every namespace, even if one fails.
-        for name in names.iter().rev() {
-            kill_processes_in(name);
-        }
-        for name in names.iter().rev() {
-            if let Err(e) = delete_namespace(name) {
-                errors.push(e);
-            }
-        }
+        let mut errors = remove_namespaces(&names);
         if let Some(dir) = self.dir.take() {
             let path = dir.path().to_path_buf();
             if let Err(e) = dir.close() {
@@ -420,14 +402,22 @@ impl Ns {
         Path::new(NETNS_DIR).join(&self.name)
     }
 
-    /// `nsenter --net=<path> -- ARGS`, not yet started (stdin null).
+    /// `nsenter --net=<path> -- ARGS`, not yet started; stdin, stdout and stderr are
+    /// /dev/null unless set (an inherited stdout would be the test runner's).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
             .args(args);
-        cmd.stdin(Stdio::null());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         cmd
+    }
+
+    /// The namespace's inode number (what `/proc/<pid>/ns/net` of its processes has).
+    pub fn inode(&self) -> Option<u64> {
+        std::fs::metadata(self.path()).ok().map(|m| m.ino())
     }
 
     /// Runs ARGS in this namespace and returns whatever happened.
@@ -457,6 +447,19 @@ impl Ns {
         must(cmd, &format!("ip -n {} {}", self.name, args.join(" ")))
     }
 
+    /// `ip -n <ns> -batch -`: one `ip` process for several commands (each without the
+    /// leading `ip`); the first that fails fails the test.
+    pub fn ip_batch(&self, lines: &[&str]) {
+        let what = format!("ip -n {} -batch: {}", self.name, lines.join("; "));
+        let input = lines.join("\n") + "\n";
+        let cmd = ip(&["-n", &self.name, "-batch", "-"]);
+        let out = try_run_with_input(cmd, input.as_bytes(), &what, COMMAND_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        if !out.status.success() {
+            panic!("{what} failed: {}", describe(&out));
+        }
+    }
+
     /// `ip -j ARGS` parsed, e.g. `ns.ip_json(&["addr", "show", "dev", "eth0"])`.
     pub fn ip_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = vec!["-j"];
@@ -477,15 +480,22 @@ impl Ns {
 
     /// Sets a sysctl of this namespace (`net.…` keys are per namespace).
     pub fn sysctl(&self, key: &str, value: &str) {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        self.ok(&[
-            "sh",
-            "-c",
-            "printf '%s\\n' \"$1\" > \"$2\"",
-            "sh",
-            value,
-            &path,
-        ]);
+        self.sysctls(&[(key, value)]);
+    }
+
+    /// Sets several sysctls of this namespace with one process.
+    pub fn sysctls(&self, settings: &[(&str, &str)]) {
+        // sh -c 'printf "%s\n" "$2" > "$1" && …' sh PATH VALUE PATH VALUE …
+        let mut script = String::from("set -e");
+        let mut args = vec!["sh".to_string()];
+        for (i, (key, value)) in settings.iter().enumerate() {
+            script += &format!("; printf '%s\\n' \"${}\" > \"${}\"", 2 * i + 2, 2 * i + 1);
+            args.push(format!("/proc/sys/{}", key.replace('.', "/")));
+            args.push(value.to_string());
+        }
+        let mut argv = vec!["sh", "-c", &script];
+        argv.extend(args.iter().map(String::as_str));
+        self.ok(&argv);
     }
 
     /// One ping (`-c1 -W1`), IPv4 or IPv6: did it get an answer?
@@ -510,10 +520,8 @@ impl Ns {
 
     /// Starts ARGS in this namespace without waiting; killed on drop.
     pub fn spawn(&self, args: &[&str]) -> Bg {
-        Bg::spawn(
-            self.command(args),
-            &format!("[{}] {}", self.name, args.join(" ")),
-        )
+        let what = format!("[{}] {}", self.name, args.join(" "));
+        Bg::spawn(self.command(args), &what)
     }
 }
 
@@ -594,8 +602,7 @@ impl Bg {
                 stderr: self.stderr.finish(),
             },
             None => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                self.kill();
                 panic!(
                     "{} still running after {within:?}\nstdout:\n{}\nstderr:\n{}",
                     self.what,
@@ -642,9 +649,8 @@ impl Collector {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend_from_slice(&chunk[..n]);
+                let mut buf = sink.lock().unwrap_or_else(|p| p.into_inner());
+                buf.extend_from_slice(&chunk[..n]);
             }
             let _ = tx.send(());
         });
@@ -686,16 +692,32 @@ fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
 /// Runs `cmd` (stdin null) to the end, at most `timeout`; panics if it cannot start or
 /// does not finish.
 fn run(cmd: Command, what: &str, timeout: Duration) -> Output {
-    try_run(cmd, what, timeout).unwrap_or_else(|e| panic!("{e}"))
+    try_run_with_input(cmd, b"", what, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn try_run(mut cmd: Command, what: &str, timeout: Duration) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
+/// Runs `cmd` with `input` on stdin (none: /dev/null) to the end, at most `timeout`.
+fn try_run_with_input(
+    mut cmd: Command,
+    input: &[u8],
+    what: &str,
+    timeout: Duration,
+) -> Result<Output, String> {
+    let stdin = if input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {what}: {e}"))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        let input = input.to_vec();
+        // A thread, so a child that does not read cannot block us; EPIPE is its business.
+        std::thread::spawn(move || pipe.write_all(&input));
+    }
     let mut stdout = Collector::start(child.stdout.take());
     let mut stderr = Collector::start(child.stderr.take());
     match wait_until(&mut child, Instant::now() + timeout) {
@@ -723,6 +745,12 @@ fn must(cmd: Command, what: &str) -> String {
         panic!("{what} failed: {}", describe(&out));
     }
     text(&out.stdout)
+}
+
+fn ip(args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    cmd
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -759,80 +787,96 @@ pub fn kernel_release() -> String {
 /// test processes left behind.
 fn lab_available() -> Result<(), String> {
     static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
-    AVAILABLE
-        .get_or_init(|| {
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            if unsafe { libc::geteuid() } != 0 {
-                return Err(
-                    "needs root (network namespaces); run as root, e.g. `sudo -E cargo test`"
-                        .into(),
-                );
-            }
-            for tool in [["ip", "-V"], ["nsenter", "--version"]] {
-                let ok = Command::new(tool[0])
-                    .arg(tool[1])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                if !ok {
-                    return Err(format!(
-                        "needs `{}` (apt-get install iproute2 util-linux)",
-                        tool[0]
-                    ));
-                }
-            }
-            cleanup_stale();
-            let probe = format!("{PREFIX}{}t0-probe", std::process::id());
-            let made = try_run(
-                ip(&["netns", "add", &probe]),
-                "ip netns add",
-                COMMAND_TIMEOUT,
-            )?;
-            if !made.status.success() {
-                return Err(format!(
-                    "cannot create network namespaces: {}",
-                    text(&made.stderr).trim()
-                ));
-            }
-            delete_namespace(&probe)
-        })
-        .clone()
+    AVAILABLE.get_or_init(probe_lab).clone()
 }
 
-fn ip(args: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(args);
-    cmd
-}
-
-/// Kills (SIGKILL) every process whose network namespace is `name`.
-fn kill_processes_in(name: &str) {
-    let Ok(out) = try_run(
-        ip(&["netns", "pids", name]),
-        "ip netns pids",
+fn probe_lab() -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(
+            "needs root (network namespaces); run as root, e.g. `sudo -E cargo test`".into(),
+        );
+    }
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("ping", "iputils-ping"),
+    ] {
+        if Command::new(tool).arg("-V").output().is_err() {
+            return Err(format!("needs `{tool}` (apt-get install {package})"));
+        }
+    }
+    cleanup_stale();
+    let probe = format!("{PREFIX}{}t0-probe", std::process::id());
+    let made = try_run_with_input(
+        ip(&["netns", "add", &probe]),
+        b"",
+        "ip netns add",
         COMMAND_TIMEOUT,
-    ) else {
-        return;
-    };
-    for pid in text(&out.stdout)
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
-        // SAFETY: plain syscall on a pid `ip netns pids` found in our namespace.
+    )?;
+    if !made.status.success() {
+        let why = text(&made.stderr);
+        return Err(format!("cannot create network namespaces: {}", why.trim()));
+    }
+    match remove_namespaces(&[probe]).pop() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Kills (SIGKILL) every process in one of the namespaces `names` (anything running
+/// in a lab namespace is the lab's), then deletes them all, going on past failures.
+/// Returns the errors.
+fn remove_namespaces(names: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let names: Vec<&String> = names.iter().filter(|n| n.starts_with(PREFIX)).collect();
+    if names.is_empty() {
+        return errors;
+    }
+    let inodes: BTreeSet<u64> = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(Path::new(NETNS_DIR).join(n)).ok())
+        .map(|m| m.ino())
+        .collect();
+    kill_all_in(&inodes);
+    let script: String = names.iter().map(|n| format!("netns del {n}\n")).collect();
+    let cmd = ip(&["-force", "-batch", "-"]);
+    if let Err(e) = try_run_with_input(cmd, script.as_bytes(), "ip netns del", COMMAND_TIMEOUT) {
+        errors.push(e);
+    }
+    // A process that opened a namespace file just before it went (nsenter between
+    // open and setns) still lives in it, nameless: a second pass finds it.
+    kill_all_in(&inodes);
+    for name in names {
+        if Path::new(NETNS_DIR).join(name).exists() {
+            errors.push(format!("namespace {name} could not be deleted"));
+        }
+    }
+    errors
+}
+
+/// SIGKILLs every process in one of these namespaces (all of them the lab's).
+fn kill_all_in(inodes: &BTreeSet<u64>) {
+    for pid in pids_in(inodes) {
+        // SAFETY: plain syscall; the pid's network namespace is one of the lab's.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
-fn delete_namespace(name: &str) -> Result<(), String> {
-    assert!(
-        name.starts_with(PREFIX),
-        "refusing to delete namespace {name}: not a lab namespace"
-    );
-    let out = try_run(ip(&["netns", "del", name]), "ip netns del", COMMAND_TIMEOUT)?;
-    if out.status.success() || !Path::new(NETNS_DIR).join(name).exists() {
-        Ok(())
-    } else {
-        Err(format!("ip netns del {name}: {}", text(&out.stderr).trim()))
-    }
+/// Processes whose network namespace has one of these inode numbers (what
+/// `ip netns pids` does, without a process per namespace).
+fn pids_in(inodes: &BTreeSet<u64>) -> Vec<i32> {
+    let Ok(proc) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    proc.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|m| inodes.contains(&m.ino()))
+        })
+        .collect()
 }
 
 /// The pid in a lab name `lyt-<pid>t<n>-…`, None for names not made by this harness.
@@ -851,7 +895,7 @@ pub fn cleanup_stale() {
     let dead = |name: &str| {
         owner_pid(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
     };
-    let names = |dir: &Path| -> Vec<String> {
+    let stale = |dir: &Path| -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
@@ -860,14 +904,11 @@ pub fn cleanup_stale() {
             .filter(|n| dead(n))
             .collect()
     };
-    for name in names(Path::new(NETNS_DIR)) {
-        kill_processes_in(&name);
-        if let Err(e) = delete_namespace(&name) {
-            let _ = writeln!(std::io::stderr(), "cleanup_stale: {e}");
-        }
+    for e in remove_namespaces(&stale(Path::new(NETNS_DIR))) {
+        let _ = writeln!(std::io::stderr(), "cleanup_stale: {e}");
     }
     let tmp = std::env::temp_dir();
-    for name in names(&tmp) {
+    for name in stale(&tmp) {
         let _ = std::fs::remove_dir_all(tmp.join(name));
     }
 }

@@ -8,5 +8,6 @@
 mod attach;
 mod firewall;
 mod harness;
+mod kernel_vm;
 mod network;
 mod smoke;

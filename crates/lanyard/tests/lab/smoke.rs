@@ -2,6 +2,7 @@
 //! the kernel VM has the links the `vm_` tests rely on.
 
 use crate::harness::{self, addr, Lab, NETNS_DIR};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,6 +43,15 @@ fn lab_namespaces_processes_and_temp_dir_are_gone_after_drop() {
     let c1 = lab.netns("c1");
     // A process the test forgot about: the lab's Drop must still kill it.
     let mut leaked = c1.command(&["sleep", "600"]).spawn().expect("spawn sleep");
+    let in_c1 = || {
+        let ns = std::fs::metadata(format!("/proc/{}/ns/net", leaked.id()));
+        ns.ok().map(|m| m.ino()) == c1.inode()
+    };
+    let end = Instant::now() + Duration::from_secs(5);
+    while !in_c1() {
+        assert!(Instant::now() < end, "sleep never entered {}", c1.name());
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let names = lab.namespaces();
     let dir = lab.dir().to_path_buf();
     assert_eq!(names.len(), 3);
@@ -179,9 +189,9 @@ fn vm_nftables_kernel_has_nat_and_masquerade() {
     };
     lab.require_kernel("nftables");
     let rules = "table inet lyt {\n\
-                 chain post { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade; }\n\
-                 chain pre { type nat hook prerouting priority dstnat; tcp dport 8080 dnat ip to 192.0.2.9:80; }\n\
-                 chain fwd { type filter hook forward priority filter; ct state established,related accept; fib daddr type local drop; }\n\
+                 chain lyt_post { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade; }\n\
+                 chain lyt_pre { type nat hook prerouting priority dstnat; tcp dport 8080 dnat ip to 192.0.2.9:80; }\n\
+                 chain lyt_fwd { type filter hook forward priority filter; ct state established,related accept; fib daddr type local drop; }\n\
                  }\n";
     let file = lab.dir().join("rules.nft");
     std::fs::write(&file, rules).expect("write rules");
