@@ -253,7 +253,7 @@ impl Lab {
     }
 
     /// `nsenter --net=<host> lanyard --state-dir … --run-dir … --config … ARGS`, not yet
-    /// started (stdio /dev/null unless set). For cases the helpers below do not cover.
+    /// started (stdin /dev/null). For cases the helpers below do not cover.
     pub fn lanyard_command(&self, args: &[&str]) -> Command {
         let mut cmd = self.host().command(&[LANYARD]);
         cmd.arg("--state-dir").arg(self.state_dir());
@@ -402,16 +402,14 @@ impl Ns {
         Path::new(NETNS_DIR).join(&self.name)
     }
 
-    /// `nsenter --net=<path> -- ARGS`, not yet started; stdin, stdout and stderr are
-    /// /dev/null unless set (an inherited stdout would be the test runner's).
+    /// `nsenter --net=<path> -- ARGS`, not yet started (stdin /dev/null; stdout and
+    /// stderr as `Command` has them: piped by `output()`, inherited by `spawn()`).
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path().display()))
             .arg("--")
             .args(args);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null());
         cmd
     }
 

@@ -4,7 +4,7 @@
 use crate::harness::{self, addr, Lab, NETNS_DIR};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Those of `names` that still exist.
@@ -42,7 +42,12 @@ fn lab_namespaces_processes_and_temp_dir_are_gone_after_drop() {
     };
     let c1 = lab.netns("c1");
     // A process the test forgot about: the lab's Drop must still kill it.
-    let mut leaked = c1.command(&["sleep", "600"]).spawn().expect("spawn sleep");
+    let mut leaked = c1
+        .command(&["sleep", "600"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sleep");
     let in_c1 = || {
         let ns = std::fs::metadata(format!("/proc/{}/ns/net", leaked.id()));
         ns.ok().map(|m| m.ino()) == c1.inode()
