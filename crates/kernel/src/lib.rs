@@ -6,13 +6,14 @@
 //!
 //! - `netlink`: the [`Netlink`] type and the dispatch of every [`lanyard_core::op::Op`];
 //! - `link`, `addr`, `route`, `sysctl`: one file per kind of kernel object;
-//! - `view`: what a namespace looks like, from three dumps;
+//! - `view`: what a namespace looks like, from three dumps, or just a few named links
+//!   and their addresses (the hot path);
 //! - `netns`: namespace identity, handles, visiting a namespace;
 //! - `socket`: one netlink socket and its request/answer exchanges;
 //! - `wire`: decoding the kernel's answers;
-//! - `reap`: the detached tombstone deleter;
+//! - `reap`: the detached tombstone deleter (a worker sharing no copied memory);
 //! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
-//! - [`nft`]: nftables in-process through libnftables;
+//! - [`nft`]: nftables in-process through libnftables, loaded on first use;
 //! - [`nftwatch`]: nftables change events and table shapes over nfnetlink.
 
 mod addr;
