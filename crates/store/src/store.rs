@@ -52,6 +52,18 @@ impl SqliteStore {
             .and_then(|()| conn.execute_batch(PRAGMAS))
             .map_err(|e| store_error(&path, "configuring the connection", e))?;
         conn.set_prepared_statement_cache_capacity(32);
+        // No checkpoint when the last connection closes: that is 4 fsyncs and a WAL
+        // unlink at the end of every CLI call (~2 ms on ext4, half an attach+detach
+        // cycle). The WAL stays and is checkpointed every 100 pages instead. With
+        // synchronous=NORMAL commits were never fsynced anyway: a power loss may drop
+        // the last records but never corrupts the db — and it also drops every
+        // namespace they describe; `restore`/`gc` reconcile the rest.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )
+        .and_then(|_| conn.execute_batch("PRAGMA wal_autocheckpoint = 100;"))
+        .map_err(|e| store_error(&path, "configuring the connection", e))?;
         crate::schema::migrate(&conn, &path)?;
         Ok(SqliteStore { conn, path })
     }
