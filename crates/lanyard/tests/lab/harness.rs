@@ -90,6 +90,30 @@ pub mod exit {
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
 
+/// `let lab = lab!();` in a test: [`Lab::new`] named after the test function, or
+/// `return` (the test is skipped, with the reason printed) where no lab can be built.
+/// `lab!("name")` names it explicitly.
+macro_rules! lab {
+    () => {{
+        fn here() {}
+        // "lab::smoke::some_test::here" -> "smoke::some_test", as libtest names it
+        let name = std::any::type_name_of_val(&here).replace("::{{closure}}", "");
+        let name = name.strip_suffix("::here").unwrap_or(&name);
+        let name = name.strip_prefix("lab::").unwrap_or(name);
+        match $crate::harness::Lab::new(name) {
+            Some(lab) => lab,
+            None => return,
+        }
+    }};
+    ($name:expr) => {
+        match $crate::harness::Lab::new($name) {
+            Some(lab) => lab,
+            None => return,
+        }
+    };
+}
+pub(crate) use lab;
+
 /// A lab: the LAN, the host, container namespaces, and a temp dir holding lanyard's
 /// state dir, run dir and config file. Dropping it removes all of them.
 pub struct Lab {

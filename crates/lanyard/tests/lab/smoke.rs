@@ -1,7 +1,7 @@
 //! Self-tests of the lab harness: the lab's network works, nothing outlives a lab, and
 //! the kernel VM has the links the `vm_` tests rely on.
 
-use crate::harness::{self, addr, Lab, NETNS_DIR};
+use crate::harness::{self, addr, lab, NETNS_DIR};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,9 +17,7 @@ fn existing(names: &[String]) -> Vec<&String> {
 
 #[test]
 fn router_and_host_ping_each_other_over_v4_and_v6() {
-    let Some(lab) = Lab::new("router_and_host_ping_each_other_over_v4_and_v6") else {
-        return;
-    };
+    let lab = lab!();
     let (lan, host) = (lab.lan(), lab.host());
     for a in [
         addr::ROUTER_V4,
@@ -37,9 +35,7 @@ fn router_and_host_ping_each_other_over_v4_and_v6() {
 
 #[test]
 fn lab_namespaces_processes_and_temp_dir_are_gone_after_drop() {
-    let Some(lab) = Lab::new("lab_namespaces_processes_and_temp_dir_are_gone_after_drop") else {
-        return;
-    };
+    let lab = lab!();
     let c1 = lab.netns("c1");
     // A process the test forgot about: the lab's Drop must still kill it.
     let mut leaked = c1
@@ -82,9 +78,7 @@ fn lab_namespaces_processes_and_temp_dir_are_gone_after_drop() {
 fn lab_is_removed_when_the_test_panics() {
     let mut names = Vec::new();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let Some(lab) = Lab::new("lab_is_removed_when_the_test_panics") else {
-            return;
-        };
+        let lab = lab!();
         lab.netns("c1");
         names = lab.namespaces();
         panic!("the test fails");
@@ -102,9 +96,7 @@ fn lab_is_removed_when_the_test_panics() {
 
 #[test]
 fn stale_namespaces_of_dead_test_processes_are_removed() {
-    let Some(lab) = Lab::new("stale_namespaces_of_dead_test_processes_are_removed") else {
-        return;
-    };
+    let lab = lab!();
     let mut child = Command::new("true").spawn().expect("spawn true");
     let dead_pid = child.id();
     child.wait().expect("wait");
@@ -132,9 +124,7 @@ fn stale_namespaces_of_dead_test_processes_are_removed() {
 
 #[test]
 fn vm_ipvlan_kernel_has_ipvlan() {
-    let Some(lab) = Lab::new("vm_ipvlan_kernel_has_ipvlan") else {
-        return;
-    };
+    let lab = lab!();
     lab.require_kernel("ipvlan");
     let (host, c1) = (lab.host(), lab.netns("c1"));
     host.ip(&[
@@ -156,9 +146,7 @@ fn vm_ipvlan_kernel_has_ipvlan() {
 
 #[test]
 fn vm_vlan_kernel_has_8021q() {
-    let Some(lab) = Lab::new("vm_vlan_kernel_has_8021q") else {
-        return;
-    };
+    let lab = lab!();
     lab.require_kernel("vlan");
     let (lan, host) = (lab.lan(), lab.host());
     lan.ip(&[
@@ -179,9 +167,7 @@ fn vm_vlan_kernel_has_8021q() {
 
 #[test]
 fn vm_dummy_kernel_has_dummy() {
-    let Some(lab) = Lab::new("vm_dummy_kernel_has_dummy") else {
-        return;
-    };
+    let lab = lab!();
     lab.require_kernel("dummy");
     lab.host().ip(&["link", "add", "dummy0", "type", "dummy"]);
     assert!(lab.host().links().contains("dummy0"));
@@ -189,9 +175,7 @@ fn vm_dummy_kernel_has_dummy() {
 
 #[test]
 fn vm_nftables_kernel_has_nat_and_masquerade() {
-    let Some(lab) = Lab::new("vm_nftables_kernel_has_nat_and_masquerade") else {
-        return;
-    };
+    let lab = lab!();
     lab.require_kernel("nftables");
     let rules = "table inet lyt {\n\
                  chain lyt_post { type nat hook postrouting priority srcnat; oifname \"eth0\" masquerade; }\n\
