@@ -89,6 +89,56 @@ fn create(nl: &mut Netlink, op: &Op, kind: Kind, m: LinkMessage) -> Result<()> {
         .map_err(|e| create_error(e, op, kind))
 }
 
+/// [`create`] for a link made directly in `netns`. Kernels before 6.2 check a new
+/// link's name in the *caller's* namespace, so a container's `eth0` clashes with the
+/// host's own `eth0` (EEXIST) although the container has none. Then the link is made
+/// under a temporary name, down, and renamed and set up inside the namespace.
+fn create_child(
+    nl: &mut Netlink,
+    op: &Op,
+    kind: Kind,
+    m: LinkMessage,
+    netns: &Netns,
+    name: &IfName,
+) -> Result<()> {
+    let first = match nl
+        .host_sock()?
+        .ack(RouteNetlinkMessage::NewLink(m.clone()), NLM_F_CREATE | NLM_F_EXCL)
+    {
+        Ok(()) => return Ok(()),
+        Err(e) if e.is(libc::EEXIST) && matches!(netns, Netns::Path(_)) => e,
+        Err(e) => return Err(create_error(e, op, kind)),
+    };
+    let inside = lookup(nl.need_sock(netns)?, name.as_str()).map_err(|e| e.for_op(op))?;
+    if inside.is_some() {
+        return Err(create_error(first, op, kind)); // the namespace really has one
+    }
+    let tmp = format!("lyn-{:08x}", std::process::id() ^ (std::time::UNIX_EPOCH.elapsed().map(|d| d.subsec_nanos()).unwrap_or(0)));
+    let mut m = m;
+    m.header.flags = LinkFlags::empty();
+    m.header.change_mask = LinkFlags::empty();
+    m.attributes.retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+    m.attributes.push(LinkAttribute::IfName(tmp.clone()));
+    nl.host_sock()?
+        .ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
+        .map_err(|e| create_error(e, op, kind))?;
+    let sock = nl.need_sock(netns)?;
+    let index = match lookup(sock, &tmp) {
+        Ok(Some(h)) => h.index,
+        Ok(None) => return Err(Error::kernel(op.to_string(), format!("{tmp} vanished after its create"), None)),
+        Err(e) => return Err(e.for_op(op)),
+    };
+    let mut r = up_message(name);
+    r.header.index = index;
+    if let Err(e) = sock.ack(RouteNetlinkMessage::NewLink(r), 0) {
+        let mut d = LinkMessage::default();
+        d.header.index = index;
+        let _ = sock.ack(RouteNetlinkMessage::DelLink(d), 0);
+        return Err(e.for_op(op));
+    }
+    Ok(())
+}
+
 fn create_error(e: NlError, op: &Op, kind: Kind) -> Error {
     let unknown_type = match &e {
         NlError::Kernel { errno, msg } if *errno == libc::EOPNOTSUPP => msg
@@ -231,7 +281,7 @@ pub(crate) fn create_macvlan(
         LinkInfo::Kind(InfoKind::MacVlan),
         LinkInfo::Data(InfoData::MacVlan(vec![InfoMacVlan::Mode(mode)])),
     ]));
-    match create(nl, op, Kind::Macvlan, m.clone()) {
+    match create_child(nl, op, Kind::Macvlan, m.clone(), netns, name) {
         Err(Error::Kernel {
             errno: Some(libc::EADDRINUSE),
             ..
@@ -245,7 +295,7 @@ pub(crate) fn create_macvlan(
                     "MAC address {mac} is already in use on {parent}; pick another or detach its owner"
                 )));
             }
-            create(nl, op, Kind::Macvlan, m)
+            create_child(nl, op, Kind::Macvlan, m, netns, name)
         }
         other => other,
     }
@@ -296,7 +346,7 @@ pub(crate) fn create_ipvlan(
         LinkInfo::Kind(InfoKind::IpVlan),
         LinkInfo::Data(InfoData::IpVlan(vec![InfoIpVlan::Mode(mode)])),
     ]));
-    create(nl, op, Kind::Ipvlan, m)
+    create_child(nl, op, Kind::Ipvlan, m, netns, name)
 }
 
 /// `ip link add NAME link PARENT up type vlan id ID`.

@@ -196,7 +196,7 @@ pub struct EndpointOpts {
     /// Endpoint name (unique; `--network container:NAME` finds it).
     #[arg(long)]
     pub name: Option<String>,
-    /// Publish a port: [HOSTIP:]HOSTPORT[-END]:PORT[-END][/tcp|/udp] (repeatable).
+    /// Publish a port: `[HOSTIP:]HOSTPORT[-END]:PORT[-END][/tcp|/udp]` (repeatable).
     #[arg(short = 'p', long = "publish", value_name = "SPEC")]
     pub publish: Vec<String>,
     /// Set net.ipv4.ip_unprivileged_port_start in the namespace (0 lets any user bind port 80).
