@@ -101,10 +101,10 @@ fn create_child(
     netns: &Netns,
     name: &IfName,
 ) -> Result<()> {
-    let first = match nl
-        .host_sock()?
-        .ack(RouteNetlinkMessage::NewLink(m.clone()), NLM_F_CREATE | NLM_F_EXCL)
-    {
+    let first = match nl.host_sock()?.ack(
+        RouteNetlinkMessage::NewLink(m.clone()),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
         Ok(()) => return Ok(()),
         Err(e) if e.is(libc::EEXIST) && matches!(netns, Netns::Path(_)) => e,
         Err(e) => return Err(create_error(e, op, kind)),
@@ -113,11 +113,19 @@ fn create_child(
     if inside.is_some() {
         return Err(create_error(first, op, kind)); // the namespace really has one
     }
-    let tmp = format!("lyn-{:08x}", std::process::id() ^ (std::time::UNIX_EPOCH.elapsed().map(|d| d.subsec_nanos()).unwrap_or(0)));
+    let tmp = format!(
+        "lyn-{:08x}",
+        std::process::id()
+            ^ (std::time::UNIX_EPOCH
+                .elapsed()
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0))
+    );
     let mut m = m;
     m.header.flags = LinkFlags::empty();
     m.header.change_mask = LinkFlags::empty();
-    m.attributes.retain(|a| !matches!(a, LinkAttribute::IfName(_)));
+    m.attributes
+        .retain(|a| !matches!(a, LinkAttribute::IfName(_)));
     m.attributes.push(LinkAttribute::IfName(tmp.clone()));
     nl.host_sock()?
         .ack(RouteNetlinkMessage::NewLink(m), NLM_F_CREATE | NLM_F_EXCL)
@@ -125,7 +133,13 @@ fn create_child(
     let sock = nl.need_sock(netns)?;
     let index = match lookup(sock, &tmp) {
         Ok(Some(h)) => h.index,
-        Ok(None) => return Err(Error::kernel(op.to_string(), format!("{tmp} vanished after its create"), None)),
+        Ok(None) => {
+            return Err(Error::kernel(
+                op.to_string(),
+                format!("{tmp} vanished after its create"),
+                None,
+            ))
+        }
         Err(e) => return Err(e.for_op(op)),
     };
     let mut r = up_message(name);

@@ -2,17 +2,8 @@
 //! to macvlan endpoints, live attach/detach, `lanyard run`, rollback on a real
 //! kernel at every step, restore after a simulated reboot, gc.
 
-use crate::harness::{addr, exit, Lab, Ns};
+use crate::harness::{addr, exit, lab, Lab, Ns};
 use std::time::Duration;
-
-macro_rules! lab {
-    ($name:expr) => {
-        match Lab::new($name) {
-            Some(l) => l,
-            None => return,
-        }
-    };
-}
 
 /// `lan`: macvlan on eth0 in the host's LAN (v4 from .128/25, and v6); `lan2`: macvlan
 /// on the same parent in the LAN's second subnet.
@@ -104,7 +95,7 @@ fn host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_eac
 
 #[test]
 fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
-    let lab = lab!("detach_is_idempotent_frees_the_name_address_and_host_route_at_once");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
     let e = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
@@ -129,7 +120,7 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
 
 #[test]
 fn bridge_endpoints_reach_each_other_the_gateway_and_the_host() {
-    let lab = lab!("bridge_endpoints_reach_each_other_the_gateway_and_the_host");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",
@@ -154,7 +145,7 @@ fn bridge_endpoints_reach_each_other_the_gateway_and_the_host() {
 
 #[test]
 fn attach_and_detach_work_live_while_a_process_runs_inside() {
-    let lab = lab!("attach_and_detach_work_live_while_a_process_runs_inside");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let c1 = lab.netns("c1");
@@ -174,7 +165,7 @@ fn attach_and_detach_work_live_while_a_process_runs_inside() {
 
 #[test]
 fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up() {
-    let lab = lab!("lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     let out = lab.lanyard(&[
         "run",
@@ -216,7 +207,7 @@ fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up()
 
 #[test]
 fn run_with_container_network_joins_a_named_endpoint() {
-    let lab = lab!("run_with_container_network_joins_a_named_endpoint");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     let web = lab.lanyard_spawn(&[
         "run",
@@ -258,7 +249,7 @@ fn run_with_container_network_joins_a_named_endpoint() {
 
 #[test]
 fn a_non_root_server_binds_port_80_with_unprivileged_port_start() {
-    let lab = lab!("a_non_root_server_binds_port_80_with_unprivileged_port_start");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     // socat listening = still running when timeout stops it (124); refused = exit 1 at once.
     let serve = |extra: &[&str]| {
@@ -288,7 +279,7 @@ fn a_non_root_server_binds_port_80_with_unprivileged_port_start() {
 
 #[test]
 fn a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before() {
-    let lab = lab!("a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let c1 = lab.netns("c1");
@@ -370,7 +361,7 @@ fn a_failure_at_any_kernel_step_leaves_store_and_kernel_as_before() {
 
 #[test]
 fn restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints() {
-    let lab = lab!("restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let (c1, c2, c3) = (lab.netns("c1"), lab.netns("c2"), lab.netns("c3"));
@@ -410,7 +401,7 @@ fn restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints() {
 
 #[test]
 fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
-    let lab = lab!("gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
     attach(&lab, "lan", &c1, &["--ip", "192.0.2.222"]);
@@ -428,7 +419,7 @@ fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
 
 #[test]
 fn host_access_survives_the_parent_going_down_and_up() {
-    let lab = lab!("host_access_survives_the_parent_going_down_and_up");
+    let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
     let e = attach(&lab, "lan", &c1, &[]);
@@ -452,7 +443,7 @@ fn host_access_survives_the_parent_going_down_and_up() {
 
 #[test]
 fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
-    let lab = lab!("macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",
@@ -524,7 +515,7 @@ fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
 
 #[test]
 fn ipvlan_attach_works_or_says_the_kernel_lacks_it() {
-    let lab = lab!("ipvlan_attach_works_or_says_the_kernel_lacks_it");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",

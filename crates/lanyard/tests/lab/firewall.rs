@@ -7,18 +7,9 @@
 //! `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
 //! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
 
-use crate::harness::{addr, exit, Bg, Lab, Ns};
+use crate::harness::{addr, exit, lab, Bg, Lab, Ns};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
-
-macro_rules! lab {
-    ($name:expr) => {
-        match Lab::new($name) {
-            Some(l) => l,
-            None => return,
-        }
-    };
-}
 
 /// How long a server may take to start listening, and a rebuild to show.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -168,7 +159,7 @@ fn table_text(ns: &Ns, family: &str, name: &str) -> String {
 
 #[test]
 fn bridge_egress_is_masqueraded_to_the_hosts_address() {
-    let lab = lab!("bridge_egress_is_masqueraded_to_the_hosts_address");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let _router = serve_tcp(&lab.lan(), 9000);
     let c1 = lab.netns("c1");
@@ -187,7 +178,7 @@ fn bridge_egress_is_masqueraded_to_the_hosts_address() {
 
 #[test]
 fn snat_source_makes_each_network_leave_with_its_chosen_address() {
-    let lab = lab!("snat_source_makes_each_network_leave_with_its_chosen_address");
+    let lab = lab!();
     // The uplink has two addresses; masquerade would always pick the first.
     lab.host()
         .ip(&["addr", "add", "192.0.2.3/24", "dev", "eth0"]);
@@ -226,7 +217,7 @@ fn snat_source_makes_each_network_leave_with_its_chosen_address() {
 #[test]
 fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_the_client_address_kept(
 ) {
-    let lab = lab!("a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_the_client_address_kept");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let e1 = attach(
@@ -325,8 +316,7 @@ fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_t
 
 #[test]
 fn the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoint() {
-    let lab =
-        lab!("the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoint");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     attach(&lab, "br", &c1, &["--name", "web", "-p", "8080:80"]);
@@ -387,7 +377,7 @@ fn the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoi
 
 #[test]
 fn an_internal_network_keeps_its_traffic_in_and_refuses_published_ports() {
-    let lab = lab!("an_internal_network_keeps_its_traffic_in_and_refuses_published_ports");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",
@@ -425,8 +415,7 @@ fn an_internal_network_keeps_its_traffic_in_and_refuses_published_ports() {
 
 #[test]
 fn endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_both() {
-    let lab =
-        lab!("endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_both");
+    let lab = lab!();
     lab.lanyard_ok(&["network", "create", "a", "--subnet", "10.89.1.0/24"]);
     lab.lanyard_ok(&["network", "create", "b", "--subnet", "10.89.2.0/24"]);
     let (ca, cb, both) = (lab.netns("ca"), lab.netns("cb"), lab.netns("both"));
@@ -448,7 +437,7 @@ fn endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_b
 
 #[test]
 fn frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge() {
-    let lab = lab!("frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge");
+    let lab = lab!();
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let a1 = addr_of(&attach(&lab, "br", &c1, &[]), false);
@@ -510,7 +499,7 @@ fn frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge() {
 
 #[test]
 fn restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back() {
-    let lab = lab!("restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
     attach(&lab, "br", &c1, &["-p", "8080:80"]);
@@ -565,23 +554,36 @@ fn load_docker_rules(host: &Ns) {
             host.ok(&args);
         }
     } else {
-        host.ok(&[
-            "nft",
-            "table ip filter { chain DOCKER-USER { return; } chain DOCKER { } \
-             chain FORWARD { type filter hook forward priority filter; policy accept; \
-             jump DOCKER-USER; oifname \"docker0\" jump DOCKER; } } \
-             table ip nat { chain DOCKER { tcp dport 9999 dnat to 172.17.0.2:80; } \
-             chain PREROUTING { type nat hook prerouting priority dstnat; policy accept; \
-             fib daddr type local jump DOCKER; } \
-             chain POSTROUTING { type nat hook postrouting priority srcnat; policy accept; \
-             oifname != \"docker0\" ip saddr 172.17.0.0/16 masquerade; } }",
-        ]);
+        // The same shape written with nft, for hosts without iptables-nft.
+        let script = r#"
+table ip filter {
+    chain DOCKER-USER { return; }
+    chain DOCKER { }
+    chain FORWARD {
+        type filter hook forward priority filter; policy accept;
+        jump DOCKER-USER
+        oifname "docker0" jump DOCKER
+    }
+}
+table ip nat {
+    chain DOCKER { tcp dport 9999 dnat to 172.17.0.2:80; }
+    chain PREROUTING {
+        type nat hook prerouting priority dstnat; policy accept;
+        fib daddr type local jump DOCKER
+    }
+    chain POSTROUTING {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname != "docker0" ip saddr 172.17.0.0/16 masquerade
+    }
+}
+"#;
+        host.ok(&["sh", "-c", "printf '%s' \"$1\" | nft -f -", "sh", script]);
     }
 }
 
 #[test]
 fn docker_style_iptables_nft_rules_are_left_alone_and_lanyard_still_works() {
-    let lab = lab!("docker_style_iptables_nft_rules_are_left_alone_and_lanyard_still_works");
+    let lab = lab!();
     let host = lab.host();
     load_docker_rules(&host);
     let snapshot = || {
@@ -639,7 +641,7 @@ fn published_port_back_within(lab: &Lab, since: Instant) -> Option<Duration> {
 
 #[test]
 fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
-    let lab = lab!("the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
     attach(&lab, "br", &c1, &["-p", "8080:80"]);
@@ -709,7 +711,7 @@ fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
 
 #[test]
 fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
-    let lab = lab!("the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers");
+    let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
     attach(&lab, "br", &c1, &["-p", "8080:80"]);

@@ -3,16 +3,7 @@
 //! kernel (`scripts/vm-test`), the rest on the host. On a kernel without the feature
 //! they fail loudly (`Lab::require_kernel`), never skip.
 
-use crate::harness::{addr, Lab, Ns};
-
-macro_rules! lab {
-    ($name:expr) => {
-        match Lab::new($name) {
-            Some(l) => l,
-            None => return,
-        }
-    };
-}
+use crate::harness::{addr, lab, Lab, Ns};
 
 fn attach(lab: &Lab, net: &str, ns: &Ns) -> String {
     let path = ns.path();
@@ -28,7 +19,7 @@ fn attach(lab: &Lab, net: &str, ns: &Ns) -> String {
 
 #[test]
 fn vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other() {
-    let lab = lab!("vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other");
+    let lab = lab!();
     lab.require_kernel("ipvlan");
     lab.lanyard_ok(&[
         "network",
@@ -145,7 +136,7 @@ fn vm_ipvlan_l3s_traffic_passes_the_hosts_netfilter_and_conntrack() {
 
 #[test]
 fn vm_vlan_parent_eth0_10_is_made_on_first_use_and_removed_with_its_last_network() {
-    let lab = lab!("vm_vlan_parent_eth0_10_is_made_on_first_use_and_removed_with_its_last_network");
+    let lab = lab!();
     lab.require_kernel("vlan");
     // The LAN side of VLAN 10: its own subnet on the router.
     let lan = lab.lan();

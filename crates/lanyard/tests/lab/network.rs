@@ -2,16 +2,7 @@
 //! conflict checks against host routes and other networks; bad input refused with
 //! the field named and nothing changed; many processes at once.
 
-use crate::harness::{exit, Lab};
-
-macro_rules! lab {
-    ($name:expr) => {
-        match Lab::new($name) {
-            Some(l) => l,
-            None => return,
-        }
-    };
-}
+use crate::harness::{exit, lab, Lab};
 
 fn names(lab: &Lab) -> Vec<String> {
     let v = lab.lanyard_json(&["network", "ls"]);
@@ -27,7 +18,7 @@ fn names(lab: &Lab) -> Vec<String> {
 
 #[test]
 fn macvlan_network_round_trips_through_create_ls_and_inspect() {
-    let lab = lab!("macvlan_network_round_trips_through_create_ls_and_inspect");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",
@@ -77,7 +68,7 @@ fn macvlan_network_round_trips_through_create_ls_and_inspect() {
 
 #[test]
 fn bad_input_names_the_field_and_changes_nothing() {
-    let lab = lab!("bad_input_names_the_field_and_changes_nothing");
+    let lab = lab!();
     lab.lanyard_ok(&["network", "create", "taken", "--subnet", "203.0.113.0/24"]);
     let before = lab.lanyard_json(&["network", "ls"]);
     let cases: &[(&[&str], i32, &str)] = &[
@@ -196,7 +187,7 @@ fn bad_input_names_the_field_and_changes_nothing() {
 
 #[test]
 fn without_subnet_the_first_pool_subnet_clear_of_host_routes_is_picked() {
-    let lab = lab!("without_subnet_the_first_pool_subnet_clear_of_host_routes_is_picked");
+    let lab = lab!();
     lab.write_config("[[default-address-pools]]\nbase = \"203.0.113.0/24\"\nsize = 26\n");
     lab.host()
         .ip(&["route", "add", "203.0.113.0/26", "via", "192.0.2.1"]);
@@ -209,7 +200,7 @@ fn without_subnet_the_first_pool_subnet_clear_of_host_routes_is_picked() {
 
 #[test]
 fn a_subnet_overlapping_a_host_route_is_refused_naming_the_route() {
-    let lab = lab!("a_subnet_overlapping_a_host_route_is_refused_naming_the_route");
+    let lab = lab!();
     lab.host()
         .ip(&["route", "add", "203.0.113.0/26", "via", "192.0.2.1"]);
     let err = lab.lanyard_fails(
@@ -240,7 +231,7 @@ fn a_subnet_overlapping_a_host_route_is_refused_naming_the_route() {
 
 #[test]
 fn several_macvlan_networks_share_a_parent_but_not_a_subnet() {
-    let lab = lab!("several_macvlan_networks_share_a_parent_but_not_a_subnet");
+    let lab = lab!();
     lab.lanyard_ok(&[
         "network",
         "create",
@@ -290,13 +281,13 @@ fn several_macvlan_networks_share_a_parent_but_not_a_subnet() {
 
 #[test]
 fn rm_and_prune_remove_networks_and_their_host_pieces() {
-    let lab = lab!("rm_and_prune_remove_networks_and_their_host_pieces");
-    lab.lanyard_ok(&["network", "create", "a", "--subnet", "203.0.113.0/25"]);
-    lab.lanyard_ok(&["network", "create", "b", "--subnet", "203.0.113.128/25"]);
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "alpha", "--subnet", "203.0.113.0/25"]);
+    lab.lanyard_ok(&["network", "create", "bravo", "--subnet", "203.0.113.128/25"]);
     lab.lanyard_ok(&[
         "network",
         "create",
-        "m",
+        "mike",
         "-d",
         "macvlan",
         "--subnet",
@@ -312,11 +303,14 @@ fn rm_and_prune_remove_networks_and_their_host_pieces() {
             .count(),
         3
     );
-    lab.lanyard_ok(&["network", "rm", "a"]);
-    lab.lanyard_fails(&["network", "rm", "a"], exit::NOT_FOUND);
-    assert_eq!(names(&lab), ["b", "m"]);
+    lab.lanyard_ok(&["network", "rm", "alpha"]);
+    lab.lanyard_fails(&["network", "rm", "alpha"], exit::NOT_FOUND);
+    assert_eq!(names(&lab), ["bravo", "mike"]);
     let pruned = lab.lanyard_ok(&["network", "prune", "-f"]);
-    assert!(pruned.contains('b') && pruned.contains('m'), "{pruned}");
+    assert!(
+        pruned.contains("bravo") && pruned.contains("mike"),
+        "{pruned}"
+    );
     assert!(names(&lab).is_empty());
     assert!(
         !lab.host().links().iter().any(|l| l.starts_with("ly")),
@@ -327,7 +321,7 @@ fn rm_and_prune_remove_networks_and_their_host_pieces() {
 
 #[test]
 fn fifty_processes_create_and_remove_networks_at_once_without_lock_failures() {
-    let lab = lab!("fifty_processes_create_and_remove_networks_at_once_without_lock_failures");
+    let lab = lab!();
     // Round 1: 50 creates at once (half with explicit subnets, half from the pool).
     let spawn_all = |cmds: Vec<Vec<String>>| {
         let children: Vec<_> = cmds
