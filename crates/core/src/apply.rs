@@ -11,22 +11,28 @@ use crate::{Error, Result};
 pub fn apply_all(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
     for (i, op) in ops.iter().enumerate() {
         if let Err(e) = kernel.apply(op) {
-            let undo: Vec<Op> = ops[..i].iter().rev().filter_map(Op::inverse).collect();
-            let failures = apply_best_effort(kernel, &undo);
-            if failures.is_empty() {
-                return Err(e);
-            }
-            return Err(Error::Other(format!(
-                "{e}; rollback also failed: {}",
-                failures
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )));
+            return Err(roll_back(kernel, &ops[..i], e));
         }
     }
     Ok(())
+}
+
+/// Undoes `done` in reverse after `e`; returns `e`, with any undo failures appended.
+fn roll_back<'a>(
+    kernel: &mut dyn Kernel,
+    done: impl IntoIterator<Item = &'a Op, IntoIter: DoubleEndedIterator>,
+    e: Error,
+) -> Error {
+    let undo: Vec<Op> = done.into_iter().rev().filter_map(Op::inverse).collect();
+    let failures = apply_best_effort(kernel, &undo);
+    if failures.is_empty() {
+        return e;
+    }
+    let failures: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+    Error::Other(format!(
+        "{e}; rollback also failed: {}",
+        failures.join("; ")
+    ))
 }
 
 /// errno of "already exists".
@@ -44,21 +50,7 @@ pub fn apply_ensure(kernel: &mut dyn Kernel, ops: &[Op]) -> Result<()> {
                 errno: Some(EEXIST),
                 ..
             }) => {}
-            Err(e) => {
-                let undo: Vec<Op> = done.iter().rev().filter_map(|o| o.inverse()).collect();
-                let failures = apply_best_effort(kernel, &undo);
-                if failures.is_empty() {
-                    return Err(e);
-                }
-                return Err(Error::Other(format!(
-                    "{e}; rollback also failed: {}",
-                    failures
-                        .iter()
-                        .map(|f| f.to_string())
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )));
-            }
+            Err(e) => return Err(roll_back(kernel, done, e)),
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! to macvlan endpoints, live attach/detach, `lanyard run`, rollback on a real
 //! kernel at every step, restore after a simulated reboot, gc.
 
-use crate::harness::{addr, exit, lab, Lab, Ns};
+use crate::harness::{addr, addr_of, exit, lab, Lab};
 use std::time::Duration;
 
 /// `lan`: macvlan on eth0 in the host's LAN (v4 from .128/25, and v6); `lan2`: macvlan
@@ -43,24 +43,6 @@ fn two_macvlan_networks(lab: &Lab) {
     ]);
 }
 
-/// Attaches `ns` and returns the endpoint's JSON.
-fn attach(lab: &Lab, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {
-    let path = ns.path();
-    let mut args = vec!["attach", net, "--netns", path.to_str().unwrap(), "--json"];
-    args.extend_from_slice(extra);
-    lab.lanyard_json(&args)
-}
-
-fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
-    ep["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().split('/').next().unwrap().to_string())
-        .find(|a| a.contains(':') == v6)
-        .unwrap_or_else(|| panic!("no IPv{} address in {ep}", if v6 { 6 } else { 4 }))
-}
-
 fn endpoint_count(lab: &Lab) -> usize {
     lab.lanyard_json(&["endpoint", "ls"])
         .as_array()
@@ -75,8 +57,8 @@ fn host_router_and_endpoints_of_two_macvlan_networks_on_one_parent_all_reach_eac
     );
     two_macvlan_networks(&lab);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let e1 = attach(&lab, "lan", &c1, &[]);
-    let e2 = attach(&lab, "lan2", &c2, &[]);
+    let e1 = lab.attach("lan", &c1, &[]);
+    let e2 = lab.attach("lan2", &c2, &[]);
     let (a1, a1v6, a2) = (addr_of(&e1, false), addr_of(&e1, true), addr_of(&e2, false));
     assert!(a1.starts_with("192.0.2.1") && a1 != addr::HOST_V4, "{a1}");
     assert_ne!(a1v6, addr::HOST_V6, "the host's own address was handed out");
@@ -98,7 +80,7 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
-    let e = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
+    let e = lab.attach("lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
     assert_eq!(addr_of(&e, false), "192.0.2.200");
     assert!(lab.host().ip(&["route"]).contains("192.0.2.200"));
     lab.lanyard_ok(&["detach", "web"]);
@@ -110,7 +92,7 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     );
     assert!(!lab.host().ip(&["route"]).contains("192.0.2.200"));
     // Same name, same address, same ifname, right away.
-    let again = attach(&lab, "lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
+    let again = lab.attach("lan", &c1, &["--name", "web", "--ip", "192.0.2.200"]);
     assert_eq!(again["ifname"], "eth0");
     assert!(lab.host().ping("192.0.2.200"));
     let path = c1.path();
@@ -134,8 +116,8 @@ fn bridge_endpoints_reach_each_other_the_gateway_and_the_host() {
         "mtu=1400",
     ]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let e1 = attach(&lab, "br", &c1, &[]);
-    let e2 = attach(&lab, "br", &c2, &["--mac", "02:42:cb:00:71:0a"]);
+    let e1 = lab.attach("br", &c1, &[]);
+    let e2 = lab.attach("br", &c2, &["--mac", "02:42:cb:00:71:0a"]);
     assert!(c1.ping(&addr_of(&e2, false)) && c1.ping(&addr_of(&e2, true)));
     assert!(c2.ping("203.0.113.1") && lab.host().ping(&addr_of(&e1, false)));
     let link = &c2.ip_json(&["link", "show", "eth0"])[0];
@@ -150,8 +132,8 @@ fn attach_and_detach_work_live_while_a_process_runs_inside() {
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let c1 = lab.netns("c1");
     let mut sleeper = c1.spawn(&["sleep", "600"]);
-    attach(&lab, "lan", &c1, &[]);
-    let e = attach(&lab, "br", &c1, &[]);
+    lab.attach("lan", &c1, &[]);
+    let e = lab.attach("br", &c1, &[]);
     assert_eq!(e["ifname"], "eth1");
     assert!(c1.links().contains("eth1"));
     lab.lanyard_ok(&["detach", "br", "--netns", c1.path().to_str().unwrap()]);
@@ -251,24 +233,20 @@ fn run_with_container_network_joins_a_named_endpoint() {
 fn a_non_root_server_binds_port_80_with_unprivileged_port_start() {
     let lab = lab!();
     two_macvlan_networks(&lab);
-    // socat listening = still running when timeout stops it (124); refused = exit 1 at once.
+    // As uid 65534: a server on port 80, and a client that must get through to it
+    // (exit 0); if the bind is refused, every connect fails (exit 1).
+    const SERVE: &str = "socat -u TCP-LISTEN:80,reuseaddr OPEN:/dev/null & s=$!; trap 'kill $s 2>/dev/null' EXIT; \
+        for i in $(seq 25); do socat -u OPEN:/dev/null TCP:127.0.0.1:80 2>/dev/null && exit 0; sleep 0.2; done; exit 1";
     let serve = |extra: &[&str]| {
-        let mut args = vec!["run", "--network", "lan", "--user", "nobody"];
+        let mut args = vec!["run", "--network", "lan", "--user", "65534:65534"];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[
-            "--",
-            "timeout",
-            "0.5",
-            "socat",
-            "TCP-LISTEN:80,reuseaddr",
-            "OPEN:/dev/null",
-        ]);
+        args.extend_from_slice(&["--", "sh", "-c", SERVE]);
         lab.lanyard(&args).status.code()
     };
     assert_eq!(
         serve(&["--unprivileged-port-start", "80"]),
-        Some(124),
-        "nobody could not bind port 80"
+        Some(0),
+        "uid 65534 could not bind port 80"
     );
     assert_eq!(
         serve(&[]),
@@ -365,9 +343,9 @@ fn restore_after_a_simulated_reboot_brings_back_shims_bridges_and_endpoints() {
     two_macvlan_networks(&lab);
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let (c1, c2, c3) = (lab.netns("c1"), lab.netns("c2"), lab.netns("c3"));
-    let e1 = attach(&lab, "lan", &c1, &[]);
-    let e2 = attach(&lab, "br", &c2, &[]);
-    attach(&lab, "lan2", &c3, &[]);
+    let e1 = lab.attach("lan", &c1, &[]);
+    let e2 = lab.attach("br", &c2, &[]);
+    lab.attach("lan2", &c3, &[]);
     let (a1, a2) = (addr_of(&e1, false), addr_of(&e2, false));
     // "Reboot": lanyard's host-side links and routes vanish; one container's link too;
     // one container does not come back at all.
@@ -404,7 +382,7 @@ fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
     let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
-    attach(&lab, "lan", &c1, &["--ip", "192.0.2.222"]);
+    lab.attach("lan", &c1, &["--ip", "192.0.2.222"]);
     std::process::Command::new("ip")
         .args(["netns", "del", c1.name()])
         .status()
@@ -414,7 +392,7 @@ fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_the_address() {
     assert_eq!(endpoint_count(&lab), 0);
     assert!(!lab.host().ip(&["route"]).contains("192.0.2.222"));
     let c2 = lab.netns("c2");
-    attach(&lab, "lan", &c2, &["--ip", "192.0.2.222"]);
+    lab.attach("lan", &c2, &["--ip", "192.0.2.222"]);
 }
 
 #[test]
@@ -422,7 +400,7 @@ fn host_access_survives_the_parent_going_down_and_up() {
     let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
-    let e = attach(&lab, "lan", &c1, &[]);
+    let e = lab.attach("lan", &c1, &[]);
     let (v4, v6) = (addr_of(&e, false), addr_of(&e, true));
     let host = lab.host();
     host.ip(&["link", "set", "eth0", "down"]);
@@ -460,8 +438,8 @@ fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
         "192.0.2.128/25",
     ]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let a1 = addr_of(&attach(&lab, "p", &c1, &[]), false);
-    let a2 = addr_of(&attach(&lab, "p", &c2, &[]), false);
+    let a1 = addr_of(&lab.attach("p", &c1, &[]), false);
+    let a2 = addr_of(&lab.attach("p", &c2, &[]), false);
     assert!(
         lab.lan().ping(&a1) && lab.lan().ping(&a2),
         "the LAN reaches private endpoints"
@@ -484,7 +462,7 @@ fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
         addr::LAN2_V4,
     ]);
     let c3 = lab.netns("c3");
-    attach(&lab, "v", &c3, &[]);
+    lab.attach("v", &c3, &[]);
     assert_eq!(
         c3.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"],
         "vepa"
@@ -506,7 +484,7 @@ fn macvlan_private_mode_keeps_endpoints_apart_and_passthru_takes_the_parent() {
         "203.0.113.0/24",
     ]);
     let c4 = lab.netns("c4");
-    attach(&lab, "pt", &c4, &[]);
+    lab.attach("pt", &c4, &[]);
     assert_eq!(
         c4.ip_json(&["-d", "link", "show", "eth0"])[0]["linkinfo"]["info_data"]["mode"],
         "passthru"

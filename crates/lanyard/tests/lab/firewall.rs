@@ -7,7 +7,7 @@
 //! `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
 //! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
 
-use crate::harness::{addr, exit, lab, Bg, Lab, Ns};
+use crate::harness::{addr, addr_of, exit, lab, Bg, Lab, Ns};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -109,24 +109,6 @@ fn udp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
     })
 }
 
-/// Attaches `ns` to `net` with `extra` flags; returns the endpoint's JSON.
-fn attach(lab: &Lab, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {
-    let path = ns.path();
-    let mut args = vec!["attach", net, "--netns", path.to_str().unwrap(), "--json"];
-    args.extend_from_slice(extra);
-    lab.lanyard_json(&args)
-}
-
-fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
-    ep["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().split('/').next().unwrap().to_string())
-        .find(|a| a.contains(':') == v6)
-        .unwrap_or_else(|| panic!("no IPv{} address in {ep}", if v6 { 6 } else { 4 }))
-}
-
 /// `br`: a bridge network, 203.0.113.0/24 and 2001:db8:5::/64.
 fn dual_stack_bridge(lab: &Lab, name: &str) {
     lab.lanyard_ok(&[
@@ -163,7 +145,7 @@ fn bridge_egress_is_masqueraded_to_the_hosts_address() {
     dual_stack_bridge(&lab, "br");
     let _router = serve_tcp(&lab.lan(), 9000);
     let c1 = lab.netns("c1");
-    attach(&lab, "br", &c1, &[]);
+    lab.attach("br", &c1, &[]);
     assert_eq!(
         tcp_peer(&c1, addr::ROUTER_V4, 9000),
         Some(ip(addr::HOST_V4)),
@@ -198,8 +180,8 @@ fn snat_source_makes_each_network_leave_with_its_chosen_address() {
     }
     let _router = serve_tcp(&lab.lan(), 9000);
     let (ca, cb) = (lab.netns("ca"), lab.netns("cb"));
-    attach(&lab, "a", &ca, &[]);
-    attach(&lab, "b", &cb, &[]);
+    lab.attach("a", &ca, &[]);
+    lab.attach("b", &cb, &[]);
     for _ in 0..3 {
         assert_eq!(
             tcp_peer(&ca, addr::ROUTER_V4, 9000),
@@ -220,8 +202,7 @@ fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_t
     let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let e1 = attach(
-        &lab,
+    let e1 = lab.attach(
         "br",
         &c1,
         &[
@@ -235,7 +216,7 @@ fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_t
             "192.0.2.2:8443:443",
         ],
     );
-    attach(&lab, "br", &c2, &[]);
+    lab.attach("br", &c2, &[]);
     let _servers: Vec<Bg> = [80, 7000, 7001, 443]
         .into_iter()
         .flat_map(|p| serve_tcp(&c1, p))
@@ -319,7 +300,7 @@ fn the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoi
     let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    attach(&lab, "br", &c1, &["--name", "web", "-p", "8080:80"]);
+    lab.attach("br", &c1, &["--name", "web", "-p", "8080:80"]);
     let _s1 = serve_tcp(&c1, 80);
     let _s2 = serve_tcp(&c2, 80);
     let lan = lab.lan();
@@ -368,7 +349,7 @@ fn the_same_host_port_twice_is_refused_and_a_published_port_goes_with_its_endpoi
     );
     assert_eq!(tcp_peer(&lan, addr::HOST_V6, 8080), None);
     // The port is free again: c2 takes it.
-    attach(&lab, "br", &c2, &["-p", "8080:80"]);
+    lab.attach("br", &c2, &["-p", "8080:80"]);
     assert_eq!(
         tcp_peer(&lan, addr::HOST_V4, 8080),
         Some(ip(addr::ROUTER_V4))
@@ -388,8 +369,8 @@ fn an_internal_network_keeps_its_traffic_in_and_refuses_published_ports() {
     ]);
     let _router = serve_tcp(&lab.lan(), 9000);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    attach(&lab, "sealed", &c1, &[]);
-    let e2 = attach(&lab, "sealed", &c2, &[]);
+    lab.attach("sealed", &c1, &[]);
+    let e2 = lab.attach("sealed", &c2, &[]);
     assert_eq!(tcp_peer(&c1, addr::ROUTER_V4, 9000), None, "c1 -> router");
     assert!(!c1.ping(addr::ROUTER_V4), "c1 pinged the router");
     assert!(
@@ -419,10 +400,10 @@ fn endpoints_of_two_bridge_networks_cannot_reach_each_other_unless_attached_to_b
     lab.lanyard_ok(&["network", "create", "a", "--subnet", "10.89.1.0/24"]);
     lab.lanyard_ok(&["network", "create", "b", "--subnet", "10.89.2.0/24"]);
     let (ca, cb, both) = (lab.netns("ca"), lab.netns("cb"), lab.netns("both"));
-    let a = addr_of(&attach(&lab, "a", &ca, &[]), false);
-    let b = addr_of(&attach(&lab, "b", &cb, &[]), false);
-    let both_a = addr_of(&attach(&lab, "a", &both, &[]), false);
-    let both_b = addr_of(&attach(&lab, "b", &both, &[]), false);
+    let a = addr_of(&lab.attach("a", &ca, &[]), false);
+    let b = addr_of(&lab.attach("b", &cb, &[]), false);
+    let both_a = addr_of(&lab.attach("a", &both, &[]), false);
+    let both_b = addr_of(&lab.attach("b", &both, &[]), false);
     let _sa = serve_tcp(&ca, 80);
     let _sb = serve_tcp(&cb, 80);
     assert_eq!(tcp_peer(&ca, &b, 80), None, "a -> b");
@@ -440,8 +421,8 @@ fn frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge() {
     let lab = lab!();
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let a1 = addr_of(&attach(&lab, "br", &c1, &[]), false);
-    attach(&lab, "br", &c2, &[]);
+    let a1 = addr_of(&lab.attach("br", &c1, &[]), false);
+    lab.attach("br", &c2, &[]);
     let _router = serve_tcp(&lab.lan(), 9000);
     assert!(
         c2.ping(addr::ROUTER_V4) && c2.ping(&a1),
@@ -502,7 +483,7 @@ fn restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back() 
     let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
-    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    lab.attach("br", &c1, &["-p", "8080:80"]);
     let _web = serve_tcp(&c1, 80);
     let _router = serve_tcp(&lab.lan(), 9000);
     let (lan, host) = (lab.lan(), lab.host());
@@ -601,7 +582,7 @@ fn docker_style_iptables_nft_rules_are_left_alone_and_lanyard_still_works() {
     dual_stack_bridge(&lab, "br");
     assert_eq!(snapshot(), docker, "after network create");
     let c1 = lab.netns("c1");
-    attach(&lab, "br", &c1, &["--name", "web", "-p", "8080:80"]);
+    lab.attach("br", &c1, &["--name", "web", "-p", "8080:80"]);
     assert_eq!(snapshot(), docker, "after attach");
     let _web = serve_tcp(&c1, 80);
     assert_eq!(
@@ -644,7 +625,7 @@ fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
     let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
-    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    lab.attach("br", &c1, &["-p", "8080:80"]);
     let _web = serve_tcp(&c1, 80);
     let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
     assert!(
@@ -714,7 +695,7 @@ fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
     let lab = lab!();
     dual_stack_bridge(&lab, "br");
     let c1 = lab.netns("c1");
-    attach(&lab, "br", &c1, &["-p", "8080:80"]);
+    lab.attach("br", &c1, &["-p", "8080:80"]);
     let _web = serve_tcp(&c1, 80);
     let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
     assert!(daemon.wait_for_stdout("watching nftables", SETTLE));

@@ -347,6 +347,18 @@ impl Lab {
         Bg::spawn(self.lanyard_command(args), &what)
     }
 
+    /// `lanyard attach NET --netns <ns> --json EXTRA…`, which must succeed; the
+    /// endpoint's JSON.
+    pub fn attach(&self, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {
+        let path = ns.path();
+        let path = path
+            .to_str()
+            .unwrap_or_else(|| panic!("netns path is not UTF-8"));
+        let mut args = vec!["attach", net, "--netns", path, "--json"];
+        args.extend_from_slice(extra);
+        self.lanyard_json(&args)
+    }
+
     /// Panics unless the running kernel can do `feature` (`ipvlan`, `vlan`, `dummy`,
     /// `macvlan`, `bridge`, `nftables`), probed in the lab's host namespace. Tests that
     /// call this are named `vm_<feature>_…` and run in the kernel VM.
@@ -933,4 +945,15 @@ pub fn cleanup_stale() {
     for name in stale(&tmp) {
         let _ = std::fs::remove_dir_all(tmp.join(name));
     }
+}
+
+/// The endpoint's first IPv4 (or IPv6) address, without prefix length.
+pub fn addr_of(ep: &serde_json::Value, v6: bool) -> String {
+    ep["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str()?.split('/').next().map(str::to_string))
+        .find(|a| a.contains(':') == v6)
+        .unwrap_or_else(|| panic!("no IPv{} address in {ep}", if v6 { 6 } else { 4 }))
 }

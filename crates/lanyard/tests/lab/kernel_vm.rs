@@ -3,19 +3,7 @@
 //! kernel (`scripts/vm-test`), the rest on the host. On a kernel without the feature
 //! they fail loudly (`Lab::require_kernel`), never skip.
 
-use crate::harness::{addr, lab, Lab, Ns};
-
-fn attach(lab: &Lab, net: &str, ns: &Ns) -> String {
-    let path = ns.path();
-    let ep = lab.lanyard_json(&["attach", net, "--netns", path.to_str().unwrap(), "--json"]);
-    ep["addresses"][0]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
+use crate::harness::{addr, addr_of, lab, Lab, Ns};
 
 #[test]
 fn vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other() {
@@ -37,7 +25,10 @@ fn vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other() {
         "192.0.2.128/25",
     ]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let (a1, a2) = (attach(&lab, "iv", &c1), attach(&lab, "iv", &c2));
+    let (a1, a2) = (
+        addr_of(&lab.attach("iv", &c1, &[]), false),
+        addr_of(&lab.attach("iv", &c2, &[]), false),
+    );
     assert!(
         lab.lan().ping(&a1) && lab.lan().ping(&a2),
         "router -> ipvlan endpoints"
@@ -79,7 +70,10 @@ fn l3_lab(name: &str, mode: &str) -> Option<(Lab, Ns, Ns, String, String)> {
         .ip(&["route", "add", "203.0.113.0/24", "via", addr::HOST_V4]);
     lab.host().sysctl("net.ipv4.ip_forward", "1");
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
-    let (a1, a2) = (attach(&lab, "iv", &c1), attach(&lab, "iv", &c2));
+    let (a1, a2) = (
+        addr_of(&lab.attach("iv", &c1, &[]), false),
+        addr_of(&lab.attach("iv", &c2, &[]), false),
+    );
     Some((lab, c1, c2, a1, a2))
 }
 
@@ -178,7 +172,7 @@ fn vm_vlan_parent_eth0_10_is_made_on_first_use_and_removed_with_its_last_network
     assert_eq!(link["linkinfo"]["info_kind"], "vlan");
     assert_eq!(link["linkinfo"]["info_data"]["id"], 10);
     let c1 = lab.netns("c1");
-    let a1 = attach(&lab, "v10", &c1);
+    let a1 = addr_of(&lab.attach("v10", &c1, &[]), false);
     assert!(
         c1.ping("203.0.113.1"),
         "endpoint on VLAN 10 -> router's VLAN 10 address"
