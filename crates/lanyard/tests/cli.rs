@@ -1,0 +1,52 @@
+//! The command line without a kernel: generated man page and completions, usage
+//! errors with exit code 2. No root needed.
+
+use std::process::Command;
+
+fn lanyard(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(args)
+        .env("LANYARD_STATE_DIR", "/nonexistent/lanyard-cli-test")
+        .output()
+        .expect("run lanyard")
+}
+
+#[test]
+fn man_page_is_generated_from_the_command_definitions() {
+    let out = lanyard(&["man"]);
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH lanyard"),
+        "{man}"
+    );
+    for sub in [
+        "network", "attach", "detach", "run", "restore", "gc", "daemon",
+    ] {
+        assert!(man.contains(sub), "man page lacks {sub}");
+    }
+}
+
+#[test]
+fn completions_cover_the_subcommands_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = lanyard(&["completions", shell]);
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("attach") && text.contains("network"),
+            "{shell}: {text}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_name_the_problem() {
+    let out = lanyard(&["network", "create"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME"));
+    let out = lanyard(&["run", "--network", "lan"]);
+    assert_eq!(out.status.code(), Some(2), "run without a command");
+    let out = lanyard(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2));
+}
