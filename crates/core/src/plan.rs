@@ -341,13 +341,7 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
                 .parent
                 .clone()
                 .ok_or_else(|| Error::Other("ipvlan network without parent".into()))?;
-            if ep.mac.is_some() {
-                return Err(Error::invalid(
-                    "--mac",
-                    ep.mac.map(|m| m.to_string()).unwrap_or_default(),
-                    "ipvlan endpoints share the parent's MAC",
-                ));
-            }
+            // A --mac was refused before anything was recorded (engine::attach).
             ops.push(Op::CreateIpvlan {
                 netns: ns.clone(),
                 name: ifname.clone(),

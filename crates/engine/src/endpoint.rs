@@ -275,12 +275,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 &exclude,
             )
         })?;
-        match self.wire(&net, &ep, rank, &host) {
-            Ok(()) => {}
-            Err(e) => {
-                self.store.write(&mut |tx| tx.delete_endpoint(&ep.id))?;
-                return Err(e);
+        if let Err(e) = self.wire(&net, &ep, rank, &host) {
+            // The kernel side is rolled back; forget the pending record too. If even
+            // that fails, report the first error: `gc` removes stale pending records.
+            if let Err(forget) = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id)) {
+                tracing::warn!("endpoint {} left pending: {forget}", ep.short_id());
             }
+            return Err(e);
         }
         let mut active = ep.clone();
         active.state = EndpointState::Active;

@@ -2,6 +2,7 @@
 //! shell completions all come from here. Flag names follow `docker network create`.
 
 use clap::{Args, Parser, Subcommand};
+use lanyard_core::model::AttachRequest;
 use std::path::PathBuf;
 
 /// Container networks on your real LAN.
@@ -182,7 +183,7 @@ impl NetnsArgs {
 }
 
 /// Per-endpoint options shared by `attach` and `run`.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct EndpointOpts {
     /// IPv4 address (else the next free one).
     #[arg(long, value_name = "IP")]
@@ -202,6 +203,23 @@ pub struct EndpointOpts {
     /// Set net.ipv4.ip_unprivileged_port_start in the namespace (0 lets any user bind port 80).
     #[arg(long, value_name = "N")]
     pub unprivileged_port_start: Option<u16>,
+}
+
+impl EndpointOpts {
+    /// The engine's request for attaching `netns` to `network` with these options.
+    pub fn request(&self, network: &str, netns: PathBuf, ifname: Option<String>) -> AttachRequest {
+        AttachRequest {
+            network: network.to_string(),
+            netns,
+            ifname,
+            ip: self.ip.clone(),
+            ip6: self.ip6.clone(),
+            mac: self.mac.clone(),
+            name: self.name.clone(),
+            publish: self.publish.clone(),
+            unprivileged_port_start: self.unprivileged_port_start,
+        }
+    }
 }
 
 /// `attach`.

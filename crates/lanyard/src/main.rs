@@ -12,7 +12,7 @@ use clap::{CommandFactory, Parser};
 use cli::{Cli, Command, EndpointCmd, NetworkCmd};
 use lanyard_core::config::Config;
 use lanyard_core::kernel::{FailAt, Kernel};
-use lanyard_core::model::{AttachRequest, DetachRequest, NetworkRequest};
+use lanyard_core::model::{DetachRequest, NetworkRequest};
 use lanyard_core::{Error, Result};
 use lanyard_engine::Engine;
 use lanyard_kernel::Netlink;
@@ -92,18 +92,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
                 .ns
                 .path()
                 .ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
-            let o = &a.opts;
-            let ep = engine.attach(&AttachRequest {
-                network: a.network.clone(),
-                netns,
-                ifname: a.ifname.clone(),
-                ip: o.ip.clone(),
-                ip6: o.ip6.clone(),
-                mac: o.mac.clone(),
-                name: o.name.clone(),
-                publish: o.publish.clone(),
-                unprivileged_port_start: o.unprivileged_port_start,
-            })?;
+            let ep = engine.attach(&a.opts.request(&a.network, netns, a.ifname.clone()))?;
             if a.json {
                 output::json(&ep)?;
             } else {

@@ -5,9 +5,9 @@
 //! links with it. `--network host` runs in this namespace, `none` with loopback only,
 //! `container:NAME` in the namespace of an existing endpoint.
 
-use crate::cli::RunArgs;
+use crate::cli::{EndpointOpts, RunArgs};
 use crate::Lanyard;
-use lanyard_core::model::{AttachRequest, DetachRequest};
+use lanyard_core::model::DetachRequest;
 use lanyard_core::{Error, Result};
 use std::ffi::CString;
 use std::path::PathBuf;
@@ -155,19 +155,17 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
             if r.is_err() {
                 break;
             }
-            let o = &args.opts;
-            let first = i == 0;
-            let req = AttachRequest {
-                network: net.clone(),
-                netns: netns.clone(),
-                ifname: None,
-                ip: o.ip.clone().filter(|_| first),
-                ip6: o.ip6.clone().filter(|_| first),
-                mac: o.mac.clone().filter(|_| first),
-                name: o.name.clone().filter(|_| first),
-                publish: if first { o.publish.clone() } else { vec![] },
-                unprivileged_port_start: o.unprivileged_port_start,
+            // Addresses, MAC, name and ports are the first network's; the port
+            // sysctl is the namespace's.
+            let opts = if i == 0 {
+                args.opts.clone()
+            } else {
+                EndpointOpts {
+                    unprivileged_port_start: args.opts.unprivileged_port_start,
+                    ..Default::default()
+                }
             };
+            let req = opts.request(net, netns.clone(), None);
             r = engine.attach(&req).map(|ep| attached.push(ep.id));
         }
         if nets.is_empty() {
