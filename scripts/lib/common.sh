@@ -45,3 +45,17 @@ test_executables() {
 vm_tests() {
   "$1" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | awk -F'::' '$NF ~ /^vm_/'
 }
+
+# build_release: builds the release `lanyard` binary as shipped — statically linked
+# (glibc, `-C target-feature=+crt-static`), which saves the dynamic loader's work,
+# ~0.4 ms of every invocation — and prints its path. libnftables is still loaded
+# with dlopen on first firewall use; glibc's static dlopen needs the same glibc at
+# run time, which a Debian package build guarantees. --target keeps build scripts
+# and proc-macros dynamic (they cannot be static).
+build_release() {
+  local triple
+  triple=$(rustc -vV | sed -n 's/^host: //p')
+  RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+    cargo build --release -q -p lanyard --bin lanyard --target "$triple" >&2
+  printf '%s\n' "$PWD/target/$triple/release/lanyard"
+}

@@ -35,6 +35,8 @@ pub struct Netlink {
     paths: HashMap<PathBuf, NsHandle>,
     /// libnftables context, made on the first nft op.
     nft: Option<crate::nft::Nft>,
+    /// Set by [`Netlink::exits_soon`]: the reaper's worker is forked once, not twice.
+    pub(crate) exits_soon: bool,
 }
 
 impl Netlink {
@@ -47,7 +49,18 @@ impl Netlink {
             host_tid: netns::gettid(),
             paths: HashMap::new(),
             nft: None,
+            exits_soon: false,
         })
+    }
+
+    /// Tells the reaper that this process exits right after its one verb (a CLI
+    /// call): its worker is then a direct child that nobody waits for — when this
+    /// process exits, init adopts and reaps it — instead of a grandchild behind a
+    /// child that is forked and waited for. One fork and one wait less on every
+    /// detach. A long-running process (the daemon, `lanyard run`) must not set it,
+    /// or every detach would leave it a zombie.
+    pub fn exits_soon(&mut self) {
+        self.exits_soon = true;
     }
 
     /// Deletes `links` (tombstones) right away, in this thread: for `gc`, which has

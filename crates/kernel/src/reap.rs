@@ -5,7 +5,9 @@
 //! milliseconds that nobody needs to wait for once the link is renamed and flushed.
 //! The caller forks a child that forks the worker and exits at once; the caller reaps
 //! that child (microseconds), and the worker, reparented to init, is reaped there: no
-//! zombie, and no wait. The worker closes every inherited descriptor except the
+//! zombie, and no wait. A process that exits right after (a CLI call,
+//! [`Netlink::exits_soon`]) forks the worker directly and does not wait: init adopts
+//! it when the caller exits. The worker closes every inherited descriptor except the
 //! namespace files it needs, so it holds no pipe (a CNI runtime reading our stdout
 //! sees EOF when we exit) and no lock. After the fork it makes only raw syscalls on
 //! data prepared before it, which is safe even if the caller had other threads.
@@ -49,6 +51,14 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
 
     // SAFETY: the child and the grandchild only make async-signal-safe syscalls on
     // memory prepared above and leave with `_exit`.
+    if nl.exits_soon {
+        // SAFETY: as above; the child is the worker, and this process exits soon.
+        return match unsafe { libc::fork() } {
+            -1 => nl.reap_now(links),
+            0 => unsafe { worker(&jobs, &keep) },
+            _ => Ok(()),
+        };
+    }
     match unsafe { libc::fork() } {
         -1 => nl.reap_now(links),
         0 => unsafe {

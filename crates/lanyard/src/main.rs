@@ -28,7 +28,11 @@ const FAIL_AT_ENV: &str = "LANYARD_FAIL_AT";
 fn open(cli: &Cli) -> Result<Lanyard> {
     let config = Config::load(&cli.config)?;
     let store = SqliteStore::open(&cli.state_dir)?;
-    let netlink = Netlink::new()?;
+    let mut netlink = Netlink::new()?;
+    // Every verb but `run` (which outlives its detaches) exits right after it.
+    if !matches!(cli.command, Command::Run(_)) {
+        netlink.exits_soon();
+    }
     let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>())
     {
         None => Box::new(netlink),

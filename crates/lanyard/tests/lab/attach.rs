@@ -98,6 +98,17 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     let path = c1.path();
     lab.lanyard_ok(&["detach", "lan", "--netns", path.to_str().unwrap()]);
     assert_eq!(endpoint_count(&lab), 0);
+    // The retired links (tombstones, lyx-…) are deleted by the worker each detach
+    // left behind, after lanyard itself exited.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c1.links().iter().any(|l| l.starts_with("lyx-")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tombstones left: {:?}",
+            c1.links()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -32,8 +32,20 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The lanyard binary under test.
-pub const LANYARD: &str = env!("CARGO_BIN_EXE_lanyard");
+/// Names another lanyard binary to test instead of the one cargo built with the
+/// tests (scripts/test sets it to the static release binary that ships).
+pub const LANYARD_BIN_ENV: &str = "LANYARD_TEST_BIN";
+
+/// The lanyard binary under test: `$LANYARD_TEST_BIN`, else cargo's build.
+pub fn lanyard_bin() -> &'static str {
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var(LANYARD_BIN_ENV)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_lanyard").to_string())
+    })
+}
 
 /// Where `ip netns` keeps its namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -279,7 +291,7 @@ impl Lab {
     /// `nsenter --net=<host> lanyard --state-dir … --run-dir … --config … ARGS`, not yet
     /// started (stdin /dev/null). For cases the helpers below do not cover.
     pub fn lanyard_command(&self, args: &[&str]) -> Command {
-        let mut cmd = self.host().command(&[LANYARD]);
+        let mut cmd = self.host().command(&[lanyard_bin()]);
         cmd.arg("--state-dir").arg(self.state_dir());
         cmd.arg("--run-dir").arg(self.run_dir());
         cmd.arg("--config").arg(self.config_path());
