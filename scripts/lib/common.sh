@@ -53,9 +53,13 @@ vm_tests() {
 # run time, which a Debian package build guarantees. --target keeps build scripts
 # and proc-macros dynamic (they cannot be static).
 build_release() {
-  local triple
-  triple=$(rustc -vV | sed -n 's/^host: //p')
   RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release -q -p lanyard --bin lanyard --target "$triple" >&2
-  printf '%s\n' "$PWD/target/$triple/release/lanyard"
+    cargo build --release -q -p lanyard --bin lanyard --target "$(host_triple)" >&2
+  release_bin
 }
+
+# host_triple: the target triple of this machine's Rust toolchain.
+host_triple() { rustc -vV | sed -n 's/^host: //p'; }
+
+# release_bin: where build_release puts the binary (run from the repo root).
+release_bin() { printf '%s\n' "$PWD/target/$(host_triple)/release/lanyard"; }

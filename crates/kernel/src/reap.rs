@@ -49,24 +49,20 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
     keep.sort_unstable();
     keep.dedup();
 
+    // A caller that exits soon has the worker as its direct child and waits for
+    // nothing; otherwise the child forks the worker and exits, and is waited for.
+    let direct = nl.exits_soon;
     // SAFETY: the child and the grandchild only make async-signal-safe syscalls on
     // memory prepared above and leave with `_exit`.
-    if nl.exits_soon {
-        // SAFETY: as above; the child is the worker, and this process exits soon.
-        return match unsafe { libc::fork() } {
-            -1 => nl.reap_now(links),
-            0 => unsafe { worker(&jobs, &keep) },
-            _ => Ok(()),
-        };
-    }
     match unsafe { libc::fork() } {
         -1 => nl.reap_now(links),
         0 => unsafe {
-            if libc::fork() == 0 {
+            if direct || libc::fork() == 0 {
                 worker(&jobs, &keep);
             }
             libc::_exit(0)
         },
+        _ if direct => Ok(()),
         child => {
             let mut status = 0;
             // SAFETY: waiting for our own child; EINTR is retried, ECHILD (SIGCHLD
