@@ -50,3 +50,27 @@ fn usage_errors_exit_2_and_name_the_problem() {
     let out = lanyard(&["completions", "tcsh"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Subcommands are built lazily (clap's `defer`); the doc comment of an argument
+/// struct would then replace the subcommand's own description. Each `--help` must
+/// start with the description written on the subcommand.
+#[test]
+fn each_subcommand_help_starts_with_its_own_description() {
+    for (sub, about) in [
+        (&["attach"][..], "Attach a network namespace to a network"),
+        (&["detach"], "Detach an endpoint"),
+        (&["run"], "Run a command in a fresh network namespace"),
+        (&["restore"], "Rebuild bridges, shims, routes and endpoints"),
+        (&["gc"], "Forget endpoints whose namespace is gone"),
+        (&["daemon"], "Keep lanyard's nftables tables in place"),
+        (&["network", "create"], "Create a network"),
+        (&["endpoint", "ls"], "List endpoints"),
+    ] {
+        let mut args = sub.to_vec();
+        args.push("--help");
+        let out = lanyard(&args);
+        assert!(out.status.success(), "{sub:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.starts_with(about), "{sub:?} --help begins: {help}");
+    }
+}
