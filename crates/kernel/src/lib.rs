@@ -12,6 +12,7 @@
 //! - `socket`: one netlink socket and its request/answer exchanges;
 //! - `wire`: decoding the kernel's answers;
 //! - `reap`: the detached tombstone deleter (a worker sharing no copied memory);
+//! - [`handoff`]: tombstones handed to `lanyard daemon` instead, when it is up;
 //! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
 //! - [`nft`]: nftables in-process through libnftables, loaded on first use;
 //! - [`nftwatch`]: nftables change events and table shapes over nfnetlink.
@@ -29,6 +30,7 @@ mod view;
 mod wire;
 
 pub use netlink::Netlink;
+pub mod handoff;
 pub use sysctl::sysctl_path;
 pub mod nft;
 pub mod nftwatch;

@@ -37,6 +37,8 @@ pub struct Netlink {
     nft: Option<crate::nft::Nft>,
     /// Set by [`Netlink::exits_soon`]: the reaper's worker is forked once, not twice.
     pub(crate) exits_soon: bool,
+    /// Set by [`Netlink::hand_off_to`]: the daemon's socket, tried before forking.
+    pub(crate) handoff: Option<PathBuf>,
 }
 
 impl Netlink {
@@ -50,7 +52,15 @@ impl Netlink {
             paths: HashMap::new(),
             nft: None,
             exits_soon: false,
+            handoff: None,
         })
+    }
+
+    /// Tombstones go to `lanyard daemon` through its socket at `path`
+    /// ([`crate::handoff`]) when it is up: no fork on detach. When the socket is
+    /// missing, stale or full, the reaper forks its worker as without this.
+    pub fn hand_off_to(&mut self, path: PathBuf) {
+        self.handoff = Some(path);
     }
 
     /// Tells the reaper that this process exits right after its one verb (a CLI

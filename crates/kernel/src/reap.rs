@@ -20,15 +20,17 @@ use lanyard_core::Result;
 use netlink_packet_core::NLM_F_REQUEST;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 /// One delete for the worker: the namespace to be in, the request to send there.
 struct Job {
     netns_fd: RawFd,
+    name: IfName,
     request: Vec<u8>,
 }
 
-/// Hands `links` to a detached worker; deletes inline if the process cannot fork.
+/// Hands `links` to the daemon if it is up ([`Netlink::hand_off_to`]), else to a
+/// detached worker; deletes inline if the process cannot fork.
 pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> {
     let mut jobs = Vec::with_capacity(links.len());
     for (netns, name) in &links {
@@ -38,13 +40,21 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         jobs.push(Job {
             netns_fd: h.fd.as_raw_fd(),
+            name: name.clone(),
             // No ack asked: the kernel has done the delete when sendto returns.
             request: encode(RouteNetlinkMessage::DelLink(m), NLM_F_REQUEST, 1),
         });
     }
+    if let Some(path) = nl.handoff.clone() {
+        jobs = hand_off(&path, jobs);
+    }
     if jobs.is_empty() {
         return Ok(());
     }
+    let links: Vec<(Netns, IfName)> = links
+        .into_iter()
+        .filter(|(_, name)| jobs.iter().any(|j| j.name == *name))
+        .collect();
     let mut keep: Vec<RawFd> = jobs.iter().map(|j| j.netns_fd).collect();
     keep.sort_unstable();
     keep.dedup();
@@ -73,6 +83,41 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
             Ok(())
         }
     }
+}
+
+/// Sends `jobs` to the daemon at `path` in batches; returns those it did not take.
+fn hand_off(path: &std::path::Path, jobs: Vec<Job>) -> Vec<Job> {
+    if !path.exists() {
+        return jobs; // no daemon: the common case, one stat
+    }
+    let mut left = vec![];
+    let mut rest = jobs.into_iter().peekable();
+    while rest.peek().is_some() {
+        let batch: Vec<Job> = rest.by_ref().take(crate::handoff::MAX_BATCH).collect();
+        // SAFETY: the descriptors belong to namespace handles in `nl`, alive for the
+        // whole call.
+        let items: Vec<(BorrowedFd<'_>, &str)> = batch
+            .iter()
+            .map(|j| {
+                (
+                    unsafe { BorrowedFd::borrow_raw(j.netns_fd) },
+                    j.name.as_str(),
+                )
+            })
+            .collect();
+        match crate::handoff::send(path, &items) {
+            Ok(()) => tracing::debug!(
+                "{} tombstone(s) handed to the daemon at {}",
+                items.len(),
+                path.display()
+            ),
+            Err(e) => {
+                tracing::debug!("daemon at {} did not take tombstones: {e}", path.display());
+                left.extend(batch);
+            }
+        }
+    }
+    left
 }
 
 /// The grandchild: detach, close everything but `keep`, send each delete, exit.

@@ -30,6 +30,7 @@ fn open(cli: &Cli) -> Result<Lanyard> {
     let config = Config::load(&cli.config)?;
     let store = SqliteStore::open(&cli.state_dir)?;
     let mut netlink = Netlink::new()?;
+    netlink.hand_off_to(cli.run_dir.join(lanyard_kernel::handoff::SOCKET));
     // Every verb but `run` (which outlives its detaches) exits right after it.
     if !matches!(cli.command, Command::Run(_)) {
         netlink.exits_soon();

@@ -100,15 +100,67 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     assert_eq!(endpoint_count(&lab), 0);
     // The retired links (tombstones, lyx-…) are deleted by the worker each detach
     // left behind, after lanyard itself exited.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while c1.links().iter().any(|l| l.starts_with("lyx-")) {
+    tombstones_go(&c1);
+}
+
+/// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
+fn tombstones_go(ns: &crate::harness::Ns) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ns.links().iter().any(|l| l.starts_with("lyx-")) {
         assert!(
             std::time::Instant::now() < deadline,
             "tombstones left: {:?}",
-            c1.links()
+            ns.links()
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `detach --netns` of `c1` from `lan`, with the kernel layer's debug log; its stderr.
+fn detach_logged(lab: &Lab, c1: &crate::harness::Ns) -> String {
+    let path = c1.path();
+    let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+    cmd.env("LANYARD_LOG", "lanyard_kernel=debug");
+    let out = cmd.output().expect("run lanyard");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "detach failed: {err}");
+    err
+}
+
+#[test]
+fn with_the_daemon_up_detach_hands_its_tombstone_over_and_without_it_forks() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+    assert!(
+        daemon.wait_for_stdout("watching nftables", Duration::from_secs(10)),
+        "daemon did not start: {}",
+        daemon.stderr()
+    );
+    let err = lab.lanyard_fails(&["daemon"], exit::CONFLICT);
+    assert!(err.contains("another lanyard daemon is running"), "{err}");
+
+    lab.attach("lan", &c1, &[]);
+    let err = detach_logged(&lab, &c1);
+    assert!(err.contains("handed to the daemon"), "{err}");
+    tombstones_go(&c1);
+    assert!(daemon.is_running(), "daemon died: {}", daemon.stderr());
+
+    // Killed hard, the daemon leaves its socket file: detaches notice and fork.
+    daemon.kill();
+    assert!(lab.run_dir().join("daemon.sock").exists());
+    lab.attach("lan", &c1, &[]);
+    let err = detach_logged(&lab, &c1);
+    assert!(err.contains("did not take tombstones"), "{err}");
+    tombstones_go(&c1);
+    // A new daemon takes the stale socket over.
+    let mut again = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+    assert!(
+        again.wait_for_stdout("watching nftables", Duration::from_secs(10)),
+        "second daemon did not start: {}",
+        again.stderr()
+    );
 }
 
 #[test]
