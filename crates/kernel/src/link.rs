@@ -31,17 +31,23 @@ pub(crate) fn lookup(sock: &mut NlSocket, name: &str) -> Result<Option<LinkHead>
     m.attributes.push(LinkAttribute::IfName(name.to_string()));
     m.attributes
         .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
-    match sock.get(RouteNetlinkMessage::GetLink(m)) {
+    let head = match sock.get(RouteNetlinkMessage::GetLink(m)) {
         Ok(p) => wire::link_head(&p)
             .map(Some)
             .ok_or_else(|| NlError::Decode("short ifinfomsg".into())),
         Err(e) if e.is(libc::ENODEV) => Ok(None),
         Err(e) => Err(e),
-    }
+    }?;
+    sock.remember(name, head.as_ref().map(|h| h.index));
+    Ok(head)
 }
 
-/// The index of `name`; [`Error::NotFound`] if there is no such link.
+/// The index of `name` (remembered, or looked up); [`Error::NotFound`] if there is
+/// no such link.
 pub(crate) fn index_of(sock: &mut NlSocket, name: &IfName, op: &Op) -> Result<u32> {
+    if let Some(i) = sock.index(name.as_str()) {
+        return Ok(i);
+    }
     match lookup(sock, name.as_str()) {
         Ok(Some(h)) => Ok(h.index),
         Ok(None) => Err(Error::not_found("interface", name.as_str())),

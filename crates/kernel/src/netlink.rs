@@ -190,6 +190,47 @@ impl Kernel for Netlink {
     }
 
     fn apply(&mut self, op: &Op) -> Result<()> {
+        let done = self.dispatch(op);
+        // Whatever happened, names may now mean other links there (or none).
+        match op {
+            Op::CreateBridge { .. } | Op::CreateVlan { .. } => self.forget_indexes(&Netns::Host),
+            Op::CreateVeth { peer_netns, .. } => {
+                self.forget_indexes(&Netns::Host);
+                self.forget_indexes(peer_netns);
+            }
+            Op::CreateMacvlan { netns, .. }
+            | Op::CreateIpvlan { netns, .. }
+            | Op::DeleteLink { netns, .. }
+            | Op::RetireLink { netns, .. } => self.forget_indexes(netns),
+            _ => {}
+        }
+        done
+    }
+
+    /// Hands the deletes to the daemon ([`Netlink::hand_off_to`]) or to a detached
+    /// worker process and returns at once: the caller never waits for the kernel's
+    /// slow unregister, and no zombie is left. Falls back to deleting inline if the
+    /// process cannot fork.
+    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        reap::reap(self, links)
+    }
+}
+
+impl Netlink {
+    /// Forgets the link indexes remembered for `netns` (nothing is opened).
+    fn forget_indexes(&mut self, netns: &Netns) {
+        match netns {
+            Netns::Host => self.host.forget_indexes(),
+            Netns::Path(p) => {
+                if let Some(h) = self.paths.get_mut(p) {
+                    h.forget_indexes();
+                }
+            }
+        }
+    }
+
+    /// Applies one op.
+    fn dispatch(&mut self, op: &Op) -> Result<()> {
         match op {
             Op::CreateBridge { name, mtu } => link::create_bridge(self, op, name, *mtu),
             Op::CreateVeth {
@@ -246,14 +287,6 @@ impl Kernel for Netlink {
             Op::SetSysctl { netns, key, value } => sysctl::set(self, op, netns, key, value),
             Op::Nft { script, .. } => self.nft()?.run(script).map(drop),
         }
-    }
-
-    /// Hands the deletes to a detached grandchild process (double fork) and returns
-    /// as soon as the intermediate child has exited: the caller never waits for the
-    /// kernel's slow unregister, and no zombie is left. Falls back to deleting inline
-    /// if the process cannot fork.
-    fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
-        reap::reap(self, links)
     }
 }
 

@@ -110,6 +110,13 @@ impl NsHandle {
         Ok(NsHandle { id, fd, sock: None })
     }
 
+    /// Forgets the link indexes its socket (if open) remembers.
+    pub(crate) fn forget_indexes(&mut self) {
+        if let Some(s) = &mut self.sock {
+            s.forget_indexes();
+        }
+    }
+
     /// The socket in this namespace, opening it (by visiting) if needed.
     pub(crate) fn socket(&mut self) -> io::Result<&mut NlSocket> {
         if self.sock.is_none() {

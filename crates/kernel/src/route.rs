@@ -4,7 +4,7 @@ use crate::link;
 use crate::netlink::Netlink;
 use crate::wire::RT_TABLE_MAIN;
 use lanyard_core::op::{Netns, Op, RouteSpec};
-use lanyard_core::Result;
+use lanyard_core::{Error, Result};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -70,10 +70,10 @@ pub(crate) fn delete(nl: &mut Netlink, op: &Op, netns: &Netns, spec: &RouteSpec)
         return Ok(());
     };
     let oif = match &spec.dev {
-        Some(dev) => match link::lookup(sock, dev.as_str()) {
-            Ok(Some(h)) => Some(h.index),
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(e.for_op(op)),
+        Some(dev) => match link::index_of(sock, dev, op) {
+            Ok(i) => Some(i),
+            Err(Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e),
         },
         None => None,
     };

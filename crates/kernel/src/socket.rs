@@ -43,6 +43,8 @@ pub(crate) struct NlSocket {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// Link indexes by name, as last seen in this namespace ([`NlSocket::index`]).
+    indexes: Vec<(String, u32)>,
 }
 
 impl std::fmt::Debug for NlSocket {
@@ -63,7 +65,33 @@ impl NlSocket {
             sock,
             seq: 0,
             buf: Vec::with_capacity(RECV_BUF),
+            indexes: Vec::new(),
         })
+    }
+
+    /// The index last seen for link `name` here, if any. Only as fresh as the rules
+    /// around it make it: every `RTM_GETLINK` answer is remembered ([`Self::remember`]),
+    /// every view of the namespace starts afresh, and every op that creates, deletes,
+    /// renames or moves a link forgets the namespaces it touched
+    /// (`Netlink::apply`). A verb looks its links up once instead of once per op.
+    pub(crate) fn index(&self, name: &str) -> Option<u32> {
+        self.indexes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|&(_, i)| i)
+    }
+
+    /// Remembers that link `name` has index `index` here (`None`: there is none).
+    pub(crate) fn remember(&mut self, name: &str, index: Option<u32>) {
+        self.indexes.retain(|(n, _)| n != name);
+        if let Some(i) = index {
+            self.indexes.push((name.to_string(), i));
+        }
+    }
+
+    /// Forgets every remembered index.
+    pub(crate) fn forget_indexes(&mut self) {
+        self.indexes.clear();
     }
 
     /// Sends `msg` with `NLM_F_ACK | flags` and waits for the kernel's ack.

@@ -19,13 +19,18 @@ pub(crate) fn view(sock: &mut NlSocket) -> Result<View, NlError> {
         .attributes
         .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
     let links = sock.dump(RouteNetlinkMessage::GetLink(links))?;
+    sock.forget_indexes();
     let addresses = sock.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
     let mut routes = RouteMessage::default();
     // With strict checking the kernel filters by table itself; `wire::route` checks again.
     routes.header.table = wire::RT_TABLE_MAIN as u8;
     let routes = sock.dump(RouteNetlinkMessage::GetRoute(routes))?;
+    let links: Vec<_> = links.iter().filter_map(|p| wire::link(p)).collect();
+    for l in &links {
+        sock.remember(&l.name, Some(l.index));
+    }
     Ok(View {
-        links: links.iter().filter_map(|p| wire::link(p)).collect(),
+        links,
         addresses: addresses.iter().filter_map(|p| wire::addr(p)).collect(),
         routes: routes.iter().filter_map(|p| wire::route(p)).collect(),
     })
@@ -37,6 +42,7 @@ pub(crate) fn view(sock: &mut NlSocket) -> Result<View, NlError> {
 /// the number of links, addresses and routes the namespace has.
 pub(crate) fn links(sock: &mut NlSocket, names: &[IfName]) -> Result<View, NlError> {
     let mut v = View::default();
+    sock.forget_indexes();
     for name in names {
         if v.link(name.as_str()).is_some() {
             continue;
@@ -50,6 +56,7 @@ pub(crate) fn links(sock: &mut NlSocket, names: &[IfName]) -> Result<View, NlErr
             Err(e) if e.is(libc::ENODEV) => continue,
             Err(e) => return Err(e),
         };
+        sock.remember(&link.name, Some(link.index));
         let mut query = AddressMessage::default();
         query.header.index = link.index;
         let found = sock.dump(RouteNetlinkMessage::GetAddress(query))?;

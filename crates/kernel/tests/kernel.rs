@@ -800,3 +800,59 @@ fn view_links_shows_the_named_links_and_their_addresses_only() {
         );
     });
 }
+
+/// Ops look a link's index up once and remember it; a retire, delete or create in
+/// that namespace makes them look again, so nothing lands on the wrong link.
+#[test]
+fn remembered_link_indexes_never_outlive_a_change_of_the_link() {
+    in_fresh_netns("indexes", || {
+        let side = SideNetns::new();
+        let ns = side.netns();
+        let mut k = Netlink::new().unwrap();
+        parent_pair(&mut k, "lyp0", "lyp1");
+        let add = |k: &mut Netlink, a: &str| {
+            k.apply(&Op::AddAddress {
+                netns: ns.clone(),
+                link: name("eth0"),
+                addr: net(a),
+                nodad: true,
+            })
+        };
+        k.apply(&macvlan(ns.clone(), "eth0", "lyp0", None)).unwrap();
+        add(&mut k, "192.0.2.20/24").unwrap();
+        k.apply(&Op::RetireLink {
+            netns: ns.clone(),
+            name: name("eth0"),
+            tombstone: tombstone_name(7),
+        })
+        .unwrap();
+        // The index remembered for eth0 is the tombstone's now.
+        let err = add(&mut k, "192.0.2.21/24").unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        k.apply(&macvlan(ns.clone(), "eth0", "lyp0", None)).unwrap();
+        add(&mut k, "192.0.2.22/24").unwrap();
+        k.apply(&Op::DeleteLink {
+            netns: ns.clone(),
+            name: name("eth0"),
+        })
+        .unwrap();
+        let err = add(&mut k, "192.0.2.23/24").unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+        let v = k.view(&ns).unwrap();
+        let tomb = v.link(tombstone_name(7).as_str()).expect("tombstone");
+        let on = |index: u32| -> Vec<String> {
+            v.addresses
+                .iter()
+                .filter(|a| a.index == index)
+                .map(|a| a.addr.to_string())
+                .collect()
+        };
+        assert_eq!(
+            on(tomb.index),
+            Vec::<String>::new(),
+            "nothing on the tombstone"
+        );
+        assert!(v.link("eth0").is_none());
+    });
+}
