@@ -11,7 +11,7 @@
 //!
 //! The sender never waits: a full queue, a missing socket or a dead daemon (a stale
 //! socket file: `ECONNREFUSED`) is an error the caller answers by forking its own
-//! worker ([`crate::reap`]). The receiver accepts only tombstone names (`lyx-…`).
+//! worker (the `reap` module). The receiver accepts only tombstone names (`lyx-…`).
 
 use lanyard_core::kernel::is_tombstone;
 use std::io;
