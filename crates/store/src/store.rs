@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 pub const DB_FILE: &str = "state.db";
 
 /// Per-connection settings, applied on every open. (`journal_mode = WAL` is stored
-/// in the file itself and set once, by the first migration.)
-const PRAGMAS: &str = "PRAGMA foreign_keys = ON;
-                       PRAGMA synchronous = NORMAL;
+/// in the file itself and set once, by the first migration. No `foreign_keys`: the
+/// schema has none, and every statement counts on a short CLI call.)
+const PRAGMAS: &str = "PRAGMA synchronous = NORMAL;
                        PRAGMA journal_size_limit = 8388608;";
 
 /// lanyard's state in one SQLite file, shared safely by every lanyard process on
