@@ -497,12 +497,14 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
     let gc_interval = (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval));
     let debounce = Duration::from_millis(args.debounce_ms);
     let signals = Signals::new()?;
-    // After the signal mask is set: the reaper thread inherits it.
-    let handoff = HandOff::start(cli)?;
     // Held open for the daemon's life: while one connection is open, every CLI
     // call's connection finds the WAL index ready instead of rebuilding it from
     // the WAL (a third of the cost of opening the store).
     let _store = lanyard_store::SqliteStore::open(&cli.state_dir)?;
+    // After the signal mask is set (the reaper thread inherits it) and the last
+    // fallible step but the first check: a daemon that fails to start leaves no
+    // socket behind.
+    let handoff = HandOff::start(cli)?;
     let mut d = Daemon {
         cli,
         expected: expected_tables(),
