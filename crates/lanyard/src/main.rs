@@ -27,7 +27,12 @@ pub type Lanyard = Engine<SqliteStore, Box<dyn Kernel>>;
 const FAIL_AT_ENV: &str = "LANYARD_FAIL_AT";
 
 fn open(cli: &Cli) -> Result<Lanyard> {
-    let config = Config::load(&cli.config)?;
+    // Only `network create` reads the config (its default address pools): every
+    // other verb is spared the file, and a broken config never blocks a detach.
+    let config = match &cli.command {
+        Command::Network(NetworkCmd::Create(_)) => Config::load(&cli.config)?,
+        _ => Config::default(),
+    };
     let store = SqliteStore::open(&cli.state_dir)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(cli.run_dir.join(lanyard_kernel::handoff::SOCKET));

@@ -388,3 +388,17 @@ fn fifty_processes_create_and_remove_networks_at_once_without_lock_failures() {
         .count();
     assert_eq!(bridges, 50);
 }
+
+#[test]
+fn a_broken_config_stops_network_create_only() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    lab.write_config("[[default-address-pools]]\nbase = \"203.0.113.0/24\"\nsize = 40\n");
+    let err = lab.lanyard_fails(&["network", "create", "x"], exit::ERROR);
+    assert!(err.contains("default-address-pools"), "{err}");
+    // Nothing else reads the config: listing, attaching and detaching go on.
+    lab.lanyard_ok(&["network", "ls"]);
+    let c1 = lab.netns("c1");
+    lab.attach("br", &c1, &["--name", "web"]);
+    lab.lanyard_ok(&["detach", "web"]);
+}
