@@ -1,4 +1,5 @@
-//! Deleting tombstones off the caller's path: a detached grandchild process sends the
+//! Deleting tombstones off the caller's path: `lanyard daemon` if it is up (they are
+//! handed to it, [`crate::handoff`]), else a detached grandchild process sends the
 //! `RTM_DELLINK`s while the caller goes on (or exits).
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,

@@ -36,8 +36,9 @@ fn open(cli: &Cli) -> Result<Lanyard> {
     let store = SqliteStore::open(&cli.state_dir)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(cli.run_dir.join(lanyard_kernel::handoff::SOCKET));
-    // Every verb but `run` (which outlives its detaches) exits right after it.
-    if !matches!(cli.command, Command::Run(_)) {
+    // Every verb but `run` (which outlives its detaches) and the daemon (whose
+    // checks open engines of their own) exits right after it.
+    if !matches!(cli.command, Command::Run(_) | Command::Daemon(_)) {
         netlink.exits_soon();
     }
     let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>())
