@@ -118,6 +118,21 @@ impl Drop for SideNetns {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // `join` returns when the thread clears its tid, which the kernel does
+        // before it releases the thread's namespaces and its /proc entry: wait
+        // until the path is really gone (bounded), so "gone" means gone.
+        for _ in 0..5000 {
+            if std::fs::metadata(&self.path).is_err() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if !std::thread::panicking() {
+            panic!(
+                "{} still there 5 s after its thread ended",
+                self.path.display()
+            );
+        }
     }
 }
 
