@@ -89,8 +89,9 @@ pub enum Op {
         /// MAC of the peer.
         peer_mac: Option<MacAddr>,
     },
-    /// `ip link add NAME link PARENT netns NS type macvlan mode M` — created directly in
-    /// the target namespace (IFLA_NET_NS_FD), which avoids a costly move.
+    /// `ip link add NAME link PARENT netns NS type macvlan mode M` (and set it up) —
+    /// created directly in the target namespace (IFLA_NET_NS_FD), which avoids a
+    /// costly move.
     CreateMacvlan {
         /// Namespace to create it in.
         netns: Netns,
@@ -105,7 +106,7 @@ pub enum Op {
         /// MTU.
         mtu: Option<u32>,
     },
-    /// `ip link add NAME link PARENT netns NS type ipvlan mode M`.
+    /// `ip link add NAME link PARENT netns NS type ipvlan mode M` (and set it up).
     CreateIpvlan {
         /// Namespace to create it in.
         netns: Netns,

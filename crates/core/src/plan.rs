@@ -367,10 +367,13 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
             nodad: true,
         });
     }
-    ops.push(Op::SetUp {
-        netns: ns.clone(),
-        name: ifname.clone(),
-    });
+    // macvlan and ipvlan links are born up (one RTM_NEWLINK); a veth peer is not.
+    if net.driver == Driver::Bridge {
+        ops.push(Op::SetUp {
+            netns: ns.clone(),
+            name: ifname.clone(),
+        });
+    }
     let l3 = net.driver == Driver::Ipvlan && net.ipvlan_mode != Some(crate::model::IpvlanMode::L2);
     for gw in &ep.gateways {
         let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
@@ -506,6 +509,8 @@ mod tests {
                 ..
             }
         ));
+        // Born up by its create: no separate round trip to set it up.
+        assert!(!ops.iter().any(|o| matches!(o, Op::SetUp { .. })));
         let shim = shim_name(&ifname("eth0"));
         // The host reaches the endpoint through the shim, from its own LAN address.
         assert!(ops.contains(&Op::AddRoute {
@@ -633,6 +638,24 @@ mod tests {
             }
         ));
         assert!(ops.iter().any(|o| matches!(o, Op::AddRoute { route, .. } if route.metric == Some(DEFAULT_ROUTE_METRIC + 1) && route.via == Some("10.89.0.1".parse().unwrap()))));
+        // The veth peer is left down by its create: it is set up before its routes.
+        let up = ops
+            .iter()
+            .position(|o| {
+                matches!(
+                    o,
+                    Op::SetUp {
+                        netns: Netns::Path(_),
+                        ..
+                    }
+                )
+            })
+            .expect("peer set up");
+        let route = ops
+            .iter()
+            .position(|o| matches!(o, Op::AddRoute { .. }))
+            .expect("a route");
+        assert!(up < route);
         let infra = network_infra(&n, &host).unwrap();
         assert!(matches!(&infra[0], Op::CreateBridge { .. }));
     }

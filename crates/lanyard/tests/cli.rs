@@ -74,3 +74,20 @@ fn each_subcommand_help_starts_with_its_own_description() {
         assert!(help.starts_with(about), "{sub:?} --help begins: {help}");
     }
 }
+
+/// `lanyard` starts at the C `main` (no Rust runtime start-up), which must still
+/// ignore SIGPIPE as Rust's would: a reader that went away is an error on write, not
+/// death by a signal (the daemon writes sockets whose peers may hang up).
+#[test]
+fn a_closed_pipe_is_an_error_not_a_signal() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .arg("man")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run lanyard");
+    drop(child.stdout.take()); // the reader hangs up before lanyard writes
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), None, "{status:?}");
+}
