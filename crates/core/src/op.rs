@@ -135,9 +135,10 @@ pub enum Op {
         /// Link.
         name: IfName,
     },
-    /// Detach fast path: rename to `tombstone` and flush its addresses (no set-down:
-    /// that alone costs the kernel 12–15 ms). The name and the addresses are free at
-    /// once; the tombstone is deleted later, off the caller's path.
+    /// Detach fast path: rename to `tombstone` and delete `addresses` from it (no
+    /// set-down: that alone costs the kernel 12–15 ms). The name and those addresses
+    /// are free at once; the tombstone is deleted later, off the caller's path, with
+    /// whatever else it carries (its IPv6 link-local address).
     RetireLink {
         /// Namespace.
         netns: Netns,
@@ -145,6 +146,8 @@ pub enum Op {
         name: IfName,
         /// New name (`lyx-…`).
         tombstone: IfName,
+        /// Addresses to free at once (the endpoint's own).
+        addresses: Vec<IpNet>,
     },
     /// `ip link set NAME up`.
     SetUp {
@@ -310,11 +313,14 @@ impl fmt::Display for Op {
                 netns,
                 name,
                 tombstone,
-            } => write!(
-                f,
-                "ip link set {name} name {tombstone}; ip addr flush dev {tombstone}{}",
-                ns(netns)
-            ),
+                addresses,
+            } => {
+                write!(f, "ip link set {name} name {tombstone}")?;
+                for a in addresses {
+                    write!(f, "; ip addr del {a} dev {tombstone}")?;
+                }
+                write!(f, "{}", ns(netns))
+            }
             Op::SetUp { netns, name } => write!(f, "ip link set {name} up{}", ns(netns)),
             Op::AddAddress {
                 netns,

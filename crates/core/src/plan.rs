@@ -424,8 +424,16 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
     Ok(ops)
 }
 
+/// The host links [`endpoint_teardown`] looks at: the endpoint's own host-side veth,
+/// if it has one. Its shim routes are deleted by destination and link, whatever
+/// their source address, so the parent and the shim need no look.
+pub fn teardown_links(ep: &Endpoint) -> Vec<IfName> {
+    ep.host_ifname.iter().cloned().collect()
+}
+
 /// Ops that unwire `ep`: host routes removed, its link retired to `tombstone` (the
 /// caller reaps it later). Skips the namespace side when `netns_alive` is false.
+/// `host` needs only the links of [`teardown_links`].
 pub fn endpoint_teardown(
     net: &Network,
     ep: &Endpoint,
@@ -433,11 +441,12 @@ pub fn endpoint_teardown(
     netns_alive: bool,
     tombstone: IfName,
 ) -> Vec<Op> {
-    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, host)
+    // `ip route del` matches a route without its source: none given.
+    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, &View::default())
         .into_iter()
         .map(|route| Op::DelRoute {
             netns: Netns::Host,
-            route,
+            route: RouteSpec { src: None, ..route },
         })
         .collect();
     if netns_alive && !matches!(net.driver, Driver::Host | Driver::None) {
@@ -445,6 +454,7 @@ pub fn endpoint_teardown(
             netns: Netns::Path(ep.netns.clone()),
             name: ep.ifname.clone(),
             tombstone,
+            addresses: ep.addresses.clone(),
         });
     } else if let Some(h) = &ep.host_ifname {
         if host.link(h.as_str()).is_some() {
@@ -727,10 +737,12 @@ mod tests {
                 endpoint_ops(&n, &e, &full, 0).unwrap(),
                 "{n:?}"
             );
+            let only = full.clone().only_links(&teardown_links(&e));
+            assert!(only.links.len() <= part.links.len(), "{n:?}");
             for alive in [true, false] {
                 let tomb = ifname("lyx-1");
                 assert_eq!(
-                    endpoint_teardown(&n, &e, &part, alive, tomb.clone()),
+                    endpoint_teardown(&n, &e, &only, alive, tomb.clone()),
                     endpoint_teardown(&n, &e, &full, alive, tomb),
                     "{n:?}"
                 );

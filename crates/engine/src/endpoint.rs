@@ -356,7 +356,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             self.firewall_remove(net, ep);
             let host = self
                 .kernel
-                .view_links(&Netns::Host, &plan::host_links(net, Some(ep)))?;
+                .view_links(&Netns::Host, &plan::teardown_links(ep))?;
             let tomb = tombstone_name(nonce());
             let ops = plan::endpoint_teardown(net, ep, &host, alive, tomb.clone());
             let retired = ops.iter().any(|o| matches!(o, Op::RetireLink { .. }));

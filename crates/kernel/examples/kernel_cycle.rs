@@ -4,7 +4,7 @@
 //! - observing the host: a full [`Kernel::view`] against [`Kernel::view_links`] of the
 //!   two links planning needs, on a host with many other links;
 //! - attach: create the macvlan in the container, two addresses, a default route;
-//! - detach, lanyard's way (retire: rename and flush; then hand the tombstone to the
+//! - detach, lanyard's way (retire: rename and delete its addresses; then hand the tombstone to the
 //!   reaper) against a plain delete (what the CNI macvlan plugin does).
 //!
 //! Everything happens in fresh network namespaces of this process's own threads (run
@@ -184,6 +184,10 @@ fn bench(cycles: usize, extra: usize, gap: Duration) {
                 netns: ns.clone(),
                 name: name("eth0"),
                 tombstone: tomb.clone(),
+                addresses: vec![
+                    "192.0.2.30/24".parse().expect("address"),
+                    "2001:db8::30/64".parse().expect("address"),
+                ],
             };
             let r = timed(|| k.apply(&retire_op).expect("retire")).1;
             let h = timed(|| k.reap(vec![(ns.clone(), tomb)]).expect("reap")).1;
@@ -209,7 +213,7 @@ fn bench(cycles: usize, extra: usize, gap: Duration) {
     let f = row("observe host: full view (links, addrs, routes)", &mut full);
     let p = row("observe host: view_links(parent, shim)", &mut part);
     row("attach: create in netns + 2 addrs + route", &mut attach);
-    row("detach, lanyard: retire (rename + flush)", &mut retire);
+    row("detach, lanyard: retire (rename + del addrs)", &mut retire);
     row("detach, lanyard: hand-off to the reaper", &mut handoff);
     let l = row("detach, lanyard: total", &mut lanyard);
     let d = row("detach, plain delete (as CNI macvlan)", &mut delete);

@@ -1,11 +1,10 @@
-//! Addresses: add (`nodad`, `noprefixroute` for host prefixes, IPv4 broadcast),
-//! delete, and flush one link.
+//! Addresses: add (`nodad`, `noprefixroute` for host prefixes, IPv4 broadcast) and
+//! delete.
 
 use crate::error::NlError;
 use crate::link;
 use crate::netlink::Netlink;
 use crate::socket::NlSocket;
-use crate::wire;
 use ipnet::IpNet;
 use lanyard_core::name::IfName;
 use lanyard_core::op::{Netns, Op};
@@ -97,23 +96,9 @@ pub(crate) fn del(
 }
 
 /// Deletes one address; `EADDRNOTAVAIL` (not there) is fine.
-fn delete(sock: &mut NlSocket, index: u32, addr: IpNet) -> Result<(), NlError> {
+pub(crate) fn delete(sock: &mut NlSocket, index: u32, addr: IpNet) -> Result<(), NlError> {
     match sock.ack(RouteNetlinkMessage::DelAddress(message(index, addr)), 0) {
         Err(e) if !e.is(libc::EADDRNOTAVAIL) => Err(e),
         _ => Ok(()),
     }
-}
-
-/// `ip addr flush dev INDEX`: one dump filtered by the kernel to the link, then one
-/// delete per address, secondaries first.
-pub(crate) fn flush(sock: &mut NlSocket, index: u32) -> Result<(), NlError> {
-    let mut query = AddressMessage::default();
-    query.header.index = index;
-    let found = sock.dump(RouteNetlinkMessage::GetAddress(query))?;
-    for a in found.iter().rev().filter_map(|p| wire::addr(p)) {
-        if a.index == index {
-            delete(sock, index, a.addr)?;
-        }
-    }
-    Ok(())
 }

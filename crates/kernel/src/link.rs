@@ -10,6 +10,7 @@ use crate::error::NlError;
 use crate::netlink::Netlink;
 use crate::socket::NlSocket;
 use crate::wire::{self, LinkHead};
+use ipnet::IpNet;
 use lanyard_core::kernel::is_tombstone;
 use lanyard_core::model::{IpvlanMode, MacAddr, MacvlanMode};
 use lanyard_core::name::IfName;
@@ -398,9 +399,11 @@ pub(crate) fn delete(nl: &mut Netlink, op: &Op, netns: &Netns, name: &IfName) ->
     }
 }
 
-/// `ip link set NAME name TOMBSTONE; ip addr flush TOMBSTONE`: the name and the
-/// addresses are free when this returns; deleting the tombstone is left to `reap`. A
-/// missing link (or namespace) is fine.
+/// `ip link set NAME name TOMBSTONE; ip addr del A dev TOMBSTONE` for each of
+/// `addresses` (the endpoint's own, known from the store: no dump, and its IPv6
+/// link-local address, which nothing else can hold, goes with the tombstone): the
+/// name and the addresses are free when this returns; deleting the tombstone is left
+/// to `reap`. A missing link, address or namespace is fine.
 ///
 /// The link is renamed while up, which kernels since 6.2 allow, and not set down:
 /// setting a link down waits for an RCU grace period in `dev_close` (12-15 ms per
@@ -414,6 +417,7 @@ pub(crate) fn retire(
     netns: &Netns,
     name: &IfName,
     tombstone: &IfName,
+    addresses: &[IpNet],
 ) -> Result<()> {
     let Some(sock) = nl.sock(netns)? else {
         return Ok(());
@@ -445,7 +449,11 @@ pub(crate) fn retire(
         }
         Err(e) => return Err(e.for_op(op)),
     }
-    addr::flush(sock, index).map_err(|e| e.for_op(op))
+    // The endpoint's own addresses, known: no dump. (A missing one is fine.)
+    for a in addresses {
+        addr::delete(sock, index, *a).map_err(|e| e.for_op(op))?;
+    }
+    Ok(())
 }
 
 /// `ip link set NAME up`.

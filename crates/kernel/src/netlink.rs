@@ -273,7 +273,8 @@ impl Netlink {
                 netns,
                 name,
                 tombstone,
-            } => link::retire(self, op, netns, name, tombstone),
+                addresses,
+            } => link::retire(self, op, netns, name, tombstone, addresses),
             Op::SetUp { netns, name } => link::set_up(self, op, netns, name),
             Op::AddAddress {
                 netns,

@@ -3,7 +3,7 @@
 //! `RTM_DELLINK`s while the caller goes on (or exits).
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
-//! milliseconds that nobody needs to wait for once the link is renamed and flushed.
+//! milliseconds that nobody needs to wait for once the link is renamed and its addresses are gone.
 //! The caller forks a child that forks the worker and exits at once; the caller reaps
 //! that child (microseconds), and the worker, reparented to init, is reaped there: no
 //! zombie, and no wait. A process that exits right after (a CLI call,
