@@ -98,7 +98,7 @@ fn standard_fds_open() {
         // which is this one (the lower ones are open or were just opened).
         let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         if fd != p.fd {
-            // Cannot even open /dev/null: carry on as Rust's start-up would abort.
+            // Cannot even open /dev/null: abort, as Rust's start-up would.
             std::process::abort();
         }
     }

@@ -125,7 +125,7 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     let join_fd = join.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
 
     // SAFETY: this process is single-threaded here; the child only makes
-    // async-signal-safe calls (unshare, setns, read, write, set*id, execvp, _exit).
+    // async-signal-safe calls (unshare, setns, read, write, set*id, signal, execvp, _exit).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(os_err("fork"));
@@ -268,6 +268,8 @@ unsafe fn child(
                 libc::_exit(125);
             }
         }
+        // lanyard ignores SIGPIPE; an ignored signal survives exec, a handler does not.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         libc::execvp(argv[0], argv.as_ptr());
         let msg = b"lanyard run: cannot execute the command\n";
         libc::write(2, msg.as_ptr().cast(), msg.len());

@@ -242,6 +242,19 @@ fn lanyard_run_attaches_a_fresh_namespace_passes_the_exit_status_and_cleans_up()
     // none: loopback only; host: the host's own links.
     let none = lab.lanyard_ok(&["run", "--network", "none", "--", "ip", "-br", "link"]);
     assert!(none.contains("lo") && !none.contains("eth0"), "{none}");
+    // The command starts with default signal dispositions: lanyard ignores SIGPIPE
+    // for itself, its command must not inherit that (`yes | head` must end).
+    let status = lab.lanyard_ok(&["run", "--network", "none", "--", "cat", "/proc/self/status"]);
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .expect("SigIgn line");
+    assert_eq!(
+        ignored & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {ignored:x}"
+    );
     let host = lab.lanyard_ok(&["run", "--network", "host", "--", "ip", "-br", "link"]);
     assert!(host.contains("eth0"), "{host}");
     lab.lanyard_fails(
