@@ -441,8 +441,9 @@ pub fn endpoint_teardown(
     netns_alive: bool,
     tombstone: IfName,
 ) -> Vec<Op> {
-    // `ip route del` matches a route without its source: none given.
-    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, &View::default())
+    // `ip route del` matches a route without its source, so `host` need not hold the
+    // parent's addresses: none given.
+    let mut ops: Vec<Op> = endpoint_host_routes(net, ep, host)
         .into_iter()
         .map(|route| Op::DelRoute {
             netns: Netns::Host,
