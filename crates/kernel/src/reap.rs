@@ -45,6 +45,10 @@ struct Work {
     max_fd: RawFd,
 }
 
+/// Set (to anything), the worker is forked even where it could share memory: for
+/// valgrind, which cannot run a `CLONE_VM` child (`scripts/hot-symbols`).
+pub(crate) const FORK_ENV: &str = "LANYARD_REAP_FORK";
+
 /// Size of the stack a `CLONE_VM` worker runs on (it needs a few hundred bytes).
 const WORKER_STACK: usize = 64 * 1024;
 
@@ -84,7 +88,7 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
     // A caller that exits soon has the worker as its direct child and waits for
     // nothing; otherwise the child forks the worker and exits, and is waited for.
     let direct = nl.exits_soon;
-    if direct && raw::SHARED_VM {
+    if direct && raw::SHARED_VM && std::env::var_os(FORK_ENV).is_none() {
         // Leaked on purpose: the worker reads it after the caller has moved on.
         let work: &'static Work = Box::leak(Box::new(work));
         if start_shared(work) {
