@@ -3,21 +3,22 @@
 //! `RTM_DELLINK`s while the caller goes on (or exits).
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
-//! milliseconds that nobody needs to wait for once the link is renamed and its addresses are gone.
-//! The caller forks a child that forks the worker and exits at once; the caller reaps
-//! that child (microseconds), and the worker, reparented to init, is reaped there: no
-//! zombie, and no wait. A process that exits right after (a CLI call,
-//! [`Netlink::exits_soon`]) starts the worker directly and does not wait: init adopts
-//! it when the caller exits. There the worker is a `clone(CLONE_VM)` child on a stack
-//! of its own, not a fork: a fork copied the caller's page tables and made every page
-//! the caller wrote before its exit a copy-on-write fault (0.3-0.5 ms of a detach,
-//! measured); the worker then shares memory with a caller that is about to exit, reads
-//! only data leaked for it, and makes only raw syscalls (no errno, no thread-local
-//! storage, all signals blocked). The worker closes every inherited descriptor except
-//! the namespace files it needs, so it holds no pipe (a CNI runtime reading our
-//! stdout sees EOF when we exit) and no lock. After the fork or clone it makes only
-//! raw syscalls on data prepared before it, which is safe even if the caller had
-//! other threads.
+//! milliseconds that nobody needs to wait for once the link is renamed and its
+//! addresses are gone. The caller forks a child that forks the worker and exits at
+//! once; the caller reaps that child (microseconds), and the worker, reparented to
+//! init, is reaped there: no zombie, and no wait. A process that exits right after (a
+//! CLI call, [`Netlink::exits_soon`]) starts the worker directly and does not wait:
+//! init adopts it when the caller exits. There the worker is a `clone(CLONE_VM)` child
+//! on a stack of its own, not a fork: a fork copied the caller's page tables and made
+//! every page the caller wrote before its exit a copy-on-write fault (0.3-0.5 ms of a
+//! detach, measured); the worker shares memory with a caller about to exit and reads
+//! only data leaked for it, with all signals blocked.
+//!
+//! Either way the worker makes only raw syscalls ([`raw`]: no errno, no thread-local
+//! storage) on data prepared before it, which is safe even if the caller had other
+//! threads, and closes every inherited descriptor except the namespace files it
+//! needs, so it holds no pipe (a CNI runtime reading our stdout sees EOF when we
+//! exit) and no lock.
 
 use crate::netlink::Netlink;
 use crate::socket::encode;
@@ -150,8 +151,8 @@ fn fork_worker(
     work: &Work,
     direct: bool,
 ) -> Result<()> {
-    // SAFETY: the child and the grandchild only make raw syscalls on memory prepared
-    // above and leave with `_exit`.
+    // SAFETY: the child and the grandchild only make raw syscalls on `work`, prepared
+    // before the fork, and leave with `_exit`.
     match unsafe { libc::fork() } {
         -1 => nl.reap_now(links),
         0 => unsafe {

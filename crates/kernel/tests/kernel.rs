@@ -4,7 +4,7 @@
 mod lab;
 
 use ipnet::IpNet;
-use lab::{in_fresh_netns, ip_json, name, SideNetns};
+use lab::{in_fresh_netns, ip_json, name, tombstones_left, SideNetns};
 use lanyard_core::kernel::{tombstone_name, Kernel};
 use lanyard_core::model::{IpvlanMode, MacAddr, MacvlanMode};
 use lanyard_core::op::{Netns, Op, RouteSpec};
@@ -562,16 +562,6 @@ fn assert_no_zombie_children() {
             panic!("zombie child {}", entry.path().display());
         }
     }
-}
-
-/// Tombstones (`lyx-…`) left in the calling thread's namespace.
-fn tombstones_left(k: &mut Netlink) -> usize {
-    k.view(&Netns::Host)
-        .unwrap()
-        .links
-        .iter()
-        .filter(|l| l.name.starts_with("lyx-"))
-        .count()
 }
 
 #[test]

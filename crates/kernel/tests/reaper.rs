@@ -6,20 +6,11 @@
 #[allow(dead_code)]
 mod lab;
 
-use lab::{in_fresh_netns, name};
+use lab::{in_fresh_netns, name, tombstones_left};
 use lanyard_core::kernel::{tombstone_name, Kernel};
 use lanyard_core::op::{Netns, Op};
 use lanyard_kernel::Netlink;
 use std::time::{Duration, Instant};
-
-fn tombstones_left(k: &mut Netlink) -> usize {
-    k.view(&Netns::Host)
-        .unwrap()
-        .links
-        .iter()
-        .filter(|l| l.name.starts_with("lyx-"))
-        .count()
-}
 
 #[test]
 fn a_cli_callers_worker_deletes_every_tombstone_and_holds_no_pipe() {

@@ -159,3 +159,14 @@ fn run_json(cmd: &str, pre: &[&str], args: &str) -> serde_json::Value {
 pub fn name(s: &str) -> IfName {
     ifname(s)
 }
+
+/// Tombstones (`lyx-…`) left in the calling thread's namespace.
+pub fn tombstones_left(k: &mut lanyard_kernel::Netlink) -> usize {
+    use lanyard_core::kernel::Kernel;
+    k.view(&Netns::Host)
+        .unwrap()
+        .links
+        .iter()
+        .filter(|l| l.name.starts_with("lyx-"))
+        .count()
+}
