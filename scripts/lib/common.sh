@@ -63,25 +63,25 @@ vm_tests() {
 build_release() {
   local flags="-C target-feature=+crt-static" order=crates/lanyard/hot-symbols.txt
   [ "${LANYARD_PIE:-0}" = 1 ] || flags="$flags -C relocation-model=static"
+  # cargo rustc: extra flags (after --) reach the final link of the lanyard crate only.
+  release_link() {
+    RUSTFLAGS="${RUSTFLAGS:-} $flags" cargo rustc --release -q -p lanyard --bin lanyard \
+      --target "$(host_triple)" -- "$@" >&2
+  }
   if [ "${LANYARD_NO_ORDER:-0}" = 1 ] || [ ! -s "$order" ]; then
-    RUSTFLAGS="${RUSTFLAGS:-} $flags" \
-      cargo build --release -q -p lanyard --bin lanyard --target "$(host_triple)" >&2
-    release_bin
-    return
+    release_link || return 1
+  else
+    # The hot functions first (scripts/hot-symbols). lld takes the file; a linker
+    # that does not fails the link, and the binary is built without it.
+    mkdir -p target
+    grep -v '^#' "$order" >target/hot-symbols.ld
+    if ! release_link -C link-arg=-Wl,--symbol-ordering-file="$PWD/target/hot-symbols.ld" \
+      -C link-arg=-Wl,--no-warn-symbol-ordering; then
+      say "the link with $order failed (not lld?): building without it"
+      release_link || return 1
+    fi
+    hot_symbols_report "$(release_bin)" target/hot-symbols.ld
   fi
-  # The hot functions first (scripts/hot-symbols); only the final link sees the
-  # file, so only the lanyard crate is rebuilt with it (cargo rustc). lld takes it;
-  # a linker that does not fails the link, and the binary is built without it.
-  mkdir -p target
-  grep -v '^#' "$order" >target/hot-symbols.ld
-  if ! RUSTFLAGS="${RUSTFLAGS:-} $flags" cargo rustc --release -q -p lanyard --bin lanyard \
-    --target "$(host_triple)" -- -C link-arg=-Wl,--symbol-ordering-file="$PWD/target/hot-symbols.ld" \
-    -C link-arg=-Wl,--no-warn-symbol-ordering >&2; then
-    say "the link with $order failed (not lld?): building without it"
-    RUSTFLAGS="${RUSTFLAGS:-} $flags" \
-      cargo rustc --release -q -p lanyard --bin lanyard --target "$(host_triple)" >&2
-  fi
-  hot_symbols_report "$(release_bin)" target/hot-symbols.ld
   release_bin
 }
 
