@@ -48,6 +48,30 @@ const MIGRATIONS: &[&str] = &[
          key   TEXT NOT NULL PRIMARY KEY,
          value TEXT NOT NULL
      ) WITHOUT ROWID;",
+    // 2: fewer b-trees for a write to touch and for every open to parse. Networks and
+    // endpoints keyed by their id alone (no rowid table beside a separate id index),
+    // and an endpoint's name indexed only when it has one. An attach (two
+    // transactions) writes 5 pages instead of 8, a detach 3 instead of 5: each a WAL
+    // frame that every later open reads back until the next checkpoint.
+    "CREATE TABLE networks_v2 (
+         id   TEXT NOT NULL PRIMARY KEY,
+         name TEXT NOT NULL UNIQUE,
+         json TEXT NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO networks_v2 (id, name, json) SELECT id, name, json FROM networks;
+     DROP TABLE networks;
+     ALTER TABLE networks_v2 RENAME TO networks;
+     CREATE TABLE endpoints_v2 (
+         id         TEXT NOT NULL PRIMARY KEY,
+         name       TEXT,
+         network_id TEXT NOT NULL,
+         json       TEXT NOT NULL
+     ) WITHOUT ROWID;
+     INSERT INTO endpoints_v2 (id, name, network_id, json)
+         SELECT id, name, network_id, json FROM endpoints;
+     DROP TABLE endpoints;
+     ALTER TABLE endpoints_v2 RENAME TO endpoints;
+     CREATE UNIQUE INDEX endpoints_by_name ON endpoints (name) WHERE name IS NOT NULL;",
 ];
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).

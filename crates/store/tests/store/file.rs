@@ -28,13 +28,117 @@ fn an_empty_file_is_migrated_to_the_current_schema_in_wal_mode() {
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM sqlite_schema WHERE name = 'addresses_by_owner'"
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('addresses_by_owner', 'endpoints_by_name')"
         ),
-        1
+        2
     );
     // Opening again is a no-op.
     SqliteStore::open(tmp.path()).unwrap();
     assert_eq!(count(&conn, "PRAGMA user_version"), SCHEMA_VERSION as i64);
+}
+
+/// What schema version 1 (the first lanyard) wrote: a fixture, not the code's copy.
+const V1: &str = "CREATE TABLE networks (id TEXT NOT NULL PRIMARY KEY, name TEXT NOT NULL UNIQUE, json TEXT NOT NULL);
+     CREATE TABLE endpoints (id TEXT NOT NULL PRIMARY KEY, name TEXT UNIQUE, network_id TEXT NOT NULL, json TEXT NOT NULL);
+     CREATE TABLE addresses (network_id TEXT NOT NULL, addr TEXT NOT NULL, owner TEXT NOT NULL,
+                             PRIMARY KEY (network_id, addr)) WITHOUT ROWID;
+     CREATE INDEX addresses_by_owner ON addresses (owner);
+     CREATE TABLE cursors (network_id TEXT NOT NULL, subnet TEXT NOT NULL, addr TEXT NOT NULL,
+                           PRIMARY KEY (network_id, subnet)) WITHOUT ROWID;
+     CREATE TABLE meta (key TEXT NOT NULL PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+     PRAGMA user_version = 1;";
+
+#[test]
+fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lan = network("lan", &hex_id(1, 1), "192.0.2.0/24");
+    let web = endpoint(&hex_id(7, 2), Some("web"), &lan, vec![net("192.0.2.2/24")]);
+    let anon = endpoint(&hex_id(7, 1), None, &lan, vec![net("192.0.2.3/24")]);
+    {
+        let conn = raw(tmp.path());
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute(
+            "INSERT INTO networks VALUES (?1, ?2, ?3)",
+            rusqlite::params![
+                lan.id,
+                lan.name.as_str(),
+                serde_json::to_string(&lan).unwrap()
+            ],
+        )
+        .unwrap();
+        for e in [&web, &anon] {
+            conn.execute(
+                "INSERT INTO endpoints VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    e.id,
+                    e.name.as_ref().map(|n| n.as_str()),
+                    lan.id,
+                    serde_json::to_string(e).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute_batch(&format!(
+            "INSERT INTO addresses VALUES ('{0}', '192.0.2.2', '{1}'), ('{0}', '192.0.2.3', '{2}');
+             INSERT INTO cursors VALUES ('{0}', '192.0.2.0/24', '192.0.2.3');",
+            lan.id, web.id, anon.id
+        ))
+        .unwrap();
+    }
+
+    let s = SqliteStore::open(tmp.path()).unwrap();
+    assert_eq!(s.read(&mut |tx| tx.networks()).unwrap(), vec![lan.clone()]);
+    assert_eq!(
+        s.read(&mut |tx| tx.endpoints()).unwrap(),
+        vec![anon.clone(), web.clone()]
+    );
+    assert_eq!(
+        s.read(&mut |tx| tx.endpoint("web")).unwrap(),
+        Some(web.clone())
+    );
+    assert_eq!(
+        s.read(&mut |tx| tx.address_owner(&lan.id, ip("192.0.2.3")))
+            .unwrap(),
+        Some(anon.id.clone())
+    );
+    let sc = &lan.subnets[0];
+    assert_eq!(
+        s.read(&mut |tx| tx.cursor(&lan.id, &sc.subnet)).unwrap(),
+        Some(ip("192.0.2.3"))
+    );
+
+    // The new layout: no rowid tables beside id indexes, no leftovers.
+    let conn = raw(tmp.path());
+    assert_eq!(count(&conn, "PRAGMA user_version"), SCHEMA_VERSION as i64);
+    for t in ["networks", "endpoints"] {
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.ends_with("WITHOUT ROWID"), "{t}: {sql}");
+    }
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v2'"
+        ),
+        0
+    );
+    // Names stay unique; any number of endpoints may have none.
+    let anon2 = endpoint(&hex_id(8, 1), None, &lan, vec![]);
+    s.write(&mut |tx| tx.put_endpoint(&anon2)).unwrap();
+    let thief = endpoint(&hex_id(9, 9), Some("web"), &lan, vec![]);
+    let e = s.write(&mut |tx| tx.put_endpoint(&thief)).unwrap_err();
+    assert_eq!(kind(&e), "Conflict");
+    let e = conn
+        .execute("INSERT INTO endpoints VALUES ('x', 'web', 'n', '{}')", [])
+        .unwrap_err();
+    assert!(e.to_string().contains("UNIQUE"), "{e}");
 }
 
 #[test]
