@@ -116,22 +116,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             return Ok(false);
         }
         if link_ok {
-            let ops = plan::endpoint_teardown(
-                net,
-                ep,
-                &host,
-                true,
-                lanyard_core::kernel::tombstone_name(crate::nonce()),
-            );
+            let ops = plan::endpoint_teardown(net, ep, &host, true);
             for op in &ops {
-                if let Op::RetireLink {
-                    netns, tombstone, ..
-                } = op
-                {
+                if let Op::RetireLink { netns, name, .. } = op {
                     self.kernel.apply(op)?;
                     self.kernel.apply(&Op::DeleteLink {
                         netns: netns.clone(),
-                        name: tombstone.clone(),
+                        name: name.clone(),
                     })?;
                 }
             }
