@@ -32,14 +32,7 @@ pub struct LinkInfo {
     pub parent: Option<u32>,
     /// IFLA_MASTER: the bridge this link is enslaved to.
     pub master: Option<u32>,
-    /// Its alias is [`RETIRED_ALIAS`]: an endpoint's link lanyard detached, waiting
-    /// to be deleted ([`Op::RetireLink`]).
-    #[serde(default)]
-    pub retired: bool,
 }
-
-/// The alias (`IFLA_IFALIAS`, `ip link set NAME alias …`) that marks a retired link.
-pub const RETIRED_ALIAS: &str = "lanyard: retired";
 
 /// An address as observed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +121,10 @@ pub trait Kernel {
     fn netns_id(&mut self, path: &Path) -> Result<NsId>;
     /// Applies one step. Idempotent where the op says so (deletes of missing things).
     fn apply(&mut self, op: &Op) -> Result<()>;
-    /// Deletes `links` (retired by [`Op::RetireLink`], or tombstones) off the caller's
-    /// path: the netlink implementation hands them to a detached background child, so
-    /// the caller does not wait for the kernel's slow unregister. A link this handle
-    /// retired is deleted by its ifindex, never by name: by then a new link may have
-    /// the name. Best effort; `gc` sweeps leftovers (`lyx-*` in the host namespace),
-    /// and a namespace that goes away takes its links with it. Default: delete inline.
+    /// Deletes `links` (tombstones left by [`Op::RetireLink`]) off the caller's path:
+    /// the netlink implementation hands them to a detached background child, so the
+    /// caller does not wait for the kernel's slow unregister. Best effort; `gc`
+    /// sweeps leftovers (`lyx-*` in the host namespace). Default: delete inline.
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         for (netns, name) in links {
             self.apply(&Op::DeleteLink { netns, name })?;
@@ -291,7 +282,6 @@ pub mod fake {
                 lower_up: true,
                 parent: None,
                 master: None,
-                retired: false,
             });
             k.host.links.push(LinkInfo {
                 index: 2,
@@ -303,7 +293,6 @@ pub mod fake {
                 lower_up: true,
                 parent: None,
                 master: None,
-                retired: false,
             });
             for a in addrs {
                 let addr: IpNet = a.parse().unwrap_or_else(|_| panic!("test address {a}"));

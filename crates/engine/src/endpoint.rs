@@ -2,11 +2,11 @@
 //! mark active), detach (idempotent; the link is retired at once and deleted off the
 //! caller's path), list.
 
-use crate::{new_id, now, Engine};
+use crate::{new_id, nonce, now, Engine};
 use ipnet::IpNet;
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::ipam;
-use lanyard_core::kernel::{Kernel, View};
+use lanyard_core::kernel::{tombstone_name, Kernel, View};
 use lanyard_core::model::{
     parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, Network,
     PortMapping,
@@ -351,24 +351,28 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             .netns_id(&ep.netns)
             .is_ok_and(|id| id == ep.netns_inode);
         let mut errors = vec![];
-        let mut retired = false;
+        let mut tombstone = None;
         if let Some(net) = net {
             self.firewall_remove(net, ep);
             let host = self
                 .kernel
                 .view_links(&Netns::Host, &plan::teardown_links(ep))?;
-            let ops = plan::endpoint_teardown(net, ep, &host, alive);
+            let tomb = tombstone_name(nonce());
+            let ops = plan::endpoint_teardown(net, ep, &host, alive, tomb.clone());
+            let retired = ops.iter().any(|o| matches!(o, Op::RetireLink { .. }));
             errors = apply_best_effort(&mut self.kernel, &ops);
-            retired = errors.is_empty() && ops.iter().any(|o| matches!(o, Op::RetireLink { .. }));
+            if retired && errors.is_empty() {
+                tombstone = Some(tomb);
+            }
         }
         let forgotten = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id));
-        if retired {
+        if let Some(tomb) = tombstone {
             // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
-            // Handed off last: the worker shares (or, forked, copies) this
-            // process's memory from then on.
+            // Handed off last: after the hand-off (a fork) every page this process
+            // writes is copied first.
             let _ = self
                 .kernel
-                .reap(vec![(Netns::Path(ep.netns.clone()), ep.ifname.clone())]);
+                .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
         }
         forgotten?;
         match errors.into_iter().next() {

@@ -57,6 +57,13 @@ pub fn new_id() -> String {
         .collect()
 }
 
+/// A random 32-bit number (tombstone names).
+pub fn nonce() -> u32 {
+    new_id()[..8]
+        .chars()
+        .fold(0u32, |a, c| (a << 4) | c.to_digit(16).unwrap_or(0))
+}
+
 /// Unix seconds now.
 pub fn now() -> u64 {
     SystemTime::now()

@@ -116,13 +116,22 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             return Ok(false);
         }
         if link_ok {
-            let ops = plan::endpoint_teardown(net, ep, &host, true);
+            let ops = plan::endpoint_teardown(
+                net,
+                ep,
+                &host,
+                true,
+                lanyard_core::kernel::tombstone_name(crate::nonce()),
+            );
             for op in &ops {
-                if let Op::RetireLink { netns, name, .. } = op {
+                if let Op::RetireLink {
+                    netns, tombstone, ..
+                } = op
+                {
                     self.kernel.apply(op)?;
                     self.kernel.apply(&Op::DeleteLink {
                         netns: netns.clone(),
-                        name: name.clone(),
+                        name: tombstone.clone(),
                     })?;
                 }
             }

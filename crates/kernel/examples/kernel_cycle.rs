@@ -14,7 +14,7 @@
 //!
 //! `cargo run --release -p lanyard-kernel --example kernel_cycle [-- CYCLES [EXTRA_LINKS [GAP_MS]]]`
 
-use lanyard_core::kernel::Kernel;
+use lanyard_core::kernel::{tombstone_name, Kernel};
 use lanyard_core::model::{MacAddr, MacvlanMode};
 use lanyard_core::name::IfName;
 use lanyard_core::op::{Netns, Op, RouteSpec};
@@ -179,16 +179,18 @@ fn bench(cycles: usize, extra: usize, gap: Duration) {
         attach.push(timed(|| ops.iter().for_each(|op| k.apply(op).expect("attach"))).1);
         // Interleaved: even cycles detach lanyard's way, odd ones by a plain delete.
         if i % 2 == 0 {
+            let tomb = tombstone_name(0x1000_0000 + i as u32);
             let retire_op = Op::RetireLink {
                 netns: ns.clone(),
                 name: name("eth0"),
+                tombstone: tomb.clone(),
                 addresses: vec![
                     "192.0.2.30/24".parse().expect("address"),
                     "2001:db8::30/64".parse().expect("address"),
                 ],
             };
             let r = timed(|| k.apply(&retire_op).expect("retire")).1;
-            let h = timed(|| k.reap(vec![(ns.clone(), name("eth0"))]).expect("reap")).1;
+            let h = timed(|| k.reap(vec![(ns.clone(), tomb)]).expect("reap")).1;
             retire.push(r);
             handoff.push(h);
             lanyard.push(r + h);

@@ -1,20 +1,17 @@
-//! Handing retired links and tombstones to `lanyard daemon` instead of forking a
-//! worker.
+//! Handing tombstones to `lanyard daemon` instead of forking a worker.
 //!
 //! When the daemon runs, it listens on a Unix datagram socket (`daemon.sock` in the
 //! run directory, mode 0600: root only). A detaching process sends one datagram per
-//! batch: the text `lanyard-reap 2` and one reference per link, NUL-separated, with
-//! the namespaces they live in passed as file descriptors (`SCM_RIGHTS`, in the same
-//! order). A reference is `#INDEX` for a retired link (by ifindex: its name may be
-//! another link's by then) or a tombstone's name (`lyx-…`). Descriptors, not paths: the daemon deletes in exactly the namespace the
+//! batch: the text `lanyard-reap 1` and the tombstones' names, NUL-separated, with the
+//! namespaces they live in passed as file descriptors (`SCM_RIGHTS`, in the same
+//! order). Descriptors, not paths: the daemon deletes in exactly the namespace the
 //! sender saw, even if its path is gone or reused meanwhile. A queued datagram holds
 //! its descriptors, so once `sendmsg` succeeded the daemon gets them; if it dies
 //! first, the descriptors close with it and the tombstones stay for `lanyard gc`.
 //!
 //! The sender never waits: a full queue, a missing socket or a dead daemon (a stale
 //! socket file: `ECONNREFUSED`) is an error the caller answers by forking its own
-//! worker (the `reap` module). The receiver deletes only tombstones and links whose
-//! alias says they are retired ([`lanyard_core::kernel::RETIRED_ALIAS`]).
+//! worker (the `reap` module). The receiver accepts only tombstone names (`lyx-…`).
 
 use lanyard_core::kernel::is_tombstone;
 use std::io;
@@ -26,18 +23,17 @@ use std::path::Path;
 pub const SOCKET: &str = "daemon.sock";
 
 /// First field of every datagram: what it is and the format's version.
-const MAGIC: &[u8] = b"lanyard-reap 2";
+const MAGIC: &[u8] = b"lanyard-reap 1";
 
 /// At most this many tombstones per datagram (the kernel's limit on descriptors in
 /// one message is 253).
 pub const MAX_BATCH: usize = 64;
 
-/// Largest datagram: the magic and `MAX_BATCH` references of at most 15 bytes, each
+/// Largest datagram: the magic and `MAX_BATCH` names of at most 15 bytes, each
 /// followed by a NUL.
 const MAX_LEN: usize = MAGIC.len() + 1 + MAX_BATCH * 16;
 
-/// The payload for `names` (link references): `MAGIC`, then each, each followed by
-/// a NUL.
+/// The payload for `names`: `MAGIC`, then each name, each followed by a NUL.
 pub fn encode(names: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAX_LEN);
     out.extend_from_slice(MAGIC);
@@ -49,11 +45,11 @@ pub fn encode(names: &[&str]) -> Vec<u8> {
     out
 }
 
-/// The link references in a payload, or why it is not one.
+/// The names in a payload, or why it is not one.
 pub fn decode(payload: &[u8]) -> Result<Vec<String>, String> {
     let mut fields = payload.split(|&b| b == 0);
     if fields.next() != Some(MAGIC) {
-        return Err("not a lanyard-reap 2 message".into());
+        return Err("not a lanyard-reap 1 message".into());
     }
     if payload.last() != Some(&0) {
         return Err("truncated message".into());
@@ -62,21 +58,10 @@ pub fn decode(payload: &[u8]) -> Result<Vec<String>, String> {
         .filter(|f| !f.is_empty())
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    match names
-        .iter()
-        .find(|n| (!is_tombstone(n) && retired_index(n).is_none()) || n.len() > 15)
-    {
-        Some(bad) => Err(format!("{bad:?} is neither a tombstone name nor #INDEX")),
+    match names.iter().find(|n| !is_tombstone(n) || n.len() > 15) {
+        Some(bad) => Err(format!("{bad:?} is not a tombstone name")),
         None => Ok(names),
     }
-}
-
-/// The ifindex in a `#INDEX` reference.
-fn retired_index(link_ref: &str) -> Option<u32> {
-    link_ref
-        .strip_prefix('#')
-        .and_then(|i| i.parse().ok())
-        .filter(|&i| i > 0)
 }
 
 /// `sockaddr_un` for `path`, or an error if it does not fit.
@@ -278,36 +263,18 @@ impl Receiver {
     }
 }
 
-/// Deletes the link `link_ref` (a reference from [`decode`]) names in the namespace
-/// `netns`, from the calling thread, which stays in that namespace afterwards (the
-/// daemon's reaper thread does nothing else). A `#INDEX` is deleted only if that link
-/// is retired.
-pub fn delete_in(netns: BorrowedFd<'_>, link_ref: &str) -> io::Result<()> {
-    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-    use netlink_packet_route::RouteNetlinkMessage;
+/// Deletes link `name` in the namespace `netns`, from the calling thread, which stays
+/// in that namespace afterwards (the daemon's reaper thread does nothing else).
+pub fn delete_in(netns: BorrowedFd<'_>, name: &str) -> io::Result<()> {
     crate::netns::setns(netns.as_raw_fd())?;
     let mut sock = crate::socket::NlSocket::open()?;
-    let failed = |e: crate::error::NlError| io::Error::other(e.to_string());
-    let mut m = LinkMessage::default();
-    match retired_index(link_ref) {
-        Some(index) => {
-            let mut get = LinkMessage::default();
-            get.header.index = index;
-            let link = sock
-                .get(RouteNetlinkMessage::GetLink(get))
-                .map_err(failed)?;
-            if !crate::wire::link(&link).is_some_and(|l| l.retired) {
-                return Err(io::Error::other(format!(
-                    "link {index} is not retired: left alone"
-                )));
-            }
-            m.header.index = index;
-        }
-        None => m
-            .attributes
-            .push(LinkAttribute::IfName(link_ref.to_string())),
-    }
-    sock.ack(RouteNetlinkMessage::DelLink(m), 0).map_err(failed)
+    let mut m = netlink_packet_route::link::LinkMessage::default();
+    m.attributes
+        .push(netlink_packet_route::link::LinkAttribute::IfName(
+            name.to_string(),
+        ));
+    sock.ack(netlink_packet_route::RouteNetlinkMessage::DelLink(m), 0)
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -321,12 +288,8 @@ mod tests {
     }
 
     #[test]
-    fn anything_but_tombstones_and_indexes_is_refused() {
-        assert_eq!(decode(&encode(&["#7", "lyx-1"])).unwrap(), ["#7", "lyx-1"]);
+    fn anything_but_tombstones_is_refused() {
         assert!(decode(&encode(&["eth0"])).unwrap_err().contains("\"eth0\""));
-        for bad in ["#0", "#x", "#", "#-1", "#99999999999"] {
-            assert!(decode(&encode(&[bad])).is_err(), "{bad}");
-        }
         assert!(decode(b"hello\0lyx-1\0").is_err(), "wrong magic");
         let mut p = encode(&["lyx-00000001"]);
         p.pop();

@@ -2,7 +2,7 @@
 //!
 //! In-process rtnetlink (no `ip` subprocesses, no async runtime): one `NETLINK_ROUTE`
 //! socket per network namespace, opened once; links created directly in their target
-//! namespace; retired links deleted by a detached worker process. Module map:
+//! namespace; tombstones deleted by a detached worker process. Module map:
 //!
 //! - `netlink`: the [`Netlink`] type and the dispatch of every [`lanyard_core::op::Op`];
 //! - `link`, `addr`, `route`, `sysctl`: one file per kind of kernel object;
@@ -11,8 +11,8 @@
 //! - `netns`: namespace identity, handles, visiting a namespace;
 //! - `socket`: one netlink socket and its request/answer exchanges;
 //! - `wire`: decoding the kernel's answers;
-//! - `reap`: the detached deleter of retired links (a worker sharing no copied memory);
-//! - [`handoff`]: retired links handed to `lanyard daemon` instead, when it is up;
+//! - `reap`: the detached tombstone deleter (a worker sharing no copied memory);
+//! - [`handoff`]: tombstones handed to `lanyard daemon` instead, when it is up;
 //! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
 //! - [`nft`]: nftables in-process through libnftables, loaded on first use;
 //! - [`nftwatch`]: nftables change events and table shapes over nfnetlink.

@@ -39,9 +39,6 @@ pub struct Netlink {
     pub(crate) exits_soon: bool,
     /// Set by [`Netlink::hand_off_to`]: the daemon's socket, tried before forking.
     pub(crate) handoff: Option<PathBuf>,
-    /// Links this handle retired ([`Op::RetireLink`]) and their ifindexes, by which
-    /// `reap` deletes them: their names may be taken over before that.
-    pub(crate) retired: Vec<(Netns, IfName, u32)>,
 }
 
 impl Netlink {
@@ -56,7 +53,6 @@ impl Netlink {
             nft: None,
             exits_soon: false,
             handoff: None,
-            retired: vec![],
         })
     }
 
@@ -272,21 +268,13 @@ impl Netlink {
                 mtu,
             } => link::create_ipvlan(self, op, netns, name, parent, *mode, *mtu),
             Op::CreateVlan { name, parent, id } => link::create_vlan(self, op, name, parent, *id),
-            Op::DeleteLink { netns, name } => {
-                self.retired.retain(|(n, l, _)| !(n == netns && l == name));
-                link::delete(self, op, netns, name)
-            }
+            Op::DeleteLink { netns, name } => link::delete(self, op, netns, name),
             Op::RetireLink {
                 netns,
                 name,
+                tombstone,
                 addresses,
-            } => {
-                if let Some(index) = link::retire(self, op, netns, name, addresses)? {
-                    self.retired.retain(|(n, l, _)| !(n == netns && l == name));
-                    self.retired.push((netns.clone(), name.clone(), index));
-                }
-                Ok(())
-            }
+            } => link::retire(self, op, netns, name, tombstone, addresses),
             Op::SetUp { netns, name } => link::set_up(self, op, netns, name),
             Op::AddAddress {
                 netns,

@@ -1,13 +1,12 @@
-//! Deleting retired links and tombstones off the caller's path: `lanyard daemon` if
-//! it is up (they are handed to it, [`crate::handoff`]), else a detached grandchild
-//! process sends the `RTM_DELLINK`s while the caller goes on (or exits).
+//! Deleting tombstones off the caller's path: `lanyard daemon` if it is up (they are
+//! handed to it, [`crate::handoff`]), else a detached grandchild process sends the
+//! `RTM_DELLINK`s while the caller goes on (or exits).
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
-//! milliseconds that nobody needs to wait for once the link is retired (its
-//! addresses are gone). A retired link is deleted by its ifindex, not its name. The
-//! caller forks a child that forks the worker and exits at once; the caller reaps
-//! that child (microseconds), and the worker, reparented to init, is reaped there: no
-//! zombie, and no wait. A process that exits right after (a
+//! milliseconds that nobody needs to wait for once the link is renamed and its
+//! addresses are gone. The caller forks a child that forks the worker and exits at
+//! once; the caller reaps that child (microseconds), and the worker, reparented to
+//! init, is reaped there: no zombie, and no wait. A process that exits right after (a
 //! CLI call, [`Netlink::exits_soon`]) starts the worker directly and does not wait:
 //! init adopts it when the caller exits. There the worker is a `clone(CLONE_VM)` child
 //! on a stack of its own, not a fork: a fork copied the caller's page tables and made
@@ -35,9 +34,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 struct Job {
     netns_fd: RawFd,
     name: IfName,
-    /// What the daemon is told ([`crate::handoff`]): `#INDEX` for a retired link,
-    /// else the tombstone's name.
-    link_ref: String,
     request: Vec<u8>,
 }
 
@@ -62,30 +58,13 @@ const WORKER_STACK: usize = 64 * 1024;
 pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> {
     let mut jobs = Vec::with_capacity(links.len());
     for (netns, name) in &links {
-        // A link this handle retired goes by its index: its name may be another
-        // link's by the time the worker runs.
-        let index = nl
-            .retired
-            .iter()
-            .position(|(n, l, _)| n == netns && l == name)
-            .map(|i| nl.retired.swap_remove(i).2);
         // A namespace that is gone took its links with it.
         let Some(h) = nl.ns(netns)? else { continue };
         let mut m = LinkMessage::default();
-        let link_ref = match index {
-            Some(i) => {
-                m.header.index = i;
-                format!("#{i}")
-            }
-            None => {
-                m.attributes.push(LinkAttribute::IfName(name.to_string()));
-                name.to_string()
-            }
-        };
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
         jobs.push(Job {
             netns_fd: h.fd.as_raw_fd(),
             name: name.clone(),
-            link_ref,
             // No ack asked: the kernel has done the delete when sendto returns.
             request: encode(RouteNetlinkMessage::DelLink(m), NLM_F_REQUEST, 1),
         });
@@ -211,7 +190,7 @@ fn hand_off(path: &std::path::Path, jobs: Vec<Job>) -> Vec<Job> {
             .map(|j| {
                 (
                     unsafe { BorrowedFd::borrow_raw(j.netns_fd) },
-                    j.link_ref.as_str(),
+                    j.name.as_str(),
                 )
             })
             .collect();

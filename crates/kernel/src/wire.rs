@@ -18,7 +18,6 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINK: u16 = 5;
 const IFLA_MASTER: u16 = 10;
-const IFLA_IFALIAS: u16 = 20;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
@@ -109,7 +108,6 @@ pub(crate) fn link(p: &[u8]) -> Option<LinkInfo> {
         lower_up: head.flags & IFF_LOWER_UP != 0,
         parent: None,
         master: None,
-        retired: false,
     };
     for (kind, v) in attrs(&p[16..]) {
         match kind {
@@ -117,7 +115,6 @@ pub(crate) fn link(p: &[u8]) -> Option<LinkInfo> {
             IFLA_MTU => l.mtu = u32_of(v).unwrap_or(0),
             IFLA_LINK => l.parent = u32_of(v).filter(|&i| i != 0),
             IFLA_MASTER => l.master = u32_of(v).filter(|&i| i != 0),
-            IFLA_IFALIAS => l.retired = string(v) == lanyard_core::kernel::RETIRED_ALIAS,
             IFLA_ADDRESS => {
                 l.mac = <[u8; 6]>::try_from(v)
                     .ok()
