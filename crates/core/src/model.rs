@@ -643,6 +643,14 @@ pub struct PortMapping {
 }
 
 impl PortMapping {
+    /// Whether both cannot be published at once: same protocol and host port, and the
+    /// same host address or either one bound to all addresses.
+    pub fn clashes_with(&self, other: &PortMapping) -> bool {
+        self.host_port == other.host_port
+            && self.proto == other.proto
+            && (self.host_ip.is_none() || other.host_ip.is_none() || self.host_ip == other.host_ip)
+    }
+
     /// Parses `-p [HOSTIP:]HOSTPORT[-END]:CPORT[-END][/tcp|/udp]` into one mapping per port.
     pub fn parse_spec(s: &str) -> Result<Vec<PortMapping>> {
         let bad = |why: &str| Error::invalid("--publish", s, why.to_string());

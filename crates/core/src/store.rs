@@ -6,7 +6,7 @@
 //! contention, as an etcd one would on a failed compare), so it must have no effects
 //! outside the transaction.
 
-use crate::model::{Endpoint, Network};
+use crate::model::{Endpoint, Network, PortMapping};
 use crate::Result;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -30,13 +30,22 @@ pub trait Tx {
     fn put_endpoint(&mut self, e: &Endpoint) -> Result<()>;
     /// Deletes an endpoint and releases its addresses.
     fn delete_endpoint(&mut self, id: &str) -> Result<()>;
+    /// Endpoints in the namespace whose identity ((st_dev, st_ino), as in
+    /// [`Endpoint::netns_inode`]) is `netns_inode`, by id. Attach and detach look up
+    /// only these, so their cost does not grow with the number of endpoints.
+    fn endpoints_in_netns(&self, netns_inode: (u64, u64)) -> Result<Vec<Endpoint>>;
 
     /// Who holds `addr` in `network_id`, if anyone.
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>>;
     /// Records `addr` in `network_id` as held by `owner` (an endpoint id).
     fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()>;
-    /// Releases everything `owner` holds.
+    /// Releases everything `owner` holds: addresses and published ports.
     fn release_addresses(&mut self, owner: &str) -> Result<()>;
+    /// Who holds a published host port that clashes with `m` (same protocol and
+    /// host port, and the same host address or either one bound to all addresses).
+    fn port_holder(&self, m: &PortMapping) -> Result<Option<String>>;
+    /// Records `m` as published by `owner` (an endpoint id).
+    fn take_port(&mut self, m: &PortMapping, owner: &str) -> Result<()>;
     /// Number of addresses held in `network_id`.
     fn address_count(&self, network_id: &str) -> Result<u64>;
     /// Last address handed out in `subnet` of `network_id` (next-fit cursor).
@@ -74,12 +83,23 @@ pub mod mem {
         endpoints: BTreeMap<String, Endpoint>,
         addresses: BTreeMap<(String, IpAddr), String>,
         cursors: BTreeMap<(String, IpNet), IpAddr>,
+        ports: Vec<(PortMapping, String)>,
         meta: BTreeMap<String, String>,
+        /// Calls of [`Tx::endpoints`] (in committed transactions and reads).
+        endpoint_scans: std::cell::Cell<u64>,
     }
 
     /// In-memory store.
     #[derive(Debug, Default)]
     pub struct MemStore(RefCell<Data>);
+
+    impl MemStore {
+        /// How often a transaction read every endpoint ([`Tx::endpoints`]): what
+        /// a hot path must not do, since its cost grows with the number of endpoints.
+        pub fn endpoint_scans(&self) -> u64 {
+            self.0.borrow().endpoint_scans.get()
+        }
+    }
 
     fn by_name_or_id<'a, T>(
         items: impl Iterator<Item = &'a T>,
@@ -143,6 +163,7 @@ pub mod mem {
             Ok(())
         }
         fn endpoints(&self) -> Result<Vec<Endpoint>> {
+            self.endpoint_scans.set(self.endpoint_scans.get() + 1);
             Ok(self.endpoints.values().cloned().collect())
         }
         fn endpoint(&self, key: &str) -> Result<Option<Endpoint>> {
@@ -172,6 +193,14 @@ pub mod mem {
             self.endpoints.remove(id);
             self.release_addresses(id)
         }
+        fn endpoints_in_netns(&self, netns_inode: (u64, u64)) -> Result<Vec<Endpoint>> {
+            Ok(self
+                .endpoints
+                .values()
+                .filter(|e| e.netns_inode == netns_inode)
+                .cloned()
+                .collect())
+        }
         fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
             Ok(self.addresses.get(&(network_id.to_string(), addr)).cloned())
         }
@@ -182,6 +211,18 @@ pub mod mem {
         }
         fn release_addresses(&mut self, owner: &str) -> Result<()> {
             self.addresses.retain(|_, o| o != owner);
+            self.ports.retain(|(_, o)| o != owner);
+            Ok(())
+        }
+        fn port_holder(&self, m: &PortMapping) -> Result<Option<String>> {
+            Ok(self
+                .ports
+                .iter()
+                .find(|(q, _)| q.clashes_with(m))
+                .map(|(_, o)| o.clone()))
+        }
+        fn take_port(&mut self, m: &PortMapping, owner: &str) -> Result<()> {
+            self.ports.push((*m, owner.to_string()));
             Ok(())
         }
         fn address_count(&self, network_id: &str) -> Result<u64> {

@@ -75,15 +75,9 @@ fn record(
     unpriv: Option<u16>,
     exclude: &[IpAddr],
 ) -> Result<(Endpoint, u32)> {
-    let all = tx.endpoints()?;
-    let same_ns: Vec<&Endpoint> = all.iter().filter(|e| e.netns_inode == ns_id).collect();
-    if let Some(n) = &p.name {
-        if all.iter().any(|e| e.name.as_ref() == Some(n)) {
-            return Err(Error::Conflict(format!(
-                "endpoint name {n} is already in use"
-            )));
-        }
-    }
+    // Only the rows these checks need: the cost of an attach does not grow with
+    // the number of endpoints. (A name in use is refused by `put_endpoint` below.)
+    let same_ns = tx.endpoints_in_netns(ns_id)?;
     if let Some(e) = same_ns.iter().find(|e| e.network_id == net.id) {
         return Err(Error::Conflict(format!(
             "namespace {} is already on network {} (endpoint {})",
@@ -110,19 +104,16 @@ fn record(
             .unwrap_or_else(|| unreachable!("some ethN is free"))?,
     };
     for m in &p.ports {
-        if let Some(o) = all.iter().find(|e| {
-            e.ports.iter().any(|q| {
-                q.host_port == m.host_port
-                    && q.proto == m.proto
-                    && (q.host_ip.is_none() || m.host_ip.is_none() || q.host_ip == m.host_ip)
-            })
-        }) {
+        if let Some(holder) = tx.port_holder(m)? {
+            let who = tx.endpoint(&holder)?.map_or(holder, |o| o.display_name());
             return Err(Error::Conflict(format!(
-                "--publish {m}: host port {} is already published by endpoint {}",
+                "--publish {m}: host port {} is already published by endpoint {who}",
                 m.host_port,
-                o.display_name()
             )));
         }
+    }
+    for m in &p.ports {
+        tx.take_port(m, id)?;
     }
     let mut addresses = vec![];
     let mut gateways = vec![];
@@ -311,6 +302,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// `detach`: idempotent. Returns the endpoint that was removed, if any.
     pub fn detach(&mut self, req: &DetachRequest) -> Result<Option<Endpoint>> {
+        // A namespace that is still there is found by its identity (whatever path
+        // it was attached by); one that is gone, by the path it was attached by.
+        let ns_id = match req {
+            DetachRequest::Netns { netns, .. } => self.kernel.netns_id(netns).ok(),
+            DetachRequest::Endpoint(_) => None,
+        };
         // The endpoint and its network in one read.
         let found = self.store.read(&mut |tx| {
             let ep = match req {
@@ -319,9 +316,14 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     let Some(net) = tx.network(network)? else {
                         return Ok(None);
                     };
-                    tx.endpoints()?
-                        .into_iter()
-                        .find(|e| e.network_id == net.id && &e.netns == netns)
+                    let on_net = |e: &Endpoint| e.network_id == net.id;
+                    match ns_id {
+                        Some(id) => tx.endpoints_in_netns(id)?.into_iter().find(on_net),
+                        None => tx
+                            .endpoints()?
+                            .into_iter()
+                            .find(|e| on_net(e) && &e.netns == netns),
+                    }
                 }
             };
             match ep {
@@ -458,6 +460,16 @@ mod tests {
                 });
         }
         e
+    }
+
+    /// A bridge network `name` on 203.0.113.0/24 beside `lan`.
+    fn add_bridge(e: &mut Engine<MemStore, FakeKernel>, name: &str) {
+        e.create_network(&NetworkRequest {
+            name: name.into(),
+            subnets: vec!["203.0.113.0/24".into()],
+            ..Default::default()
+        })
+        .unwrap();
     }
 
     fn attach(ns: &str) -> AttachRequest {
@@ -625,12 +637,7 @@ mod tests {
     #[test]
     fn second_network_in_a_namespace_gets_eth1_and_a_higher_default_metric() {
         let mut e = engine();
-        e.create_network(&NetworkRequest {
-            name: "b".into(),
-            subnets: vec!["203.0.113.0/24".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        add_bridge(&mut e, "b");
         e.attach(&attach("/run/netns/c1")).unwrap();
         let ep = e
             .attach(&AttachRequest {
@@ -644,5 +651,80 @@ mod tests {
             e.attach(&attach("/run/netns/c1")).is_err(),
             "same network twice"
         );
+    }
+
+    #[test]
+    fn attach_and_detach_read_only_their_own_rows_and_still_find_every_clash() {
+        let mut e = engine();
+        add_bridge(&mut e, "br");
+        // /proc/7/ns/net is c1 by another path.
+        e.kernel.namespaces.push(("/proc/7/ns/net".into(), (1, 10)));
+        e.kernel.namespaces.push(("/run/netns/c3".into(), (1, 12)));
+        let published = |ns: &str, port: &str| AttachRequest {
+            network: "br".into(),
+            netns: ns.into(),
+            publish: vec![port.into()],
+            ..Default::default()
+        };
+        let scans = e.store.endpoint_scans();
+        e.attach(&AttachRequest {
+            name: Some("web".into()),
+            ..attach("/run/netns/c1")
+        })
+        .unwrap();
+        e.attach(&published("/run/netns/c1", "127.0.0.1:8080:80"))
+            .unwrap();
+        let clash = |e: &mut Engine<MemStore, FakeKernel>, r: AttachRequest| {
+            let err = e.attach(&r).unwrap_err();
+            assert!(matches!(err, Error::Conflict(_)), "{err}");
+            err.to_string()
+        };
+        let m = clash(&mut e, attach("/proc/7/ns/net"));
+        assert!(m.contains("already on network lan (endpoint web)"), "{m}");
+        let m = clash(
+            &mut e,
+            AttachRequest {
+                name: Some("web".into()),
+                ..attach("/run/netns/c2")
+            },
+        );
+        assert!(m.contains("endpoint name web is already in use"), "{m}");
+        // All addresses (no host ip) clash with 127.0.0.1; another address or
+        // protocol does not.
+        let m = clash(&mut e, published("/run/netns/c2", "8080:8080"));
+        assert!(
+            m.contains("host port 8080 is already published by endpoint"),
+            "{m}"
+        );
+        e.attach(&published("/run/netns/c2", "127.0.0.2:8080:80"))
+            .unwrap();
+        e.attach(&published("/run/netns/c3", "8080:80/udp"))
+            .unwrap();
+        // Detach by another path to the same namespace; the ports go with it.
+        let gone = e
+            .detach(&DetachRequest::Netns {
+                network: "br".into(),
+                netns: "/proc/7/ns/net".into(),
+            })
+            .unwrap()
+            .expect("found by the namespace's identity");
+        assert_eq!(gone.netns, std::path::Path::new("/run/netns/c1"));
+        e.attach(&published("/run/netns/c1", "127.0.0.1:8080:80"))
+            .unwrap();
+        assert_eq!(
+            e.store.endpoint_scans(),
+            scans,
+            "attach and detach of a namespace that is there read no other endpoint"
+        );
+        // A namespace that is gone is found by the path it was attached by.
+        e.kernel.namespaces.retain(|(p, _)| p != "/run/netns/c3");
+        assert!(e
+            .detach(&DetachRequest::Netns {
+                network: "br".into(),
+                netns: "/run/netns/c3".into(),
+            })
+            .unwrap()
+            .is_some());
+        assert_eq!(e.endpoints().unwrap().len(), 3);
     }
 }

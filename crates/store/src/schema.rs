@@ -11,6 +11,13 @@
 //! Objects are stored as JSON (`json` columns) next to the columns that queries
 //! need (ids, unique names). Addresses are in canonical text form (`192.0.2.7`,
 //! `2001:db8::7`), subnets as normalised CIDR text.
+//!
+//! `holdings` is what endpoints hold, each row (scope, key) -> owner (an endpoint
+//! id): IP addresses (scope: the network's id, 64 hex digits; key: the address),
+//! published host ports (scope `port/tcp/8080`; key: the host address, '' for all)
+//! and an index of each namespace's endpoints (scope `netns/ST_DEV:ST_INO`; key: the
+//! endpoint's id), written by `put_endpoint`. Deleting an endpoint deletes all its
+//! rows (one indexed delete by owner). An etcd store keeps the same rows as keys.
 
 use crate::txn::{self, store_error, Backoff, Kind};
 use lanyard_core::Result;
@@ -72,6 +79,27 @@ const MIGRATIONS: &[&str] = &[
      DROP TABLE endpoints;
      ALTER TABLE endpoints_v2 RENAME TO endpoints;
      CREATE UNIQUE INDEX endpoints_by_name ON endpoints (name) WHERE name IS NOT NULL;",
+    // 3: what attach and detach look up, without reading every endpoint. The
+    // table of addresses becomes the table of what endpoints hold, (scope, key) ->
+    // owner: IP addresses as before (scope: the network's id), published host ports
+    // (scope `port/PROTO/PORT`, key: the host address or '' for all), and an index
+    // of each namespace's endpoints (scope `netns/ST_DEV:ST_INO`, key: the endpoint's
+    // id). No new table or index: every open parses the same 8 schema objects.
+    "ALTER TABLE addresses RENAME TO holdings;
+     ALTER TABLE holdings RENAME COLUMN network_id TO scope;
+     ALTER TABLE holdings RENAME COLUMN addr TO key;
+     DROP INDEX addresses_by_owner;
+     CREATE INDEX holdings_by_owner ON holdings (owner);
+     INSERT OR IGNORE INTO holdings (scope, key, owner)
+         SELECT 'netns/' || json_extract(json, '$.netns_inode[0]') || ':'
+                    || json_extract(json, '$.netns_inode[1]'),
+                id, id
+         FROM endpoints;
+     INSERT OR IGNORE INTO holdings (scope, key, owner)
+         SELECT 'port/' || json_extract(p.value, '$.proto') || '/'
+                    || json_extract(p.value, '$.host_port'),
+                coalesce(json_extract(p.value, '$.host_ip'), ''), e.id
+         FROM endpoints AS e, json_each(e.json, '$.ports') AS p;",
 ];
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).

@@ -4,7 +4,7 @@
 
 use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
-use lanyard_core::model::{Endpoint, Network};
+use lanyard_core::model::{Endpoint, Network, PortMapping, Proto};
 use lanyard_core::store::Tx;
 use lanyard_core::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -28,6 +28,14 @@ const NETWORKS: Table = Table {
     by_id: "SELECT json FROM networks WHERE id = ?1",
     from_prefix: "SELECT id, json FROM networks WHERE id >= ?1 ORDER BY id LIMIT 2",
 };
+
+/// Records (scope, key) as held by an owner; the one statement for addresses, ports
+/// and namespace index entries, so a transaction prepares it once. A row that
+/// already says so is left alone: no page written (an attach's second
+/// `put_endpoint` re-records its namespace entry).
+const HOLD: &str = "INSERT INTO holdings (scope, key, owner) VALUES (?1, ?2, ?3)
+     ON CONFLICT (scope, key) DO UPDATE SET owner = excluded.owner
+     WHERE owner IS NOT excluded.owner";
 
 const ENDPOINTS: Table = Table {
     kind: "endpoint",
@@ -149,6 +157,28 @@ impl<'c> SqliteTx<'c> {
     }
 }
 
+/// The `holdings.scope` under which the endpoints in one namespace are indexed:
+/// `netns/ST_DEV:ST_INO`, each endpoint's id as `key` and `owner`.
+fn netns_scope((dev, ino): (u64, u64)) -> String {
+    format!("netns/{dev}:{ino}")
+}
+
+/// The `holdings.scope` under which a published host port is held:
+/// `port/tcp/8080` (never a network id, which is 64 hex digits).
+fn port_scope(m: &PortMapping) -> String {
+    let proto = match m.proto {
+        Proto::Tcp => "tcp",
+        Proto::Udp => "udp",
+    };
+    format!("port/{proto}/{}", m.host_port)
+}
+
+/// A published port's host address in `holdings.key`: canonical text, or '' for
+/// all addresses.
+fn host_ip_key(m: &PortMapping) -> String {
+    m.host_ip.map(|a| a.to_string()).unwrap_or_default()
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -197,7 +227,7 @@ impl Tx for SqliteTx<'_> {
     fn delete_network(&mut self, id: &str) -> Result<()> {
         let what = || format!("deleting network {id}");
         self.exec("DELETE FROM networks WHERE id = ?1", [id], what)?;
-        self.exec("DELETE FROM addresses WHERE network_id = ?1", [id], what)?;
+        self.exec("DELETE FROM holdings WHERE scope = ?1", [id], what)?;
         self.exec("DELETE FROM cursors WHERE network_id = ?1", [id], what)
     }
 
@@ -232,36 +262,79 @@ impl Tx for SqliteTx<'_> {
              SET name = excluded.name, network_id = excluded.network_id, json = excluded.json",
             params![e.id, name, e.network_id, json],
             what,
-        )
+        )?;
+        // The endpoint's entry in its namespace's index (gone with the endpoint).
+        self.exec(HOLD, params![netns_scope(e.netns_inode), e.id, e.id], what)
     }
 
     fn delete_endpoint(&mut self, id: &str) -> Result<()> {
-        self.exec("DELETE FROM endpoints WHERE id = ?1", [id], || {
-            format!("deleting endpoint {id}")
-        })?;
-        self.release_addresses(id)
+        let what = || format!("deleting endpoint {id}");
+        self.exec("DELETE FROM endpoints WHERE id = ?1", [id], what)?;
+        // Its addresses, ports and namespace index entry.
+        self.exec("DELETE FROM holdings WHERE owner = ?1", [id], what)
+    }
+
+    fn endpoints_in_netns(&self, netns_inode: (u64, u64)) -> Result<Vec<Endpoint>> {
+        let scope = netns_scope(netns_inode);
+        let what = || format!("looking up the endpoints in {scope}");
+        // Two simple statements, not a join: SQLite prepares them for a fraction of
+        // the join's cost, and a namespace seldom has more than one endpoint.
+        let ids = self.rows(
+            "SELECT key, owner FROM holdings WHERE scope = ?1 ORDER BY key",
+            [&scope],
+            what,
+        )?;
+        let mut eps = Vec::with_capacity(ids.len());
+        for (id, _) in ids {
+            let Some(json) = self.get_opt(ENDPOINTS.by_id, [&id], what)? else {
+                continue; // cannot happen: a delete removes both in one transaction
+            };
+            let e = self.endpoint_from(&(id, json))?;
+            // An entry from an earlier put of the same id with another namespace
+            // (the engine never does that) is left over until the delete: skip it.
+            if e.netns_inode == netns_inode {
+                eps.push(e);
+            }
+        }
+        Ok(eps)
     }
 
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
         self.get_opt(
-            "SELECT owner FROM addresses WHERE network_id = ?1 AND addr = ?2",
+            "SELECT owner FROM holdings WHERE scope = ?1 AND key = ?2",
             params![network_id, addr.to_string()],
             || format!("looking up address {addr} in network {network_id}"),
         )
     }
 
     fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
-        self.exec(
-            "INSERT INTO addresses (network_id, addr, owner) VALUES (?1, ?2, ?3)
-             ON CONFLICT (network_id, addr) DO UPDATE SET owner = excluded.owner",
-            params![network_id, addr.to_string(), owner],
-            || format!("recording address {addr} in network {network_id}"),
-        )
+        self.exec(HOLD, params![network_id, addr.to_string(), owner], || {
+            format!("recording address {addr} in network {network_id}")
+        })
     }
 
     fn release_addresses(&mut self, owner: &str) -> Result<()> {
-        self.exec("DELETE FROM addresses WHERE owner = ?1", [owner], || {
-            format!("releasing the addresses of {owner}")
+        // Not the namespace index entry of an endpoint: that goes with the endpoint.
+        self.exec(
+            "DELETE FROM holdings WHERE owner = ?1 AND scope NOT LIKE 'netns/%'",
+            [owner],
+            || format!("releasing the addresses and ports of {owner}"),
+        )
+    }
+
+    fn port_holder(&self, m: &PortMapping) -> Result<Option<String>> {
+        self.get_opt(
+            "SELECT owner FROM holdings
+             WHERE scope = ?1 AND (?2 = '' OR key IN ('', ?2))
+             ORDER BY key LIMIT 1",
+            params![port_scope(m), host_ip_key(m)],
+            || format!("looking up who publishes host port {m}"),
+        )
+    }
+
+    fn take_port(&mut self, m: &PortMapping, owner: &str) -> Result<()> {
+        self.exec(HOLD, params![port_scope(m), host_ip_key(m), owner], || {
+            format!("recording host port {m} as published by {owner}")
         })
     }
 
@@ -269,7 +342,7 @@ impl Tx for SqliteTx<'_> {
         let what = || format!("counting addresses in network {network_id}");
         let mut st = self
             .conn
-            .prepare_cached("SELECT count(*) FROM addresses WHERE network_id = ?1")
+            .prepare_cached("SELECT count(*) FROM holdings WHERE scope = ?1")
             .map_err(|e| self.fail(what, e))?;
         st.query_row([network_id], |r| r.get(0))
             .map_err(|e| self.fail(what, e))

@@ -206,6 +206,20 @@ fn attach_and_detach_work_live_while_a_process_runs_inside() {
         c1.ping(addr::ROUTER_V4),
         "eth0 still routes after eth1 went"
     );
+
+    // The same namespace by another path (the process's): it is known by its
+    // identity, not by the path it was attached by.
+    let pid = sleeper.pid().to_string();
+    let proc_path = format!("/proc/{pid}/ns/net");
+    let err = lab.lanyard_fails(&["attach", "lan", "--pid", &pid], exit::CONFLICT);
+    assert!(err.contains("is already on network lan"), "{err}");
+    let e = lab.lanyard_json(&["attach", "lan2", "--pid", &pid, "--json"]);
+    assert_eq!(e["ifname"], "eth1");
+    lab.lanyard_ok(&["detach", "lan2", "--netns", c1.path().to_str().unwrap()]);
+    lab.lanyard_ok(&["detach", "lan", "--netns", &proc_path]);
+    assert!(!c1.links().contains("eth0") && !c1.links().contains("eth1"));
+    assert_eq!(endpoint_count(&lab), 0);
+    assert!(sleeper.is_running(), "the process inside was disturbed");
 }
 
 #[test]

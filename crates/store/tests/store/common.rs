@@ -4,7 +4,7 @@
 
 use ipnet::IpNet;
 use lanyard_core::model::SubnetConfig;
-use lanyard_core::model::{Endpoint, EndpointState, Network, NetworkRequest};
+use lanyard_core::model::{Endpoint, EndpointState, Network, NetworkRequest, PortMapping};
 use lanyard_core::name::{EndpointName, IfName};
 use lanyard_core::store::Tx;
 use lanyard_core::{ipam, Error, Result};
@@ -50,6 +50,19 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         state: EndpointState::Active,
         created: 1_700_000_001,
     }
+}
+
+/// The mappings of `-p SPEC` for each spec, in order.
+pub fn ports(specs: &[&str]) -> Vec<PortMapping> {
+    specs
+        .iter()
+        .flat_map(|s| PortMapping::parse_spec(s).unwrap())
+        .collect()
+}
+
+/// The first mapping of `-p SPEC`.
+pub fn port(spec: &str) -> PortMapping {
+    ports(&[spec])[0]
 }
 
 pub fn ip(s: &str) -> IpAddr {

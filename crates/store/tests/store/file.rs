@@ -18,7 +18,7 @@ fn an_empty_file_is_migrated_to_the_current_schema_in_wal_mode() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(jm, "wal");
-    for t in ["networks", "endpoints", "addresses", "cursors", "meta"] {
+    for t in ["networks", "endpoints", "holdings", "cursors", "meta"] {
         let n = count(
             &conn,
             &format!("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{t}'"),
@@ -28,7 +28,7 @@ fn an_empty_file_is_migrated_to_the_current_schema_in_wal_mode() {
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM sqlite_schema WHERE name IN ('addresses_by_owner', 'endpoints_by_name')"
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('holdings_by_owner', 'endpoints_by_name')"
         ),
         2
     );
@@ -52,7 +52,9 @@ const V1: &str = "CREATE TABLE networks (id TEXT NOT NULL PRIMARY KEY, name TEXT
 fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     let tmp = tempfile::tempdir().unwrap();
     let lan = network("lan", &hex_id(1, 1), "192.0.2.0/24");
-    let web = endpoint(&hex_id(7, 2), Some("web"), &lan, vec![net("192.0.2.2/24")]);
+    let mut web = endpoint(&hex_id(7, 2), Some("web"), &lan, vec![net("192.0.2.2/24")]);
+    web.netns_inode = (4, 77);
+    web.ports = ports(&["127.0.0.1:8080:80", "53:53/udp"]);
     let anon = endpoint(&hex_id(7, 1), None, &lan, vec![net("192.0.2.3/24")]);
     {
         let conn = raw(tmp.path());
@@ -109,6 +111,30 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
         Some(ip("192.0.2.3"))
     );
 
+    // Step 3 filled the lookup columns from the stored JSON.
+    assert_eq!(
+        s.read(&mut |tx| tx.endpoints_in_netns((4, 77))).unwrap(),
+        vec![web.clone()]
+    );
+    assert_eq!(
+        s.read(&mut |tx| tx.endpoints_in_netns(anon.netns_inode))
+            .unwrap(),
+        vec![anon.clone()]
+    );
+    for (spec, holder) in [
+        ("8080:1", Some(web.id.clone())),
+        ("127.0.0.2:8080:1", None),
+        ("53:1/udp", Some(web.id.clone())),
+        ("53:1", None),
+    ] {
+        let m = port(spec);
+        assert_eq!(
+            s.read(&mut |tx| tx.port_holder(&m)).unwrap(),
+            holder,
+            "{spec}"
+        );
+    }
+
     // The new layout: no rowid tables beside id indexes, no leftovers.
     let conn = raw(tmp.path());
     assert_eq!(count(&conn, "PRAGMA user_version"), SCHEMA_VERSION as i64);
@@ -125,10 +151,12 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v2'"
+            "SELECT count(*) FROM sqlite_schema WHERE name LIKE '%_v2' OR name LIKE 'addresses%'"
         ),
         0
     );
+    // Still 8 schema objects for every open to parse.
+    assert_eq!(count(&conn, "SELECT count(*) FROM sqlite_schema"), 8);
     // Names stay unique; any number of endpoints may have none.
     let anon2 = endpoint(&hex_id(8, 1), None, &lan, vec![]);
     s.write(&mut |tx| tx.put_endpoint(&anon2)).unwrap();
@@ -136,7 +164,10 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     let e = s.write(&mut |tx| tx.put_endpoint(&thief)).unwrap_err();
     assert_eq!(kind(&e), "Conflict");
     let e = conn
-        .execute("INSERT INTO endpoints VALUES ('x', 'web', 'n', '{}')", [])
+        .execute(
+            "INSERT INTO endpoints (id, name, network_id, json) VALUES ('x', 'web', 'n', '{}')",
+            [],
+        )
         .unwrap_err();
     assert!(e.to_string().contains("UNIQUE"), "{e}");
 }

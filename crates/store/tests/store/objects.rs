@@ -2,9 +2,10 @@
 //! lookups go name, id, unique prefix, and names are unique.
 
 use crate::common::*;
+use lanyard_core::model::EndpointState;
 use lanyard_core::store::Store;
 use lanyard_core::Error;
-use lanyard_store::SqliteStore;
+use lanyard_store::{SqliteStore, DB_FILE};
 
 #[test]
 fn networks_survive_a_reopen_sorted_by_name() {
@@ -257,7 +258,7 @@ fn addresses_are_stored_in_canonical_form() {
     .unwrap();
     let conn = raw(tmp.path());
     let mut st = conn
-        .prepare("SELECT addr FROM addresses ORDER BY addr")
+        .prepare("SELECT key FROM holdings WHERE scope = 'n' ORDER BY key")
         .unwrap();
     let addrs: Vec<String> = st
         .query_map([], |r| r.get(0))
@@ -273,5 +274,32 @@ fn addresses_are_stored_in_canonical_form() {
             .unwrap()
             .as_deref(),
         Some("b")
+    );
+}
+
+#[test]
+fn marking_an_endpoint_active_writes_one_page_and_its_namespace_entry_none() {
+    // What an attach's second transaction does: the same endpoint again, now
+    // active. Every page written is a WAL frame each later open reads back.
+    let (tmp, s) = open_new();
+    let lan = network("lan", &hex_id(1, 1), "192.0.2.0/24");
+    let mut ep = endpoint(&hex_id(7, 1), None, &lan, vec![net("192.0.2.2/24")]);
+    ep.state = EndpointState::Pending;
+    s.write(&mut |tx| {
+        tx.put_network(&lan)?;
+        tx.take_address(&lan.id, ip("192.0.2.2"), &ep.id)?;
+        tx.put_endpoint(&ep)
+    })
+    .unwrap();
+    let wal = tmp.path().join("state").join(format!("{DB_FILE}-wal"));
+    let before = std::fs::metadata(&wal).unwrap().len();
+    ep.state = EndpointState::Active;
+    s.write(&mut |tx| tx.put_endpoint(&ep)).unwrap();
+    let frame = 24 + 4096; // frame header + page
+    assert_eq!(std::fs::metadata(&wal).unwrap().len() - before, frame);
+    assert_eq!(
+        s.read(&mut |tx| tx.endpoints_in_netns(ep.netns_inode))
+            .unwrap(),
+        vec![ep.clone()]
     );
 }

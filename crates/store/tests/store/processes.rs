@@ -207,14 +207,32 @@ fn fifty_processes_share_one_database_without_losing_a_write() {
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM addresses WHERE owner NOT IN (SELECT id FROM endpoints)"
+            "SELECT count(*) FROM holdings WHERE owner NOT IN (SELECT id FROM endpoints)"
         ),
         0
     );
     assert_eq!(
         count(
             &conn,
-            "SELECT count(*) FROM addresses WHERE network_id NOT IN (SELECT id FROM networks)"
+            "SELECT count(*) FROM holdings
+             WHERE scope NOT IN (SELECT id FROM networks) AND scope NOT LIKE 'netns/%'"
+        ),
+        0
+    );
+    // Every endpoint is in its namespace's index, and nothing else is.
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM endpoints AS e LEFT JOIN holdings AS h
+             ON h.scope LIKE 'netns/%' AND h.key = e.id WHERE h.key IS NULL"
+        ),
+        0
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(*) FROM holdings WHERE scope LIKE 'netns/%'
+             AND key NOT IN (SELECT id FROM endpoints)"
         ),
         0
     );

@@ -163,6 +163,70 @@ fn story<S: Store>(s: &S) -> Vec<String> {
             }),
         );
     }
+    // A namespace of its own, with published ports; then the lookups by namespace
+    // identity and by port.
+    let mut pub1 = endpoint(&hex_id(11, 1), Some("pub"), &a, vec![]);
+    pub1.netns_inode = (4, 77);
+    pub1.ports = ports(&["127.0.0.1:8080-8081:80-81", "53:53/udp"]);
+    note(
+        "put pub",
+        s.write(&mut |tx| {
+            tx.put_endpoint(&pub1)?;
+            for m in &pub1.ports {
+                tx.take_port(m, &pub1.id)?;
+            }
+            Ok(format!("{}", tx.address_count(&a.id)?))
+        }),
+    );
+    for ns in [(4, 77), (4, 4026532000), (5, 77)] {
+        note(
+            &format!("in netns {ns:?}"),
+            s.read(&mut |tx| {
+                let names: Vec<String> = tx
+                    .endpoints_in_netns(ns)?
+                    .iter()
+                    .map(|e| e.display_name())
+                    .collect();
+                Ok(names.join(","))
+            }),
+        );
+    }
+    for spec in [
+        "8080:1",
+        "127.0.0.1:8081:1",
+        "127.0.0.2:8081:1",
+        "8082:1",
+        "8080:1/udp",
+        "53:1/udp",
+        "[::1]:53:1/udp",
+        "53:1",
+    ] {
+        let m = port(spec);
+        note(
+            &format!("port {spec}"),
+            s.read(&mut |tx| Ok(format!("{:?}", tx.port_holder(&m)?))),
+        );
+    }
+    // Released with everything the owner holds; the record goes with a delete.
+    note(
+        "release pub",
+        s.write(&mut |tx| {
+            tx.release_addresses(&pub1.id)?;
+            let m = port("8080:1");
+            Ok(format!(
+                "{:?} {}",
+                tx.port_holder(&m)?,
+                tx.endpoints_in_netns((4, 77))?.len()
+            ))
+        }),
+    );
+    note(
+        "delete pub",
+        s.write(&mut |tx| {
+            tx.delete_endpoint(&pub1.id)?;
+            Ok(format!("{}", tx.endpoints_in_netns((4, 77))?.len()))
+        }),
+    );
     note(
         "detach c2",
         s.write(&mut |tx| tx.delete_endpoint(&hex_id(10, 2)).map(|()| "ok".into())),
@@ -254,4 +318,31 @@ fn sqlite_store_tells_the_same_story_as_mem_store() {
         want.iter().any(|l| l == "realloc: 198.51.100.4"),
         "{want:#?}"
     );
+    let pub_id = format!("{:?}", Some(hex_id(11, 1)));
+    for (line, ok) in [
+        ("in netns (4, 77): pub", true),
+        ("in netns (5, 77): ", true),
+        ("port 8080:1", true),
+        ("port 127.0.0.1:8081:1", true),
+        ("port 127.0.0.2:8081:1", false),
+        ("port 8082:1", false),
+        ("port 8080:1/udp", false),
+        ("port [::1]:53:1/udp", true),
+        ("port 53:1", false),
+    ] {
+        let want_line = if line.starts_with("port") {
+            format!("{line}: {}", if ok { pub_id.as_str() } else { "None" })
+        } else {
+            line.to_string()
+        };
+        assert!(want.contains(&want_line), "{want_line} in {want:#?}");
+    }
+    assert!(
+        want.iter()
+            .any(|l| l.starts_with("in netns (4, 4026532000): c0,c1")),
+        "{want:#?}"
+    );
+    for line in ["put pub: 5", "release pub: None 1", "delete pub: 0"] {
+        assert!(want.contains(&line.to_string()), "{line} in {want:#?}");
+    }
 }
