@@ -309,26 +309,24 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             DetachRequest::Endpoint(_) => None,
         };
         // The endpoint and its network in one read.
-        let found = self.store.read(&mut |tx| {
-            let ep = match req {
-                DetachRequest::Endpoint(key) => tx.endpoint(key)?,
-                DetachRequest::Netns { network, netns } => {
-                    let Some(net) = tx.network(network)? else {
-                        return Ok(None);
-                    };
-                    let on_net = |e: &Endpoint| e.network_id == net.id;
-                    match ns_id {
-                        Some(id) => tx.endpoints_in_netns(id)?.into_iter().find(on_net),
-                        None => tx
-                            .endpoints()?
-                            .into_iter()
-                            .find(|e| on_net(e) && &e.netns == netns),
-                    }
-                }
-            };
-            match ep {
+        let found = self.store.read(&mut |tx| match req {
+            DetachRequest::Endpoint(key) => match tx.endpoint(key)? {
                 Some(ep) => Ok(Some((tx.network(&ep.network_id)?, ep))),
                 None => Ok(None),
+            },
+            DetachRequest::Netns { network, netns } => {
+                let Some(net) = tx.network(network)? else {
+                    return Ok(None);
+                };
+                let on_net = |e: &Endpoint| e.network_id == net.id;
+                let ep = match ns_id {
+                    Some(id) => tx.endpoints_in_netns(id)?.into_iter().find(on_net),
+                    None => tx
+                        .endpoints()?
+                        .into_iter()
+                        .find(|e| on_net(e) && &e.netns == netns),
+                };
+                Ok(ep.map(|ep| (Some(net), ep)))
             }
         })?;
         let Some((net, ep)) = found else {
