@@ -289,13 +289,6 @@ fn check_nft_ifname(field: &str, name: &IfName) -> Result<()> {
     }
 }
 
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    }
-}
-
 fn quoted(name: &IfName) -> String {
     format!("\"{name}\"")
 }
@@ -405,7 +398,7 @@ impl BridgeNet {
 /// element per family the endpoint has; one with a host address, one element of that
 /// family. Refuses a host address of a family the endpoint lacks, and `::1`.
 pub fn mapping_elements(addresses: &[IpAddr], m: &PortMapping) -> Result<Vec<Element>> {
-    let proto = proto_name(m.proto);
+    let proto = m.proto.as_str();
     let target = |v4: bool| addresses.iter().find(|a| a.is_ipv4() == v4);
     let elem = |set, key: String, to: &IpAddr| {
         Element::new(

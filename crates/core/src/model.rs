@@ -629,6 +629,16 @@ pub enum Proto {
     Udp,
 }
 
+impl Proto {
+    /// The name as `-p`, nft and the stored JSON spell it: `tcp`, `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
 /// One published port (`-p 8080:80/tcp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct PortMapping {
@@ -702,10 +712,7 @@ impl PortMapping {
 
 impl fmt::Display for PortMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = match self.proto {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        };
+        let p = self.proto.as_str();
         match self.host_ip {
             Some(IpAddr::V6(ip)) => {
                 write!(f, "[{ip}]:{}->{}/{p}", self.host_port, self.container_port)

@@ -4,7 +4,7 @@
 
 use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
-use lanyard_core::model::{Endpoint, Network, PortMapping, Proto};
+use lanyard_core::model::{Endpoint, Network, PortMapping};
 use lanyard_core::store::Tx;
 use lanyard_core::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -166,11 +166,7 @@ fn netns_scope((dev, ino): (u64, u64)) -> String {
 /// The `holdings.scope` under which a published host port is held:
 /// `port/tcp/8080` (never a network id, which is 64 hex digits).
 fn port_scope(m: &PortMapping) -> String {
-    let proto = match m.proto {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-    };
-    format!("port/{proto}/{}", m.host_port)
+    format!("port/{}/{}", m.proto.as_str(), m.host_port)
 }
 
 /// A published port's host address in `holdings.key`: canonical text, or '' for
