@@ -32,8 +32,12 @@
 //!   Internal networks are in neither.
 //! - `forward` (filter): routed traffic within one bridge is accepted
 //!   (`same_bridge`); anything else from or to an internal bridge is dropped; DNATed
-//!   traffic is accepted (a published port is public, also to other networks); anything
-//!   else between two different lanyard bridges is dropped (isolation).
+//!   traffic is accepted (a published port is public, also to other networks); into a
+//!   lanyard bridge only replies pass (`ct state established,related`): a LAN host
+//!   that routes a bridge subnet via this host reaches no unpublished port, and
+//!   another lanyard bridge reaches nothing (isolation), as with Docker 28. Traffic
+//!   leaving a bridge for the LAN and the host's own traffic to its endpoints (output,
+//!   not forward) are not filtered.
 //!
 //! `table bridge lanyard` (L2, every frame an endpoint sends into its bridge):
 //! - `prerouting` (filter): frames from ports not in `ports` pass untouched. A frame
@@ -110,7 +114,8 @@ const INET_TABLE: &str = r#"table inet lanyard {
 		iifname @internal counter drop
 		oifname @internal counter drop
 		ct status dnat accept
-		iifname @bridges oifname @bridges counter drop
+		oifname @bridges ct state established,related accept
+		oifname @bridges counter drop
 	}
 }
 "#;
@@ -780,7 +785,8 @@ mod tests {
             "oifname != @bridges ip saddr @masq4 masquerade",
             "oifname != @bridges snat ip to ip saddr map @snat4",
             "iifname . oifname @same_bridge accept",
-            "iifname @bridges oifname @bridges counter drop",
+            "oifname @bridges ct state established,related accept",
+            "oifname @bridges counter drop",
             "iifname . ether saddr != @macs counter drop",
             "iifname . ether saddr . ip saddr @addr4 accept",
         ] {
@@ -789,8 +795,10 @@ mod tests {
         // Internal drops come before the DNAT accept, isolation after it.
         let pos = |r: &str| s.find(r).unwrap();
         assert!(pos("iifname @internal counter drop") < pos("ct status dnat accept"));
+        assert!(pos("ct status dnat accept") < pos("oifname @bridges counter drop"));
         assert!(
-            pos("ct status dnat accept") < pos("iifname @bridges oifname @bridges counter drop")
+            pos("oifname @bridges ct state established,related accept")
+                < pos("oifname @bridges counter drop")
         );
     }
 

@@ -689,6 +689,27 @@ fn networks_are_isolated_and_internal_ones_reach_nothing_outside() {
 }
 
 #[test]
+fn a_lan_host_routing_to_a_bridge_subnet_reaches_only_published_ports() {
+    let lab = Lab::new();
+    // The LAN routes 10.88.0.0/16 (and here 2001:db8:a::/64) via the host, as a router
+    // with a static route would: only published ports may answer, as with Docker 28.
+    lab.netns("l")
+        .ip("-6 route add 2001:db8:a::/64 via 2001:db8:100::1");
+    lab.expect(&[
+        ("l", "10.88.1.2:80", None),
+        ("l", "10.88.1.3:80", None),
+        ("l", "10.88.2.2:80", None),
+        ("l", "[2001:db8:a::2]:80", None),
+        // Published ports still answer, the client address kept.
+        ("l", "198.51.100.1:8080", Some("198.51.100.2")),
+        ("l", "[2001:db8:100::1]:8080", Some("2001:db8:100::2")),
+        // The host itself still reaches its endpoints directly.
+        ("h", "10.88.1.2:80", Some("10.88.1.1")),
+        ("h", "[2001:db8:a::2]:80", Some("2001:db8:a::1")),
+    ]);
+}
+
+#[test]
 fn egress_is_masqueraded_or_sent_from_the_snat_source() {
     let lab = Lab::new();
     lab.expect(&[

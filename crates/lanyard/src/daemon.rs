@@ -591,7 +591,7 @@ mod tests {
         assert_eq!(inet.chains.get("prerouting"), Some(&1));
         assert_eq!(inet.chains.get("published"), Some(&4));
         assert_eq!(inet.chains.get("postrouting"), Some(&7));
-        assert_eq!(inet.chains.get("forward"), Some(&5));
+        assert_eq!(inet.chains.get("forward"), Some(&6));
         assert!(inet.sets.contains("dnat4_any") && inet.sets.contains("bridges"));
         assert_eq!(inet.sets.len(), 13);
         let bridge = &t[1].shape;

@@ -3,7 +3,8 @@
 //! test knows both that a packet got through and what source address it carried.
 //! Egress masquerade and `-o snat_source`, published ports (LAN, host, hairpin, peer
 //! endpoint; ranges, UDP, IPv6, a fixed host address) with the client address kept,
-//! `--internal`, isolation between bridge networks, anti-spoofing, `restore` after
+//! `--internal`, isolation between bridge networks, a LAN that routes to a bridge
+//! network reaching only published ports, anti-spoofing, `restore` after
 //! `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
 //! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
 
@@ -293,6 +294,51 @@ fn a_published_port_is_reached_from_the_lan_the_host_itself_and_endpoints_with_t
         "LAN -> unpublished 80"
     );
     assert_eq!(addr_of(&e1, false), "203.0.113.2");
+}
+
+#[test]
+fn a_lan_host_that_routes_to_a_bridge_network_reaches_only_its_published_ports() {
+    let lab = lab!();
+    dual_stack_bridge(&lab, "br");
+    let c1 = lab.netns("c1");
+    let e1 = lab.attach("br", &c1, &["-p", "8080:80"]);
+    let _servers: Vec<Bg> = [80, 81]
+        .into_iter()
+        .flat_map(|p| serve_tcp(&c1, p))
+        .collect();
+    let (lan, host) = (lab.lan(), lab.host());
+    // The router learns the bridge subnets via the host, as a static route would.
+    lan.ip(&["route", "add", "203.0.113.0/24", "via", addr::HOST_V4]);
+    lan.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:5::/64",
+        "via",
+        addr::HOST_V6,
+    ]);
+    for v6 in [false, true] {
+        let (ep, host_addr, router) = if v6 {
+            (addr_of(&e1, true), addr::HOST_V6, addr::ROUTER_V6)
+        } else {
+            (addr_of(&e1, false), addr::HOST_V4, addr::ROUTER_V4)
+        };
+        assert_eq!(tcp_peer(&lan, &ep, 81), None, "LAN -> {ep}:81, unpublished");
+        assert_eq!(
+            tcp_peer(&lan, &ep, 80),
+            None,
+            "LAN -> {ep}:80, not through the published port"
+        );
+        assert!(!lan.ping(&ep), "LAN pinged {ep}");
+        assert_eq!(
+            tcp_peer(&lan, host_addr, 8080),
+            Some(ip(router)),
+            "LAN -> {host_addr}:8080, published"
+        );
+        // The host itself reaches its endpoints directly; the endpoint reaches the LAN.
+        assert!(tcp_peer(&host, &ep, 81).is_some(), "host -> {ep}:81");
+        assert!(c1.ping(router), "{ep} -> {router}");
+    }
 }
 
 #[test]
