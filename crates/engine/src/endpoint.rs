@@ -75,6 +75,19 @@ fn record(
     unpriv: Option<u16>,
     exclude: &[IpAddr],
 ) -> Result<(Endpoint, u32)> {
+    // The network was read before this transaction: a `network rm` (or a change)
+    // may have committed since. Recording an endpoint of a network that is gone
+    // would leave "0 networks, 1 endpoint" and wiring would re-create its pieces.
+    match tx.network(&net.id)? {
+        Some(now) if now == *net => {}
+        Some(_) => {
+            return Err(Error::Conflict(format!(
+                "network {} changed while attaching; try again",
+                net.name
+            )))
+        }
+        None => return Err(Error::not_found("network", net.name.to_string())),
+    }
     // Only the rows these checks need: the cost of an attach does not grow with
     // the number of endpoints. (A name in use is refused by `put_endpoint` below.)
     let same_ns = tx.endpoints_in_netns(ns_id)?;
@@ -476,6 +489,59 @@ mod tests {
             netns: ns.into(),
             ..Default::default()
         }
+    }
+
+    /// A store whose first write lets `hook` commit on the inner store first:
+    /// another process's transaction landing between this one's reads and its write.
+    struct Interleaved {
+        inner: MemStore,
+        hook: std::cell::RefCell<Option<Box<dyn FnOnce(&MemStore)>>>,
+    }
+
+    impl Store for Interleaved {
+        fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+            self.inner.read(f)
+        }
+        fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+            if let Some(hook) = self.hook.borrow_mut().take() {
+                hook(&self.inner);
+            }
+            self.inner.write(f)
+        }
+    }
+
+    #[test]
+    fn attach_onto_a_network_removed_meanwhile_is_refused_and_records_nothing() {
+        let e = engine();
+        let mut e = Engine::new(
+            Interleaved {
+                inner: e.store,
+                // `network rm lan` in another process: no endpoints yet, so it commits.
+                hook: std::cell::RefCell::new(Some(Box::new(|s: &MemStore| {
+                    s.write(&mut |tx| {
+                        let id = tx.network("lan")?.expect("lan").id;
+                        tx.delete_network(&id)
+                    })
+                    .unwrap()
+                }))),
+            },
+            e.kernel,
+            e.config,
+        );
+        let applied = e.kernel.applied.len();
+        let err = e.attach(&attach("/run/netns/c1")).unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        assert!(e
+            .store
+            .inner
+            .read(&mut |tx| tx.networks())
+            .unwrap()
+            .is_empty());
+        assert!(
+            e.endpoints().unwrap().is_empty(),
+            "no endpoint of a network that is gone"
+        );
+        assert_eq!(e.kernel.applied.len(), applied, "nothing wired");
     }
 
     #[test]
