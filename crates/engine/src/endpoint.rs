@@ -491,11 +491,14 @@ mod tests {
         }
     }
 
+    /// Another process's transaction, run on the store before this one's first write.
+    type Hook = Box<dyn FnOnce(&MemStore)>;
+
     /// A store whose first write lets `hook` commit on the inner store first:
     /// another process's transaction landing between this one's reads and its write.
     struct Interleaved {
         inner: MemStore,
-        hook: std::cell::RefCell<Option<Box<dyn FnOnce(&MemStore)>>>,
+        hook: std::cell::RefCell<Option<Hook>>,
     }
 
     impl Store for Interleaved {
