@@ -3,6 +3,7 @@
 //! store transaction, plans kernel ops from desired vs observed state, applies them
 //! with rollback, then records the outcome.
 
+pub mod drift;
 mod endpoint;
 mod firewall;
 mod maintain;

@@ -199,6 +199,28 @@ impl Receiver {
         bound.map(|()| Receiver { sock })
     }
 
+    /// Makes [`Receiver::recv`] return `WouldBlock` instead of waiting, for an event
+    /// loop that polls the socket ([`AsRawFd`]).
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
+        let rc = unsafe {
+            let flags = libc::fcntl(self.sock.as_raw_fd(), libc::F_GETFL);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(
+                    self.sock.as_raw_fd(),
+                    libc::F_SETFL,
+                    flags | libc::O_NONBLOCK,
+                )
+            }
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Waits for the next datagram; returns its (namespace, name) pairs. A malformed
     /// datagram is an `InvalidData` error (its descriptors are closed).
     pub fn recv(&self) -> io::Result<Vec<(OwnedFd, String)>> {
@@ -260,6 +282,12 @@ impl Receiver {
             )));
         }
         Ok(fds.into_iter().zip(names).collect())
+    }
+}
+
+impl AsRawFd for Receiver {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
     }
 }
 

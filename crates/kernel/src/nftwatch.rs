@@ -374,34 +374,6 @@ pub struct TableShape {
     pub sets: BTreeSet<String>,
 }
 
-impl TableShape {
-    /// What `self` (expected) has that `observed` lacks or has otherwise, as short
-    /// phrases (`chain forward: 3 rules, want 5`, `set dnat4 missing`); empty when they
-    /// are the same.
-    pub fn differences(&self, observed: &TableShape) -> Vec<String> {
-        let mut out = Vec::new();
-        for (chain, want) in &self.chains {
-            match observed.chains.get(chain) {
-                None => out.push(format!("chain {chain} missing")),
-                Some(n) if n != want => out.push(format!("chain {chain}: {n} rules, want {want}")),
-                Some(_) => {}
-            }
-        }
-        for chain in observed.chains.keys() {
-            if !self.chains.contains_key(chain) {
-                out.push(format!("chain {chain} is not lanyard's"));
-            }
-        }
-        for set in self.sets.difference(&observed.sets) {
-            out.push(format!("set {set} missing"));
-        }
-        for set in observed.sets.difference(&self.sets) {
-            out.push(format!("set {set} is not lanyard's"));
-        }
-        out
-    }
-}
-
 /// One request/answer exchange on a fresh `NETLINK_NETFILTER` socket.
 struct Query {
     sock: Socket,
@@ -633,28 +605,6 @@ mod tests {
         let d = decode_event((10 << 8) | 26, &[1, 0, 0, 0]).unwrap();
         assert!(d.may_have_removed_from(1, "lanyard"));
         assert!(NftEvent::Lost.may_have_removed_from(7, "lanyard"));
-    }
-
-    #[test]
-    fn differences_name_what_is_missing_or_foreign() {
-        let want = TableShape {
-            chains: [("forward".to_string(), 5), ("published".to_string(), 4)].into(),
-            sets: ["dnat4".to_string(), "ports".to_string()].into(),
-        };
-        assert!(want.differences(&want).is_empty());
-        let seen = TableShape {
-            chains: [("forward".to_string(), 0), ("extra".to_string(), 1)].into(),
-            sets: ["dnat4".to_string()].into(),
-        };
-        assert_eq!(
-            want.differences(&seen),
-            [
-                "chain forward: 0 rules, want 5",
-                "chain published missing",
-                "chain extra is not lanyard's",
-                "set ports missing"
-            ]
-        );
     }
 
     /// Runs `f` in a thread inside a fresh network namespace (gone with the thread),

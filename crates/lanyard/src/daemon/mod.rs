@@ -1,0 +1,342 @@
+//! `lanyard daemon`: keeps lanyard's nftables tables in place for as long as it runs,
+//! in the network namespace it was started in, deletes the links detaches hand over,
+//! and runs `gc` now and then. Foreground; SIGTERM or SIGINT stop it, SIGHUP asks for
+//! a check now.
+//!
+//! # How
+//!
+//! One tokio event loop (current-thread), started here and nowhere else: no other
+//! verb ever starts a runtime. Its tasks:
+//!
+//! - **Watch** ([`watch`]): nftables announcements, read through `AsyncFd`; a
+//!   deletion in lanyard's tables arms a check, an element someone else deleted arms
+//!   a forced rebuild.
+//! - **Check** (this module): an armed check runs after a short debounce
+//!   (`--debounce-ms`) so the rest of the transaction's announcements are in, and
+//!   every `--interval` seconds anyway (the safety net). What is checked and how a
+//!   rebuild is done is the engine's ([`lanyard_engine::drift`]).
+//! - **gc** every `--gc-interval` seconds (tombstones, endpoints whose namespace is
+//!   gone, crash leftovers).
+//! - **Signals** (`tokio::signal`).
+//! - **Hand-off** ([`reaper`]): tombstones from detaches over `daemon.sock`.
+//!
+//! Engine calls never run on the loop: they go to one engine thread ([`worker`]),
+//! one at a time; deleting tombstones goes to a reaper thread.
+//!
+//! **Store.** The daemon holds one store connection open for its whole life, so every
+//! CLI call finds SQLite's WAL index ready instead of rebuilding it.
+//!
+//! **Robust.** Every check opens the store and the kernel afresh; a failing store,
+//! nft or netlink socket is logged and retried with backoff (up to
+//! [`MAX_BACKOFF`]), never fatal. Only a bad command line, a taken socket or a
+//! failure to start the loop stops the daemon.
+//!
+//! A rebuild that reads the store in the milliseconds between a concurrent detach
+//! removing its elements and removing its record puts that endpoint's elements back
+//! (stale, until the next rebuild); the store re-read after each rebuild narrows this
+//! window but cannot close it without a lock shared with the CLI.
+
+mod reaper;
+mod watch;
+mod worker;
+
+use crate::cli::{Cli, DaemonArgs};
+use lanyard_core::{Error, Result};
+use lanyard_engine::drift::Drift;
+use lanyard_kernel::nftwatch::NftWatch;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::time::Instant;
+use worker::Worker;
+
+/// Longest wait between retries of a failing check.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// First wait after a failed check.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// However busy nftables stays, an armed check waits no longer than this.
+const MAX_QUIET_WAIT: Duration = Duration::from_millis(250);
+
+/// What the loop's tasks tell the checker.
+#[derive(Debug)]
+pub enum Msg {
+    /// Check soon, because of `why`; rebuild even if the shape is right when
+    /// `force` says why.
+    Arm {
+        /// What was heard.
+        why: String,
+        /// Why to rebuild whatever the check finds.
+        force: Option<String>,
+    },
+    /// Stop (the signal's number).
+    Stop(i32),
+}
+
+/// A check is due: since when, when the last relevant change was heard, and why.
+#[derive(Debug, Clone)]
+struct Armed {
+    first: Instant,
+    last: Instant,
+    why: String,
+    force: Option<String>,
+}
+
+impl Armed {
+    /// When to run it: once nftables has been quiet for `debounce`, at the latest
+    /// [`MAX_QUIET_WAIT`] after the first change.
+    fn due(&self, debounce: Duration) -> Instant {
+        (self.last + debounce).min(self.first + MAX_QUIET_WAIT.max(debounce))
+    }
+}
+
+/// The checker's state between wake-ups.
+struct Checker {
+    worker: Worker,
+    /// A check is armed.
+    armed: Option<Armed>,
+    /// The check after a failure waits until then.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Checker {
+    /// Arms a check (keeping the first reason), or pushes an armed one back to wait
+    /// for quiet.
+    fn arm(&mut self, why: String, force: Option<String>) {
+        let now = Instant::now();
+        match &mut self.armed {
+            Some(a) => {
+                a.last = now;
+                if a.force.is_none() {
+                    a.force = force;
+                }
+            }
+            None => {
+                self.armed = Some(Armed {
+                    first: now,
+                    last: now,
+                    why,
+                    force,
+                })
+            }
+        }
+    }
+
+    /// Runs a check and reports it; on failure re-arms it with a backoff.
+    async fn run_check(&mut self, why: String, heard: Instant, force: Option<String>) {
+        let started = Instant::now();
+        match self.worker.check(force.clone()).await {
+            Ok(outcome) => {
+                self.retry_at = None;
+                self.backoff = FIRST_BACKOFF;
+                if let Drift::Rebuilt(wrong) = outcome {
+                    let done = Instant::now();
+                    println!(
+                        "lanyard daemon: rebuilt lanyard's nftables tables ({}) after {why}; {:.1} ms after it was heard, rebuild {:.1} ms",
+                        wrong.join("; "),
+                        ms(done - heard),
+                        ms(done - started)
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "daemon: checking lanyard's nftables tables after {why} failed: {e}; retrying in {:?}",
+                    self.backoff
+                );
+                self.retry_at = Some(Instant::now() + self.backoff);
+                self.armed.get_or_insert(Armed {
+                    first: heard,
+                    last: heard,
+                    why,
+                    force,
+                });
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Serves `msgs` until a stop; returns the signal that stopped it.
+    async fn serve(
+        &mut self,
+        msgs: &mut UnboundedReceiver<Msg>,
+        interval: Duration,
+        debounce: Duration,
+    ) -> i32 {
+        let mut next_tick = Instant::now() + interval;
+        loop {
+            let now = Instant::now();
+            let check_at = match &self.armed {
+                Some(a) => a.due(debounce).max(self.retry_at.unwrap_or(now)),
+                None => next_tick,
+            }
+            .min(next_tick);
+            tokio::select! {
+                m = msgs.recv() => match m {
+                    Some(Msg::Arm { why, force }) => self.arm(why, force),
+                    Some(Msg::Stop(sig)) => return sig,
+                    None => return 0,
+                },
+                _ = tokio::time::sleep_until(check_at) => {
+                    let now = Instant::now();
+                    let armed_due = self.armed.as_ref().is_some_and(|a| {
+                        now >= a.due(debounce) && self.retry_at.is_none_or(|r| now >= r)
+                    });
+                    if armed_due || now >= next_tick {
+                        let (heard, why, force) = match self.armed.take() {
+                            Some(a) => (a.first, a.why, a.force),
+                            None => (now, "the periodic check".to_string(), None),
+                        };
+                        self.run_check(why, heard, force).await;
+                        next_tick = Instant::now() + interval;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forwards SIGTERM and SIGINT (stop) and SIGHUP (check now) to the checker.
+async fn signals(tx: UnboundedSender<Msg>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let sent = move |m| tx.send(m).is_ok();
+    tokio::spawn(async move {
+        loop {
+            let ok = tokio::select! {
+                _ = term.recv() => sent(Msg::Stop(libc::SIGTERM)),
+                _ = int.recv() => sent(Msg::Stop(libc::SIGINT)),
+                _ = hup.recv() => sent(Msg::Arm { why: "SIGHUP".into(), force: None }),
+            };
+            if !ok {
+                return;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `gc` every `every` on the engine thread.
+async fn gc_loop(worker: Worker, every: Duration) {
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match worker.gc().await {
+            Ok(r) => {
+                for s in &r.removed {
+                    println!("lanyard daemon: gc removed {s}");
+                }
+                for s in &r.errors {
+                    tracing::warn!("daemon: gc: {s}");
+                }
+            }
+            Err(e) => tracing::warn!("daemon: gc failed: {e}; trying again next time"),
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `lanyard daemon`: runs until SIGTERM or SIGINT; returns the exit code (0).
+pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
+    if args.interval == 0 {
+        return Err(Error::invalid(
+            "--interval",
+            "0",
+            "must be at least 1 second",
+        ));
+    }
+    // Held open for the daemon's life: while one connection is open, every CLI
+    // call's connection finds the WAL index ready instead of rebuilding it from
+    // the WAL (a third of the cost of opening the store).
+    let _store = lanyard_store::SqliteStore::open(&cli.state_dir)?;
+    let mut handoff = reaper::HandOff::bind(cli)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|e| Error::Other(format!("daemon: starting the event loop: {e}")));
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            handoff.stop();
+            return Err(e);
+        }
+    };
+    let result = std::thread::scope(|scope| -> Result<i32> {
+        let worker = Worker::start(scope, cli)?;
+        let r = rt.block_on(serve(args, worker, &mut handoff));
+        // Drops the tasks (and with them every handle on the engine thread, which
+        // then ends and is joined by the scope).
+        drop(rt);
+        r
+    });
+    handoff.stop();
+    result
+}
+
+/// The loop's main task: starts the others, checks once, then serves.
+async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut reaper::HandOff) -> Result<i32> {
+    let interval = Duration::from_secs(args.interval);
+    let gc_interval = (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval));
+    let debounce = Duration::from_millis(args.debounce_ms);
+    let (tx, mut msgs) = unbounded_channel();
+    signals(tx.clone())
+        .await
+        .map_err(|e| Error::Other(format!("daemon: signal handlers: {e}")))?;
+    tokio::spawn(handoff.serve()?);
+    // Subscribed before the first check: every later change is heard.
+    let first = NftWatch::open().ok();
+    let mut checker = Checker {
+        worker: worker.clone(),
+        armed: None,
+        retry_at: None,
+        backoff: FIRST_BACKOFF,
+    };
+    // The first check before saying so: whoever waits for the line below can rely on
+    // the tables having been checked, and on every later change being heard.
+    checker
+        .run_check("start-up".into(), Instant::now(), None)
+        .await;
+    tokio::spawn(watch::run(first, tx.clone()));
+    if let Some(g) = gc_interval {
+        tokio::spawn(gc_loop(worker, g));
+    }
+    println!(
+        "lanyard daemon: watching nftables for lanyard's tables (pid {}, check every {}s, gc {})",
+        std::process::id(),
+        args.interval,
+        gc_interval.map_or("off".to_string(), |g| format!("every {}s", g.as_secs()))
+    );
+    drop(tx);
+    let sig = checker.serve(&mut msgs, interval, debounce).await;
+    handoff.stop();
+    println!("lanyard daemon: stopped (signal {sig})");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_armed_check_waits_for_quiet_but_not_forever() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut a = Armed {
+            first: t0,
+            last: t0,
+            why: "x".into(),
+            force: None,
+        };
+        assert_eq!(a.due(ms(20)), t0 + ms(20));
+        a.last = t0 + ms(100);
+        assert_eq!(a.due(ms(20)), t0 + ms(120));
+        a.last = t0 + ms(1000);
+        assert_eq!(a.due(ms(20)), t0 + MAX_QUIET_WAIT);
+    }
+}

@@ -1,0 +1,116 @@
+//! The daemon's engine thread: every engine call (drift check and rebuild, gc) runs
+//! here, one at a time, off the event loop. The engine is opened afresh for each job
+//! on this thread and never leaves it: its netlink sockets and nft context belong to
+//! the thread (and namespace) that made them. Jobs run one at a time, so the daemon's
+//! own gc never races its own rebuild.
+//!
+//! The thread is named `lanyard-engine`: the kernel names the process behind each
+//! nftables generation by its thread's name, and the watch tells lanyard's own
+//! changes from others' by the `lanyard` prefix.
+
+use crate::cli::Cli;
+use lanyard_core::{Error, Result};
+use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
+use lanyard_engine::Report;
+use lanyard_kernel::nftwatch;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// The thread's name (at most 15 bytes: it becomes the kernel's `comm`).
+pub const THREAD_NAME: &str = "lanyard-engine";
+
+/// One engine call.
+enum Job {
+    /// Check lanyard's tables; rebuild if they drifted or `force` says why anyway.
+    Check {
+        force: Option<String>,
+        done: oneshot::Sender<Result<Drift>>,
+    },
+    /// `gc`.
+    Gc {
+        done: oneshot::Sender<Result<Report>>,
+    },
+}
+
+/// The loop's handle on the engine thread; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Reads lanyard's tables over nfnetlink ([`nftwatch::table_shape`]).
+struct Nfnetlink;
+
+impl TableReader for Nfnetlink {
+    fn table(&mut self, family: &str, name: &str) -> Result<Option<Shape>> {
+        let number = nftwatch::family_number(family).unwrap_or(0);
+        match nftwatch::table_shape(number, name) {
+            Ok(s) => Ok(s.map(|s| Shape {
+                chains: s.chains,
+                sets: s.sets,
+            })),
+            Err(e) => Err(Error::kernel(
+                format!("reading table {family} {name}"),
+                e.to_string(),
+                e.raw_os_error(),
+            )),
+        }
+    }
+}
+
+impl Worker {
+    /// Starts the engine thread inside `scope`; it ends when every handle is dropped.
+    pub fn start<'s, 'c: 's>(
+        scope: &'s std::thread::Scope<'s, '_>,
+        cli: &'c Cli,
+    ) -> Result<Worker> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let expected = drift::expected_tables();
+        std::thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn_scoped(scope, move || {
+                for job in rx {
+                    run(cli, &expected, job);
+                }
+            })
+            .map_err(|e| Error::Other(format!("daemon: starting the engine thread: {e}")))?;
+        Ok(Worker { jobs })
+    }
+
+    /// Checks (and repairs) lanyard's tables on the engine thread.
+    pub async fn check(&self, force: Option<String>) -> Result<Drift> {
+        let (done, rx) = oneshot::channel();
+        self.send(Job::Check { force, done })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Runs `gc` on the engine thread.
+    pub async fn gc(&self) -> Result<Report> {
+        let (done, rx) = oneshot::channel();
+        self.send(Job::Gc { done })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    fn send(&self, job: Job) -> Result<()> {
+        self.jobs.send(job).map_err(|_| gone())
+    }
+}
+
+fn gone() -> Error {
+    Error::Other("daemon: the engine thread is gone".into())
+}
+
+/// Runs one job; a dropped answer (the loop stopping) is fine.
+fn run(cli: &Cli, expected: &[Expected], job: Job) {
+    match job {
+        Job::Check { force, done } => {
+            let r = crate::open(cli).and_then(|mut engine| {
+                engine.repair_firewall_drift(expected, &mut Nfnetlink, force.as_deref())
+            });
+            let _ = done.send(r);
+        }
+        Job::Gc { done } => {
+            let _ = done.send(crate::open(cli).and_then(|mut engine| engine.gc()));
+        }
+    }
+}
