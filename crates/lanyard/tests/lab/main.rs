@@ -6,6 +6,7 @@
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
 mod attach;
+mod daemon;
 mod firewall;
 mod harness;
 mod kernel_vm;
