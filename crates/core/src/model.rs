@@ -754,6 +754,13 @@ pub struct Endpoint {
     /// `net.ipv4.ip_unprivileged_port_start` in the namespace, if set.
     #[serde(default)]
     pub unprivileged_port_start: Option<u16>,
+    /// Metric of the endpoint's default routes: the lowest one from
+    /// [`crate::plan::DEFAULT_ROUTE_METRIC`] up that no other endpoint of the
+    /// namespace holds, chosen at attach and used by every later plan (restore too),
+    /// so no endpoint's `route replace` takes another's default. `None` in records
+    /// written before it was stored.
+    #[serde(default)]
+    pub route_metric: Option<u32>,
     /// Lifecycle state.
     pub state: EndpointState,
     /// Unix seconds.

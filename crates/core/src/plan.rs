@@ -17,9 +17,9 @@ use crate::{Error, Result};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
-/// Metric of endpoint default routes: base + the endpoint's rank in its namespace, so
-/// a namespace on several networks has one working default (the first attached) and
-/// the next takes over when it goes.
+/// Lowest metric of endpoint default routes. Each endpoint of a namespace holds its
+/// own ([`Endpoint::route_metric`]), so a namespace on several networks has one
+/// working default (the lowest) and the next takes over when it goes.
 pub const DEFAULT_ROUTE_METRIC: u32 = 100;
 
 /// FNV-1a, for stable short names.
@@ -301,9 +301,8 @@ pub fn endpoint_host_routes(net: &Network, ep: &Endpoint, host: &View) -> Vec<Ro
         .collect()
 }
 
-/// Ops that wire `ep` into its namespace. `rank` is the number of endpoints the
-/// namespace already has (for the default route metric).
-pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Result<Vec<Op>> {
+/// Ops that wire `ep` into its namespace (default routes with its stored metric).
+pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View) -> Result<Vec<Op>> {
     let ns = Netns::Path(ep.netns.clone());
     let ifname = ep.ifname.clone();
     let mut ops = vec![];
@@ -387,7 +386,7 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View, rank: u32) -> Res
                 via: if l3 { None } else { Some(*gw) },
                 dev: Some(ifname.clone()),
                 src: None,
-                metric: Some(DEFAULT_ROUTE_METRIC + rank),
+                metric: Some(ep.route_metric.unwrap_or(DEFAULT_ROUTE_METRIC)),
             },
         });
     }
@@ -502,6 +501,7 @@ mod tests {
             gateways: net.subnets.iter().filter_map(|s| s.gateway).collect(),
             ports: vec![],
             unprivileged_port_start: None,
+            route_metric: None,
             state: EndpointState::Pending,
             created: 0,
         }
@@ -512,7 +512,7 @@ mod tests {
         let host = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]).host;
         let n = net("macvlan", &["parent=eth0"], &["198.51.100.0/24"]);
         let e = ep(&n, &["198.51.100.10/24"]);
-        let ops = endpoint_ops(&n, &e, &host, 0).unwrap();
+        let ops = endpoint_ops(&n, &e, &host).unwrap();
         assert!(matches!(
             &ops[0],
             Op::CreateMacvlan {
@@ -639,8 +639,11 @@ mod tests {
     fn bridge_endpoint_gets_a_veth_on_the_bridge_and_default_route() {
         let host = FakeKernel::with_eth0(&["192.0.2.2/24"]).host;
         let n = net("bridge", &[], &["10.89.0.0/24"]);
-        let e = ep(&n, &["10.89.0.2/24"]);
-        let ops = endpoint_ops(&n, &e, &host, 1).unwrap();
+        let e = Endpoint {
+            route_metric: Some(DEFAULT_ROUTE_METRIC + 1),
+            ..ep(&n, &["10.89.0.2/24"])
+        };
+        let ops = endpoint_ops(&n, &e, &host).unwrap();
         assert!(matches!(
             &ops[0],
             Op::CreateVeth {
@@ -734,8 +737,8 @@ mod tests {
                 "{n:?}"
             );
             assert_eq!(
-                endpoint_ops(&n, &e, &part, 0).unwrap(),
-                endpoint_ops(&n, &e, &full, 0).unwrap(),
+                endpoint_ops(&n, &e, &part).unwrap(),
+                endpoint_ops(&n, &e, &full).unwrap(),
                 "{n:?}"
             );
             let only = full.clone().only_links(&teardown_links(&e));

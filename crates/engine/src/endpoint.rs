@@ -74,7 +74,7 @@ fn record(
     id: &str,
     unpriv: Option<u16>,
     exclude: &[IpAddr],
-) -> Result<(Endpoint, u32)> {
+) -> Result<Endpoint> {
     // The network was read before this transaction: a `network rm` (or a change)
     // may have committed since. Recording an endpoint of a network that is gone
     // would leave "0 networks, 1 endpoint" and wiring would re-create its pieces.
@@ -175,6 +175,18 @@ fn record(
         );
         gateways.extend(sc.gateway);
     }
+    // The lowest default-route metric no other endpoint of the namespace holds (a
+    // count of them would repeat one after a detach in between). A record from
+    // before metrics were stored holds what its rank gave it, at most the count.
+    let route_metric = (plan::DEFAULT_ROUTE_METRIC..)
+        .find(|m| {
+            !same_ns.iter().enumerate().any(|(rank, e)| {
+                e.route_metric
+                    .unwrap_or(plan::DEFAULT_ROUTE_METRIC + rank as u32)
+                    == *m
+            })
+        })
+        .unwrap_or(plan::DEFAULT_ROUTE_METRIC);
     let mac = match (p.mac, net.driver) {
         (Some(m), _) => Some(m),
         // Known before the link exists, so the anti-spoofing guard goes in first.
@@ -201,11 +213,12 @@ fn record(
         gateways,
         ports: p.ports.clone(),
         unprivileged_port_start: unpriv,
+        route_metric: Some(route_metric),
         state: EndpointState::Pending,
         created: now(),
     };
     tx.put_endpoint(&ep)?;
-    Ok((ep, same_ns.len() as u32))
+    Ok(ep)
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
@@ -267,7 +280,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 .collect(),
             None => vec![],
         };
-        let (ep, rank) = self.store.write(&mut |tx| {
+        let ep = self.store.write(&mut |tx| {
             record(
                 tx,
                 &net,
@@ -279,7 +292,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 &exclude,
             )
         })?;
-        if let Err(e) = self.wire(&net, &ep, rank, &host) {
+        if let Err(e) = self.wire(&net, &ep, &host) {
             // The kernel side is rolled back; forget the pending record too. If even
             // that fails, report the first error: `gc` removes stale pending records.
             if let Err(forget) = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id)) {
@@ -295,10 +308,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// Plans and applies the kernel side of one endpoint (network pieces first if
     /// missing), rolling back on failure.
-    fn wire(&mut self, net: &Network, ep: &Endpoint, rank: u32, host: &View) -> Result<()> {
+    fn wire(&mut self, net: &Network, ep: &Endpoint, host: &View) -> Result<()> {
         let mut ops = plan::network_infra(net, host)?;
         let infra_len = ops.len();
-        ops.extend(plan::endpoint_ops(net, ep, host, rank)?);
+        ops.extend(plan::endpoint_ops(net, ep, host)?);
         // Infra is shared with other endpoints (and maybe being made by another
         // process right now): keep it even if this endpoint fails.
         apply_ensure(&mut self.kernel, &ops[..infra_len])?;
@@ -717,6 +730,53 @@ mod tests {
         assert!(
             e.attach(&attach("/run/netns/c1")).is_err(),
             "same network twice"
+        );
+    }
+
+    #[test]
+    fn a_default_route_metric_freed_by_a_detach_is_reused_not_a_held_one() {
+        let mut e = engine();
+        add_bridge(&mut e, "b");
+        e.create_network(&NetworkRequest {
+            name: "c".into(),
+            subnets: vec!["198.51.100.0/24".into()],
+            ..Default::default()
+        })
+        .unwrap();
+        let on = |net: &str| AttachRequest {
+            network: net.into(),
+            ..attach("/run/netns/c1")
+        };
+        // The metric of each IPv4 default route added from here on, by link.
+        let defaults = |e: &Engine<MemStore, FakeKernel>, from: usize| -> Vec<(String, u32)> {
+            e.kernel.applied[from..]
+                .iter()
+                .filter_map(|o| match o {
+                    Op::AddRoute { route, .. } if route.dst.to_string() == "0.0.0.0/0" => Some((
+                        route.dev.as_ref().unwrap().to_string(),
+                        route.metric.unwrap(),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+        e.attach(&on("lan")).unwrap(); // A: eth0
+        let start = e.kernel.applied.len();
+        e.attach(&on("b")).unwrap(); // B: eth1
+        let b = defaults(&e, start);
+        e.detach(&DetachRequest::Netns {
+            network: "lan".into(),
+            netns: "/run/netns/c1".into(),
+        })
+        .unwrap();
+        let start = e.kernel.applied.len();
+        e.attach(&on("c")).unwrap(); // C: eth0 again
+        let c = defaults(&e, start);
+        assert_eq!(b, [("eth1".to_string(), plan::DEFAULT_ROUTE_METRIC + 1)]);
+        assert_eq!(
+            c,
+            [("eth0".to_string(), plan::DEFAULT_ROUTE_METRIC)],
+            "C takes the metric A freed, not B's (a `route replace` would take B's route)"
         );
     }
 

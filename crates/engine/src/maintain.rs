@@ -142,15 +142,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 name: v.clone(),
             })?;
         }
-        let rank = self.store.read(&mut |tx| {
-            Ok(tx
-                .endpoints()?
-                .iter()
-                .filter(|o| o.netns_inode == ep.netns_inode && o.created < ep.created)
-                .count() as u32)
-        })?;
         let host = self.kernel.view(&Netns::Host)?;
-        apply_all(&mut self.kernel, &plan::endpoint_ops(net, ep, &host, rank)?)?;
+        apply_all(&mut self.kernel, &plan::endpoint_ops(net, ep, &host)?)?;
         Ok(true)
     }
 

@@ -100,6 +100,16 @@ const MIGRATIONS: &[&str] = &[
                     || json_extract(p.value, '$.host_port'),
                 coalesce(json_extract(p.value, '$.host_ip'), ''), e.id
          FROM endpoints AS e, json_each(e.json, '$.ports') AS p;",
+    // 4: every endpoint stores its default-route metric. A record from before gets
+    // the one `restore` gave it then: 100 + the number of endpoints of its namespace
+    // attached earlier (ties broken by id, so no two get the same).
+    "UPDATE endpoints SET json = json_set(json, '$.route_metric', 100 + (
+         SELECT count(*) FROM endpoints AS o
+         WHERE json_extract(o.json, '$.netns_inode') = json_extract(endpoints.json, '$.netns_inode')
+           AND (json_extract(o.json, '$.created') < json_extract(endpoints.json, '$.created')
+                OR (json_extract(o.json, '$.created') = json_extract(endpoints.json, '$.created')
+                    AND o.id < endpoints.id))))
+     WHERE json_extract(json, '$.route_metric') IS NULL;",
 ];
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).

@@ -103,6 +103,26 @@ fn detach_is_idempotent_frees_the_name_address_and_host_route_at_once() {
     tombstones_go(&c1);
 }
 
+#[test]
+fn a_namespace_keeps_every_default_route_when_a_network_leaves_in_between() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    lab.attach("lan", &c1, &[]);
+    lab.attach("lan2", &c1, &[]);
+    lab.lanyard_ok(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+    lab.attach("br", &c1, &[]);
+    // Each endpoint its own metric: the bridge's default did not replace lan2's.
+    let routes = c1.ip(&["-4", "route", "show", "default"]);
+    assert_eq!(routes.lines().count(), 2, "{routes}");
+    assert!(
+        routes.contains(addr::ROUTER2_V4) && routes.contains("203.0.113.1"),
+        "{routes}"
+    );
+}
+
 /// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
 fn tombstones_go(ns: &crate::harness::Ns) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -47,6 +47,7 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         gateways: net.subnets.iter().filter_map(|s| s.gateway).collect(),
         ports: vec![],
         unprivileged_port_start: None,
+        route_metric: None,
         state: EndpointState::Active,
         created: 1_700_000_001,
     }

@@ -55,7 +55,11 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     let mut web = endpoint(&hex_id(7, 2), Some("web"), &lan, vec![net("192.0.2.2/24")]);
     web.netns_inode = (4, 77);
     web.ports = ports(&["127.0.0.1:8080:80", "53:53/udp"]);
-    let anon = endpoint(&hex_id(7, 1), None, &lan, vec![net("192.0.2.3/24")]);
+    let mut anon = endpoint(&hex_id(7, 1), None, &lan, vec![net("192.0.2.3/24")]);
+    // Attached to web's namespace after web: its default route has the next metric.
+    let mut later = endpoint(&hex_id(7, 3), None, &lan, vec![net("192.0.2.4/24")]);
+    later.netns_inode = web.netns_inode;
+    later.created = web.created + 1;
     {
         let conn = raw(tmp.path());
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
@@ -70,7 +74,7 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
             ],
         )
         .unwrap();
-        for e in [&web, &anon] {
+        for e in [&web, &anon, &later] {
             conn.execute(
                 "INSERT INTO endpoints VALUES (?1, ?2, ?3, ?4)",
                 rusqlite::params![
@@ -91,10 +95,14 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     }
 
     let s = SqliteStore::open(tmp.path()).unwrap();
+    // Step 4 stored the metric each one's default route had.
+    web.route_metric = Some(100);
+    anon.route_metric = Some(100);
+    later.route_metric = Some(101);
     assert_eq!(s.read(&mut |tx| tx.networks()).unwrap(), vec![lan.clone()]);
     assert_eq!(
         s.read(&mut |tx| tx.endpoints()).unwrap(),
-        vec![anon.clone(), web.clone()]
+        vec![anon.clone(), web.clone(), later.clone()]
     );
     assert_eq!(
         s.read(&mut |tx| tx.endpoint("web")).unwrap(),
@@ -114,7 +122,7 @@ fn a_version_1_file_is_brought_up_to_date_and_keeps_every_record() {
     // Step 3 filled the lookup columns from the stored JSON.
     assert_eq!(
         s.read(&mut |tx| tx.endpoints_in_netns((4, 77))).unwrap(),
-        vec![web.clone()]
+        vec![web.clone(), later.clone()]
     );
     assert_eq!(
         s.read(&mut |tx| tx.endpoints_in_netns(anon.netns_inode))
