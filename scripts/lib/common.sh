@@ -46,57 +46,14 @@ vm_tests() {
   "$1" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | awk -F'::' '$NF ~ /^vm_/'
 }
 
-# build_release: builds the release `lanyard` binary as shipped and prints its path.
-# Statically linked (glibc, `-C target-feature=+crt-static`), which saves the dynamic
-# loader's work, ~0.4 ms of every invocation; and not position independent
-# (`-C relocation-model=static`), which saves the start-up relocation of ~8300
-# pointers and the copy-on-write of the 30 pages they live in: 0.1-0.4 ms per
-# attach+detach cycle, measured side by side with scripts/bench-attach --baseline.
-# The price: lanyard's own code and data sit at fixed addresses (stack, heap, mmap
-# and libnftables are still randomised). LANYARD_PIE=1 builds a static-pie binary
-# instead, for packagers whose policy requires PIE. libnftables is loaded with
-# dlopen on first firewall use; glibc's static dlopen needs the same glibc at run
-# time, which a Debian package build guarantees. --target keeps build scripts and
-# proc-macros dynamic (they cannot be static). With crates/lanyard/hot-symbols.txt
-# (scripts/hot-symbols), the functions of an attach + detach are laid out first in
-# .text: 5-9% less CPU per cycle. LANYARD_NO_ORDER=1 builds without that layout.
+# build_release: builds the release `lanyard` binary as shipped and prints its path:
+# plain `cargo build --release`, a dynamically linked position-independent
+# executable (the toolchain's defaults; [profile.release] in Cargo.toml, the bundled
+# SQLite's build flags in .cargo/config.toml).
 build_release() {
-  local flags="-C target-feature=+crt-static" order=crates/lanyard/hot-symbols.txt
-  [ "${LANYARD_PIE:-0}" = 1 ] || flags="$flags -C relocation-model=static"
-  # cargo rustc: extra flags (after --) reach the final link of the lanyard crate only.
-  release_link() {
-    RUSTFLAGS="${RUSTFLAGS:-} $flags" cargo rustc --release -q -p lanyard --bin lanyard \
-      --target "$(host_triple)" -- "$@" >&2
-  }
-  if [ "${LANYARD_NO_ORDER:-0}" = 1 ] || [ ! -s "$order" ]; then
-    release_link || return 1
-  else
-    # The hot functions first (scripts/hot-symbols). lld takes the file; a linker
-    # that does not fails the link, and the binary is built without it.
-    mkdir -p target
-    grep -v '^#' "$order" >target/hot-symbols.ld
-    if ! release_link -C link-arg=-Wl,--symbol-ordering-file="$PWD/target/hot-symbols.ld" \
-      -C link-arg=-Wl,--no-warn-symbol-ordering; then
-      say "the link with $order failed (not lld?): building without it"
-      release_link || return 1
-    fi
-    hot_symbols_report "$(release_bin)" target/hot-symbols.ld
-  fi
+  cargo build --release -q -p lanyard --bin lanyard >&2 || return 1
   release_bin
 }
 
-# hot_symbols_report BIN LIST: says how many of the functions in LIST the binary
-# has; fewer mean scripts/hot-symbols is due (a new rustc or dependency renamed them).
-hot_symbols_report() {
-  local have total
-  total=$(wc -l <"$2")
-  have=$(nm "$1" 2>/dev/null | awk 'NR == FNR { want[$0] = 1; next } ($NF in want) { n++ } END { print n + 0 }' "$2" -)
-  say "hot-symbols: the binary has $have of the $total functions laid out first"
-  [ "$have" -ge $((total * 8 / 10)) ] || say "hot-symbols: stale; run scripts/hot-symbols"
-}
-
-# host_triple: the target triple of this machine's Rust toolchain.
-host_triple() { rustc -vV | sed -n 's/^host: //p'; }
-
 # release_bin: where build_release puts the binary (run from the repo root).
-release_bin() { printf '%s\n' "$PWD/target/$(host_triple)/release/lanyard"; }
+release_bin() { printf '%s\n' "${CARGO_TARGET_DIR:-$PWD/target}/release/lanyard"; }

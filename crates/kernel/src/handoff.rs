@@ -294,7 +294,7 @@ impl AsRawFd for Receiver {
 /// Deletes link `name` in the namespace `netns`, from the calling thread, which stays
 /// in that namespace afterwards (the daemon's reaper thread does nothing else).
 pub fn delete_in(netns: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    crate::netns::setns(netns.as_raw_fd())?;
+    crate::netns::setns(netns)?;
     let mut sock = crate::socket::NlSocket::open()?;
     let mut m = netlink_packet_route::link::LinkMessage::default();
     m.attributes

@@ -2,16 +2,18 @@
 //!
 //! In-process rtnetlink (no `ip` subprocesses, no async runtime): one `NETLINK_ROUTE`
 //! socket per network namespace, opened once; links created directly in their target
-//! namespace; tombstones deleted by a detached worker process. Module map:
+//! namespace; tombstones deleted by a detached worker process. System calls go through
+//! rustix and nix, libnftables is loaded through libloading. Module map:
 //!
 //! - `netlink`: the [`Netlink`] type and the dispatch of every [`lanyard_core::op::Op`];
 //! - `link`, `addr`, `route`, `sysctl`: one file per kind of kernel object;
 //! - `view`: what a namespace looks like, from three dumps, or just a few named links
 //!   and their addresses (the hot path);
-//! - `netns`: namespace identity, handles, visiting a namespace;
+//! - [`netns`]: namespace identity, handles, visiting a namespace; public:
+//!   [`netns::run_in`] and [`netns::within`], to work inside a container's namespace;
 //! - `socket`: one netlink socket and its request/answer exchanges;
 //! - `wire`: decoding the kernel's answers;
-//! - `reap`: the detached tombstone deleter (a worker sharing no copied memory);
+//! - `reap`: the detached tombstone deleter (a forked worker process);
 //! - [`handoff`]: tombstones handed to `lanyard daemon` instead, when it is up;
 //! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
 //! - [`nft`]: nftables in-process through libnftables, loaded on first use;
@@ -21,7 +23,7 @@ mod addr;
 mod error;
 mod link;
 mod netlink;
-mod netns;
+pub mod netns;
 mod reap;
 mod route;
 mod socket;

@@ -30,7 +30,7 @@ pub struct Netlink {
     /// The namespace `new` ran in.
     pub(crate) host: NsHandle,
     /// The thread that ran `new`, which is in `host` without visiting it.
-    host_tid: libc::pid_t,
+    host_tid: rustix::thread::Pid,
     /// Namespaces by path.
     paths: HashMap<PathBuf, NsHandle>,
     /// libnftables context, made on the first nft op.

@@ -1,6 +1,9 @@
 //! Network namespaces: identity (`(st_dev, st_ino)` of the nsfs file), a handle that
-//! holds a namespace open with its netlink socket, and [`Entered`], a guard that moves
-//! the calling thread into a namespace and back.
+//! holds a namespace open with its netlink socket, `Entered`, a guard that moves
+//! the calling thread into a namespace and back, and the public helpers for code that
+//! works inside a container's namespace (the DNS responder, DHCP): [`run_in`] runs a
+//! closure on a thread of its own inside a namespace, [`within`] on the calling
+//! thread for a moment (to open a socket there).
 //!
 //! Sockets keep the namespace they were opened in, so a thread visits a namespace
 //! only to open a socket there (once per namespace and [`crate::Netlink`]) or to write
@@ -8,20 +11,73 @@
 
 use crate::socket::NlSocket;
 use lanyard_core::kernel::NsId;
-use std::ffi::CString;
+use rustix::fs::{Mode, OFlags};
+use rustix::thread::{LinkNameSpaceType, Pid};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 /// The calling thread's own network namespace.
 pub(crate) const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
+/// Runs `f` on a new thread that has entered the network namespace at `path`
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`, an endpoint's recorded path) and returns
+/// what `f` returned. The thread ends with `f`: it never goes back, so nothing of
+/// the caller's ever runs in the wrong namespace. Sockets `f` opens stay in that
+/// namespace whichever thread uses them later; so do files under `/proc/sys/net`.
+/// For work that lives in a namespace (a responder loop) or blocks.
+///
+/// Fails if `path` is not a network namespace or cannot be entered (not root);
+/// a panic in `f` is passed on.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// // A UDP socket bound inside a container's namespace, usable from anywhere.
+/// let sock = lanyard_kernel::netns::run_in("/run/netns/web".as_ref(), || {
+///     std::net::UdpSocket::bind("0.0.0.0:53")
+/// })??;
+/// # Ok(()) }
+/// ```
+pub fn run_in<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+    let fd = open(path)?;
+    std::thread::scope(|s| {
+        let worker = std::thread::Builder::new()
+            .name("lanyard-netns".into())
+            .spawn_scoped(s, move || {
+                setns(fd.as_fd())?;
+                Ok(f())
+            })?;
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Runs `f` on the calling thread while it is inside the network namespace at
+/// `path`, then moves the thread back, and returns what `f` returned: for short,
+/// non-blocking work there, above all opening a socket (which stays in that
+/// namespace afterwards), at the cost of two `setns` and no thread. `f` must not
+/// hand the thread to anything else meanwhile (no `.await`, no callbacks into a
+/// scheduler): for that, use [`run_in`]. If the thread cannot go back, the process
+/// aborts (going on would change the wrong network).
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let listener = lanyard_kernel::netns::within("/proc/4242/ns/net".as_ref(), || {
+///     std::net::TcpListener::bind("127.0.0.1:8080")
+/// })??;
+/// # Ok(()) }
+/// ```
+pub fn within<T>(path: &Path, f: impl FnOnce() -> T) -> io::Result<T> {
+    let fd = open(path)?;
+    let _inside = Entered::enter(fd.as_fd())?;
+    Ok(f())
+}
+
 /// Identity of the namespace file at `path` (follows `/proc/…/ns/net` links).
 pub(crate) fn id_of(path: &Path) -> io::Result<NsId> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.dev(), m.ino()))
+    let st = rustix::fs::stat(path)?;
+    Ok((st.st_dev, st.st_ino))
 }
 
 /// Is this error "the namespace is gone" (the path does not exist any more)?
@@ -34,24 +90,19 @@ pub(crate) fn is_gone(e: &io::Error) -> bool {
 
 /// Opens `path` read-only, close-on-exec.
 pub(crate) fn open(path: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated string; the fd returned is ours.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// `setns(fd, CLONE_NEWNET)` for the calling thread.
-pub(crate) fn setns(fd: RawFd) -> io::Result<()> {
-    // SAFETY: plain syscall on an fd; a bad fd gives EBADF.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+pub(crate) fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::thread::move_into_link_name_space(
+        fd,
+        Some(LinkNameSpaceType::Network),
+    )?)
 }
 
 /// While alive, the calling thread is in another network namespace; dropping it moves
@@ -66,14 +117,14 @@ impl Entered {
     /// Moves the calling thread into the namespace `target`.
     pub(crate) fn enter(target: BorrowedFd<'_>) -> io::Result<Entered> {
         let home = open(Path::new(THREAD_NETNS))?;
-        setns(target.as_raw_fd())?;
+        setns(target)?;
         Ok(Entered { home })
     }
 }
 
 impl Drop for Entered {
     fn drop(&mut self) {
-        if let Err(e) = setns(self.home.as_raw_fd()) {
+        if let Err(e) = setns(self.home.as_fd()) {
             // Going on in the wrong namespace would change the wrong network.
             eprintln!("lanyard: cannot return to the original network namespace: {e}");
             std::process::abort();
@@ -132,17 +183,11 @@ impl NsHandle {
 
 /// `(st_dev, st_ino)` of an open file.
 fn fd_id(fd: &OwnedFd) -> io::Result<NsId> {
-    // SAFETY: zeroed `stat` is a valid out-buffer for fstat.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open and `st` is a valid pointer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let st = rustix::fs::fstat(fd)?;
     Ok((st.st_dev, st.st_ino))
 }
 
 /// The calling thread's id.
-pub(crate) fn gettid() -> libc::pid_t {
-    // SAFETY: gettid cannot fail.
-    unsafe { libc::syscall(libc::SYS_gettid) as libc::pid_t }
+pub(crate) fn gettid() -> Pid {
+    rustix::thread::gettid()
 }

@@ -7,10 +7,10 @@
 //! (one-time init, an interface cache) without locking, so every call into it here is
 //! serialized by one process-wide mutex; contexts may live in several threads.
 //!
-//! The library is loaded (`dlopen`) when the first context is made, not linked: it and
-//! the five libraries it pulls in (nftnl, mnl, xtables, jansson, gmp) would cost every
-//! `lanyard` process about 0.3 ms of start-up, and most runs (macvlan attach and
-//! detach, `endpoint ls`) never touch nftables. A host without it gets a clear error
+//! The library is loaded (`dlopen`, through libloading) when the first context is
+//! made, not linked: it and the five libraries it pulls in (nftnl, mnl, xtables,
+//! jansson, gmp) would cost every `lanyard` process about 0.3 ms of start-up, and most
+//! runs (macvlan attach and detach, `endpoint ls`) never touch nftables. A host without it gets a clear error
 //! from the first firewall step instead of no `lanyard` at all.
 
 use lanyard_core::firewall::{FAMILIES, TABLE};
@@ -18,7 +18,7 @@ use lanyard_core::{Error, Result};
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -32,7 +32,7 @@ struct NftCtx {
 const NFT_CTX_DEFAULT: u32 = 0;
 
 /// The shared object to load (Debian: package libnftables1).
-const LIBNFTABLES_SO: &CStr = c"libnftables.so.1";
+const LIBNFTABLES_SO: &str = "libnftables.so.1";
 
 /// The libnftables functions lanyard calls, resolved once.
 struct Lib {
@@ -43,6 +43,8 @@ struct Lib {
     get_output_buffer: unsafe extern "C" fn(ctx: *mut NftCtx) -> *const c_char,
     get_error_buffer: unsafe extern "C" fn(ctx: *mut NftCtx) -> *const c_char,
     run_cmd_from_filename: unsafe extern "C" fn(ctx: *mut NftCtx, filename: *const c_char) -> c_int,
+    /// The loaded library, which the pointers above point into.
+    _lib: libloading::Library,
 }
 
 impl std::fmt::Debug for Lib {
@@ -51,66 +53,45 @@ impl std::fmt::Debug for Lib {
     }
 }
 
-/// `dlerror()` as text.
-fn dl_error() -> String {
-    // SAFETY: dlerror returns null or a NUL-terminated string that stays valid until
-    // the next dl* call in this thread; it is copied at once.
-    let p = unsafe { libc::dlerror() };
-    if p.is_null() {
-        return "unknown error".into();
-    }
-    // SAFETY: see above.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-/// The function `name` in the library `handle`, as the pointer type `F`.
+/// The function `name` in `lib`, as the pointer type `F`.
 ///
 /// # Safety
-/// `handle` is a live `dlopen` handle and `F` is the function pointer type matching
-/// the C declaration of `name`.
-unsafe fn func<F: Copy>(handle: *mut libc::c_void, name: &CStr) -> std::result::Result<F, String> {
+/// `F` is the function pointer type matching the C declaration of `name`, and `lib`
+/// is never unloaded while the pointer is used.
+unsafe fn func<F: Copy>(lib: &libloading::Library, name: &[u8]) -> std::result::Result<F, String> {
     // SAFETY: per this function's contract.
-    let p = unsafe { libc::dlsym(handle, name.as_ptr()) };
-    if p.is_null() {
-        return Err(format!(
-            "{} has no {}",
-            LIBNFTABLES_SO.to_string_lossy(),
-            name.to_string_lossy()
-        ));
+    match unsafe { lib.get::<F>(name) } {
+        Ok(f) => Ok(*f),
+        Err(e) => Err(format!(
+            "{} has no {}: {e}",
+            LIBNFTABLES_SO,
+            String::from_utf8_lossy(name.strip_suffix(b"\0").unwrap_or(name))
+        )),
     }
-    debug_assert_eq!(
-        std::mem::size_of::<F>(),
-        std::mem::size_of::<*mut libc::c_void>()
-    );
-    // SAFETY: `F` is a function pointer type (per the contract), as large as `p`.
-    Ok(unsafe { std::mem::transmute_copy::<*mut libc::c_void, F>(&p) })
 }
 
 impl Lib {
     /// Loads libnftables and resolves every function, or says what is missing.
     fn load() -> std::result::Result<Lib, String> {
         // SAFETY: loading a system library by soname runs its constructors, which is
-        // what linking it did too. It is never unloaded.
-        let handle =
-            unsafe { libc::dlopen(LIBNFTABLES_SO.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if handle.is_null() {
-            return Err(format!(
-                "cannot load {}: {} (install the libnftables1 package)",
-                LIBNFTABLES_SO.to_string_lossy(),
-                dl_error()
-            ));
-        }
-        // SAFETY: `handle` is live and never closed; each type is the declaration of
-        // that function in <nftables/libnftables.h> (stable since nftables 0.9).
+        // what linking it did too. It is kept loaded for good (`Lib` lives in a
+        // static), so the function pointers below stay valid.
+        let lib = unsafe { libloading::Library::new(LIBNFTABLES_SO) }.map_err(|e| {
+            format!("cannot load {LIBNFTABLES_SO}: {e} (install the libnftables1 package)")
+        })?;
+        // SAFETY: each type is the declaration of that function in
+        // <nftables/libnftables.h> (stable since nftables 0.9); `lib` is stored with
+        // the pointers and never unloaded.
         unsafe {
             Ok(Lib {
-                ctx_new: func(handle, c"nft_ctx_new")?,
-                ctx_free: func(handle, c"nft_ctx_free")?,
-                buffer_output: func(handle, c"nft_ctx_buffer_output")?,
-                buffer_error: func(handle, c"nft_ctx_buffer_error")?,
-                get_output_buffer: func(handle, c"nft_ctx_get_output_buffer")?,
-                get_error_buffer: func(handle, c"nft_ctx_get_error_buffer")?,
-                run_cmd_from_filename: func(handle, c"nft_run_cmd_from_filename")?,
+                ctx_new: func(&lib, b"nft_ctx_new\0")?,
+                ctx_free: func(&lib, b"nft_ctx_free\0")?,
+                buffer_output: func(&lib, b"nft_ctx_buffer_output\0")?,
+                buffer_error: func(&lib, b"nft_ctx_buffer_error\0")?,
+                get_output_buffer: func(&lib, b"nft_ctx_get_output_buffer\0")?,
+                get_error_buffer: func(&lib, b"nft_ctx_get_error_buffer\0")?,
+                run_cmd_from_filename: func(&lib, b"nft_run_cmd_from_filename\0")?,
+                _lib: lib,
             })
         }
     }
@@ -171,13 +152,9 @@ fn script_file(script: &str) -> Result<File> {
             "contains a NUL byte",
         ));
     }
-    // SAFETY: the name is a NUL-terminated literal; the result is checked.
-    let fd = unsafe { libc::memfd_create(c"lanyard-nft".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io_err(std::io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-    let mut file = unsafe { File::from_raw_fd(fd) };
+    let fd = rustix::fs::memfd_create("lanyard-nft", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| io_err(e.into()))?;
+    let mut file = File::from(fd);
     file.write_all(script.as_bytes()).map_err(io_err)?;
     Ok(file)
 }

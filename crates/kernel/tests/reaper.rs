@@ -1,7 +1,7 @@
 //! The reaper of a process that exits soon (a CLI call, [`Netlink::exits_soon`]): its
-//! worker is a `clone(CLONE_VM)` child sharing the caller's memory. Its own test
-//! binary, since that worker stays this process's zombie child until the process
-//! exits, which the other reaper tests would count as a leak.
+//! worker is forked once and never waited for. Its own test binary, since that worker
+//! stays this process's zombie child until the process exits, which the other reaper
+//! tests would count as a leak.
 
 #[allow(dead_code)]
 mod lab;
@@ -40,7 +40,7 @@ fn a_cli_callers_worker_deletes_every_tombstone_and_holds_no_pipe() {
         assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         k.reap(tombs).unwrap();
         // The caller goes on using its memory while the worker runs: the worker
-        // must not depend on it (it reads only what was leaked for it).
+        // must not depend on it.
         let scribble: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 4096]).collect();
         drop(scribble);
         // SAFETY: our own fds; read into a valid buffer.

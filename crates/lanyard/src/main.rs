@@ -3,13 +3,10 @@
 //! and exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict, 4 not found,
 //! 5 unsupported by this kernel.
 //!
-//! The entry point is the C `main` itself (`#![no_main]`): Rust's own start-up
-//! (finding the main thread's stack in /proc/self/maps for its overflow guard, an
-//! alternate signal stack, and their teardown at exit) is ~0.05 ms of every call, and
-//! a CLI call is a few ms in all. [`main`] does what of it lanyard needs.
-
-// (Not for the unit tests: libtest's harness brings its own `main`.)
-#![cfg_attr(not(test), no_main)]
+//! A plain Rust `main`: the standard runtime ignores SIGPIPE (a reader that went
+//! away is an error on write, not death: the daemon writes sockets whose peers may
+//! hang up; `lanyard run` gives its command the default back), opens /dev/null on a
+//! closed fd 0-2, and turns a panic into exit status 101.
 
 mod cli;
 mod daemon;
@@ -64,48 +61,7 @@ fn open(cli: &Cli) -> Result<Lanyard> {
     Ok(Engine::new(store, kernel, config))
 }
 
-/// The process entry point, called by the C runtime with std already usable
-/// (glibc hands `argv` to std before `main`). Does what Rust's start-up would have
-/// done that lanyard relies on: SIGPIPE ignored (a closed pipe or socket is an error,
-/// not death: the daemon writes sockets), fds 0-2 open (or /dev/null), so no socket or
-/// file lanyard opens becomes "stdout"; and a panic is exit status 101, as before.
-#[cfg(not(test))]
-#[no_mangle]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    standard_fds_open();
-    match std::panic::catch_unwind(lanyard_main) {
-        Ok(never) => match never {},
-        Err(_) => 101,
-    }
-}
-
-/// Opens /dev/null on any of fds 0-2 that is closed.
-#[cfg(not(test))]
-fn standard_fds_open() {
-    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
-        fd,
-        events: 0,
-        revents: 0,
-    });
-    // SAFETY: `fds` is a valid array of 3 pollfds; a zero timeout never blocks.
-    if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } <= 0 {
-        return;
-    }
-    for p in fds.iter().filter(|p| p.revents & libc::POLLNVAL != 0) {
-        // SAFETY: a constant NUL-terminated path. open returns the lowest free fd,
-        // which is this one (the lower ones are open or were just opened).
-        let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-        if fd != p.fd {
-            // Cannot even open /dev/null: abort, as Rust's start-up would.
-            std::process::abort();
-        }
-    }
-}
-
-#[cfg_attr(test, allow(dead_code))]
-fn lanyard_main() -> std::convert::Infallible {
+fn main() {
     let cli = parse_args();
     log::init(matches!(cli.command, Command::Daemon(_)));
     let code = match dispatch(&cli) {

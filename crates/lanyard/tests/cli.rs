@@ -75,9 +75,9 @@ fn each_subcommand_help_starts_with_its_own_description() {
     }
 }
 
-/// `lanyard` starts at the C `main` (no Rust runtime start-up), which must still
-/// ignore SIGPIPE as Rust's would: a reader that went away is an error on write, not
-/// death by a signal (the daemon writes sockets whose peers may hang up).
+/// `lanyard` ignores SIGPIPE (Rust's start-up does): a reader that went away is an
+/// error on write, not death by a signal (the daemon writes sockets whose peers may
+/// hang up).
 #[test]
 fn a_closed_pipe_is_an_error_not_a_signal() {
     use std::os::unix::process::ExitStatusExt;
