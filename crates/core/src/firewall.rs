@@ -43,9 +43,13 @@
 //! - `prerouting` (filter): frames from ports not in `ports` pass untouched. A frame
 //!   from a lanyard port must carry that port's MAC (`macs`); IPv4 and ARP must carry
 //!   an address the port owns (`addr4`: `port . mac . address`), IPv6 likewise
-//!   (`addr6`), except link-local sources, and the unspecified source for DAD
-//!   neighbour solicitations and MLD reports, and ARP probes from `0.0.0.0`. All else
-//!   from a lanyard port is dropped. This hook sees bridged frames with or without
+//!   (`addr6`, which also holds the port's own link-local address, EUI-64 of its
+//!   MAC: no other fe80::/10 source passes), except the unspecified source for DAD
+//!   neighbour solicitations and MLD reports, and ARP probes from `0.0.0.0`. A
+//!   Neighbour Advertisement must name as its target an address the port owns
+//!   (`na6`, matched on the raw target field, `@th,64,128`), as ARP's sender is
+//!   checked: no endpoint can take over another's IPv6 address in a neighbour
+//!   cache. All else from a lanyard port is dropped. This hook sees bridged frames with or without
 //!   `br_netfilter`, which the inet hooks do not.
 //!
 //! Inputs are checked when built ([`BridgeNet::new`], [`BridgePort::new`]), so every
@@ -57,7 +61,7 @@ use crate::{Error, Result};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// Name of both lanyard tables (`inet lanyard`, `bridge lanyard`).
 pub const TABLE: &str = "lanyard";
@@ -125,16 +129,17 @@ const BRIDGE_TABLE: &str = r#"table bridge lanyard {
 	set macs { type ifname . ether_addr; }
 	set addr4 { type ifname . ether_addr . ipv4_addr; }
 	set addr6 { type ifname . ether_addr . ipv6_addr; }
+	set na6 { typeof iifname . ether saddr . @th,64,128; }
 
 	chain prerouting {
 		type filter hook prerouting priority filter; policy accept;
 		iifname != @ports accept
 		iifname . ether saddr != @macs counter drop
+		icmpv6 type nd-neighbor-advert iifname . ether saddr . @th,64,128 != @na6 counter drop
 		iifname . ether saddr . ip saddr @addr4 accept
 		iifname . arp saddr ether . arp saddr ip @addr4 accept
 		iifname . ether saddr . ip6 saddr @addr6 accept
 		arp saddr ip 0.0.0.0 accept
-		ip6 saddr fe80::/10 accept
 		ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept
 		counter drop
 	}
@@ -178,13 +183,17 @@ pub enum NftSet {
     Addr4,
     /// `bridge addr6`: `port . MAC . IPv6 address` each port may send from.
     Addr6,
+    /// `bridge na6`: `port . MAC . IPv6 address` each port may advertise as a
+    /// Neighbour Advertisement's target (the address as a 128-bit number: the set is
+    /// keyed by the raw target field).
+    Na6,
 }
 
 impl NftSet {
     /// The family of the table holding it: `inet` or `bridge`.
     pub fn family(self) -> &'static str {
         match self {
-            NftSet::Ports | NftSet::Macs | NftSet::Addr4 | NftSet::Addr6 => "bridge",
+            NftSet::Ports | NftSet::Macs | NftSet::Addr4 | NftSet::Addr6 | NftSet::Na6 => "bridge",
             _ => "inet",
         }
     }
@@ -209,6 +218,7 @@ impl NftSet {
             NftSet::Macs => "macs",
             NftSet::Addr4 => "addr4",
             NftSet::Addr6 => "addr6",
+            NftSet::Na6 => "na6",
         }
     }
 }
@@ -398,6 +408,31 @@ impl BridgeNet {
     }
 }
 
+/// The link-local address the kernel gives an interface with MAC `mac` (modified
+/// EUI-64, RFC 4291 appendix A: the default `addr_gen_mode`): the only fe80::/10
+/// source a bridge endpoint may send from.
+pub fn link_local_of(mac: MacAddr) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
 /// The DNAT elements of one mapping to an endpoint owning `addresses` (the first
 /// address of each family is the target). A mapping without a host address gets one
 /// element per family the endpoint has; one with a host address, one element of that
@@ -508,8 +543,9 @@ impl BridgePort {
         &self.ports
     }
 
-    /// Its anti-spoof elements: the port, `port . MAC`, and `port . MAC . address`
-    /// per address.
+    /// Its anti-spoof elements: the port, `port . MAC`, `port . MAC . address` per
+    /// address and, for its IPv6 addresses and its link-local one
+    /// ([`link_local_of`]), `port . MAC . target` in `na6`.
     pub fn guard_elements(&self) -> Vec<Element> {
         let port = quoted(&self.host_ifname);
         let mac = self.mac;
@@ -517,13 +553,22 @@ impl BridgePort {
             Element::new(NftSet::Ports, port.clone()),
             Element::new(NftSet::Macs, format!("{port} . {mac}")),
         ];
-        for a in &self.addresses {
-            let set = if a.is_ipv4() {
-                NftSet::Addr4
-            } else {
-                NftSet::Addr6
-            };
-            out.push(Element::new(set, format!("{port} . {mac} . {a}")));
+        let link_local = IpAddr::V6(link_local_of(mac));
+        let v6 = self.addresses.iter().filter(|a| a.is_ipv6());
+        for a in self.addresses.iter().filter(|a| a.is_ipv4()) {
+            out.push(Element::new(NftSet::Addr4, format!("{port} . {mac} . {a}")));
+        }
+        for a in std::iter::once(&link_local).chain(v6.clone()) {
+            out.push(Element::new(NftSet::Addr6, format!("{port} . {mac} . {a}")));
+        }
+        for a in std::iter::once(&link_local).chain(v6) {
+            if let IpAddr::V6(a) = a {
+                let raw = u128::from(*a);
+                out.push(Element::new(
+                    NftSet::Na6,
+                    format!("{port} . {mac} . 0x{raw:032x}"),
+                ));
+            }
         }
         out
     }
@@ -755,7 +800,8 @@ mod tests {
             r#"add element bridge lanyard ports { "lyv-web1" }"#,
             r#"add element bridge lanyard macs { "lyv-web1" . 02:42:0a:58:01:02 }"#,
             r#"add element bridge lanyard addr4 { "lyv-web1" . 02:42:0a:58:01:02 . 10.88.1.2 }"#,
-            r#"add element bridge lanyard addr6 { "lyv-web1" . 02:42:0a:58:01:02 . 2001:db8:1::2 }"#,
+            r#"add element bridge lanyard addr6 { "lyv-web1" . 02:42:0a:58:01:02 . fe80::42:aff:fe58:102, "lyv-web1" . 02:42:0a:58:01:02 . 2001:db8:1::2 }"#,
+            r#"add element bridge lanyard na6 { "lyv-web1" . 02:42:0a:58:01:02 . 0xfe8000000000000000420afffe580102, "lyv-web1" . 02:42:0a:58:01:02 . 0x20010db8000100000000000000000002 }"#,
         ] {
             assert!(s.contains(want), "missing {want}\n{s}");
         }
@@ -931,8 +977,32 @@ mod tests {
             element_ops(Change::Add, &p.elements()),
             "add element bridge lanyard ports { \"lyv-a1\" }\n\
              add element bridge lanyard macs { \"lyv-a1\" . 02:00:00:00:00:a1 }\n\
-             add element bridge lanyard addr4 { \"lyv-a1\" . 02:00:00:00:00:a1 . 10.88.1.5 }\n"
+             add element bridge lanyard addr4 { \"lyv-a1\" . 02:00:00:00:00:a1 . 10.88.1.5 }\n\
+             add element bridge lanyard addr6 { \"lyv-a1\" . 02:00:00:00:00:a1 . fe80::ff:fe00:a1 }\n\
+             add element bridge lanyard na6 { \"lyv-a1\" . 02:00:00:00:00:a1 . 0xfe80000000000000000000fffe0000a1 }\n"
         );
+    }
+
+    #[test]
+    fn the_link_local_address_is_the_macs_eui64() {
+        assert_eq!(
+            link_local_of(mac("02:42:0a:58:01:02")),
+            "fe80::42:aff:fe58:102".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            link_local_of(mac("00:16:3e:aa:bb:cc")),
+            "fe80::216:3eff:feaa:bbcc".parse::<Ipv6Addr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn neighbour_advertisements_are_checked_and_no_link_local_source_passes_unchecked() {
+        let s = ruleset(&FirewallInput::default());
+        let pos = |r: &str| s.find(r).unwrap_or_else(|| panic!("missing {r}\n{s}"));
+        let na = "icmpv6 type nd-neighbor-advert iifname . ether saddr . @th,64,128 != @na6 counter drop";
+        // Before any accept of the port's own source address.
+        assert!(pos(na) < pos("iifname . ether saddr . ip6 saddr @addr6 accept"));
+        assert!(!s.contains("fe80::/10"), "{s}");
     }
 
     #[test]

@@ -206,7 +206,7 @@ mod tests {
         assert_eq!(inet.sets.len(), 13);
         let bridge = &t[1].shape;
         assert_eq!(bridge.chains.get("prerouting"), Some(&9));
-        assert_eq!(bridge.sets.len(), 4);
+        assert_eq!(bridge.sets.len(), 5);
     }
 
     #[test]

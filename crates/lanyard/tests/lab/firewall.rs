@@ -9,7 +9,8 @@
 //! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
 
 use crate::harness::{addr, addr_of, exit, lab, Bg, Lab, Ns};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to start listening, and a rebuild to show.
@@ -521,6 +522,168 @@ fn frames_with_a_spoofed_source_address_or_mac_are_dropped_at_the_bridge() {
     assert!(
         c2.ping_within(addr::ROUTER_V4, SETTLE),
         "c2 with its MAC back -> router"
+    );
+}
+
+/// The MAC of `dev` in `ns`.
+fn mac_of(ns: &Ns, dev: &str) -> String {
+    ns.ip_json(&["link", "show", dev])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The link-local address the kernel derives from `mac` (modified EUI-64).
+fn eui64_link_local(mac: &str) -> String {
+    let m: Vec<u8> = mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let o = [
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ];
+    Ipv6Addr::from(o).to_string()
+}
+
+/// What the host's neighbour cache says `addr` is on: its MAC, if it has one.
+fn neighbour_mac(host: &Ns, addr: &str) -> Option<String> {
+    let n = host.ip_json(&["-6", "neigh", "show", addr]);
+    n.as_array()?.first()?["lladdr"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Sends one unsolicited ICMPv6 Neighbour Advertisement from inside `ns`, as an
+/// attacker's tool would: from `src` to `dst`, claiming `target` is at `mac`
+/// (Override flag, target link-layer address option), hop limit 255 as NDP demands.
+fn send_neighbour_advert(ns: &Ns, src: &str, dst: &str, target: &str, mac: &str) {
+    let (src, dst, target): (Ipv6Addr, Ipv6Addr, Ipv6Addr) = (
+        src.parse().unwrap(),
+        dst.parse().unwrap(),
+        target.parse().unwrap(),
+    );
+    let mut na = vec![136u8, 0, 0, 0, 0x20, 0, 0, 0]; // type, code, checksum, O flag
+    na.extend_from_slice(&target.octets());
+    na.extend_from_slice(&[2, 1]); // option: target link-layer address, 8 bytes
+    na.extend(mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()));
+    let sockaddr = |a: Ipv6Addr| libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: a.octets(),
+        },
+        sin6_scope_id: 0,
+    };
+    let path = ns.path();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let nsf = std::fs::File::open(&path).unwrap();
+            // SAFETY: `nsf` is an open nsfs file; only this thread changes namespace.
+            assert_eq!(
+                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            // SAFETY: plain socket(2); the fd is owned right away.
+            let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: `fd` is a fresh socket nothing else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let hops: libc::c_int = 255;
+            let (s, d) = (sockaddr(src), sockaddr(dst));
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: pointers to live locals of the sizes given; the kernel fills
+            // the ICMPv6 checksum of a raw ICMPv6 socket itself.
+            unsafe {
+                let h = &hops as *const libc::c_int as *const libc::c_void;
+                let hl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                let r = libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_UNICAST_HOPS,
+                    h,
+                    hl,
+                );
+                assert_eq!(r, 0, "IPV6_UNICAST_HOPS");
+                let r = libc::bind(
+                    sock.as_raw_fd(),
+                    &s as *const _ as *const libc::sockaddr,
+                    len,
+                );
+                assert_eq!(r, 0, "bind {src}: {}", std::io::Error::last_os_error());
+                let r = libc::sendto(
+                    sock.as_raw_fd(),
+                    na.as_ptr() as *const libc::c_void,
+                    na.len(),
+                    0,
+                    &d as *const _ as *const libc::sockaddr,
+                    len,
+                );
+                assert_eq!(
+                    r,
+                    na.len() as isize,
+                    "sendto {dst}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        });
+    });
+}
+
+#[test]
+fn an_endpoint_cannot_take_over_anothers_ipv6_address_or_send_from_a_forged_link_local() {
+    let lab = lab!();
+    dual_stack_bridge(&lab, "br");
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let a = addr_of(&lab.attach("br", &c1, &[]), true);
+    let b = addr_of(&lab.attach("br", &c2, &[]), true);
+    let (mac_a, mac_b) = (mac_of(&c1, "eth0"), mac_of(&c2, "eth0"));
+    let host = lab.host();
+    assert!(host.ping_within(&b, SETTLE), "host -> {b}");
+    assert_eq!(neighbour_mac(&host, &b), Some(mac_b.clone()), "before");
+    // c1 tells the host (its gateway) that c2's address is at c1's MAC.
+    for _ in 0..3 {
+        send_neighbour_advert(&c1, &a, "2001:db8:5::1", &b, &mac_a);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        neighbour_mac(&host, &b),
+        Some(mac_b.clone()),
+        "the host's neighbour entry for c2's {b} was taken over by c1 ({mac_a})"
+    );
+    assert!(host.ping(&b), "host -> {b} after the forged advertisement");
+    // An advertisement of c1's own address still passes (the host learns it).
+    assert!(host.ping_within(&a, SETTLE), "host -> {a}");
+    assert_eq!(neighbour_mac(&host, &a), Some(mac_a.clone()));
+    // Link-local: c1's own (EUI-64 of its MAC) works, any other fe80:: source does not.
+    let ll_b = eui64_link_local(&mac_b);
+    let to_b = format!("{ll_b}%eth0");
+    assert!(
+        c1.ping_within(&to_b, SETTLE),
+        "c1 -> {to_b} from its own link-local"
+    );
+    c1.ip(&["-6", "addr", "add", "fe80::dead/64", "dev", "eth0", "nodad"]);
+    let forged = c1.exec(&["ping", "-n", "-c1", "-W1", "-I", "fe80::dead%eth0", &to_b]);
+    // Exit 1: sent, no answer (2 would be a ping that could not even send).
+    assert_eq!(
+        forged.status.code(),
+        Some(1),
+        "a ping from the forged link-local fe80::dead: {forged:?}"
     );
 }
 
