@@ -1,96 +1,369 @@
-//! Handing tombstones to `lanyard daemon` instead of forking a worker.
+//! `daemon.sock`: the control socket of `lanyard daemon`, and its small versioned
+//! protocol.
 //!
-//! When the daemon runs, it listens on a Unix datagram socket (`daemon.sock` in the
-//! run directory, mode 0600: root only). A detaching process sends one datagram per
-//! batch: the text `lanyard-reap 1` and the tombstones' names, NUL-separated, with the
-//! namespaces they live in passed as file descriptors (`SCM_RIGHTS`, in the same
-//! order). Descriptors, not paths: the daemon deletes in exactly the namespace the
-//! sender saw, even if its path is gone or reused meanwhile. A queued datagram holds
-//! its descriptors, so once `sendmsg` succeeded the daemon gets them; if it dies
-//! first, the descriptors close with it and the tombstones stay for `lanyard gc`.
+//! A Unix `SOCK_SEQPACKET` socket in the run directory (mode 0600: root only), so
+//! every message is one packet, a connection has a peer whose credentials the kernel
+//! vouches for, and a full backlog is an immediate error. Every message is
+//! `lanyard/VERSION`, a verb and its fields, each followed by a NUL; a receiver
+//! answers a version it does not speak with `error` (or drops it), so there is no
+//! separate hello round trip on the hot path. Verbs ([`Message`]):
 //!
-//! The sender never waits: a full queue, a missing socket or a dead daemon (a stale
-//! socket file: `ECONNREFUSED`) is an error the caller answers by forking its own
-//! worker (the `reap` module). The receiver accepts only tombstone names (`lyx-…`).
+//! - `reap NAME…`: tombstones (`lyx-…`) to delete, with the namespaces they live in
+//!   as file descriptors (`SCM_RIGHTS`, in the same order). Descriptors, not paths:
+//!   the daemon deletes in exactly the namespace the sender saw, even if its path is
+//!   gone or reused meanwhile.
+//! - `endpoint added|removed NETWORK ENDPOINT_ID`: a best-effort notice after an
+//!   attach or detach, so services (DNS, DHCP) learn of endpoints at once.
+//! - `subscribe`: the daemon answers `subscribed`, then sends every endpoint notice
+//!   on that connection.
+//! - `status`: the daemon answers `status` with its pid, protocol version and
+//!   counters.
+//!
+//! **Who may receive a namespace.** Before sending anything the sender checks
+//! ([`Client::connect`]) that the run directory is owned by root (its own user) and
+//! writable by nobody else, that the socket file is owned by the same, and, after
+//! connecting, that the process listening (`SO_PEERCRED` of the connection) runs as
+//! that user: an unprivileged user who bound `daemon.sock` first never receives a
+//! container's namespace.
+//!
+//! The sender never waits: a missing socket, a dead daemon (a stale socket file:
+//! `ECONNREFUSED`), a full backlog or queue, or a failed check is an error the caller
+//! answers by forking its own worker (the `reap` module).
 
 use lanyard_core::kernel::is_tombstone;
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use rustix::fs::{Mode, Stat};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// The socket's file name in the run directory.
 pub const SOCKET: &str = "daemon.sock";
 
-/// First field of every datagram: what it is and the format's version.
-const MAGIC: &[u8] = b"lanyard-reap 1";
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 2;
 
-/// At most this many tombstones per datagram (the kernel's limit on descriptors in
+/// First field of every message: what it is and the protocol's version.
+const MAGIC: &str = "lanyard/2";
+
+/// At most this many tombstones per message (the kernel's limit on descriptors in
 /// one message is 253).
 pub const MAX_BATCH: usize = 64;
 
-/// Largest datagram: the magic and `MAX_BATCH` names of at most 15 bytes, each
-/// followed by a NUL.
-const MAX_LEN: usize = MAGIC.len() + 1 + MAX_BATCH * 16;
+/// Largest message: the magic, a verb and `MAX_BATCH` names of at most 15 bytes.
+pub const MAX_LEN: usize = 4096;
 
-/// The payload for `names`: `MAGIC`, then each name, each followed by a NUL.
-pub fn encode(names: &[&str]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MAX_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(0);
-    for n in names {
-        out.extend_from_slice(n.as_bytes());
+/// Connections the daemon's listener queues before senders get `EAGAIN`.
+const BACKLOG: i32 = 256;
+
+/// What an endpoint did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Attached.
+    Added,
+    /// Detached.
+    Removed,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+/// One message on the control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Tombstones to delete (their namespaces travel as descriptors).
+    Reap(Vec<String>),
+    /// An endpoint was attached or detached.
+    Endpoint {
+        /// Added or removed.
+        change: Change,
+        /// Its network's name.
+        network: String,
+        /// Its id.
+        id: String,
+    },
+    /// Send me every endpoint notice from now on.
+    Subscribe,
+    /// The answer to [`Message::Subscribe`].
+    Subscribed,
+    /// Tell me how you are.
+    Status,
+    /// The answer to [`Message::Status`]: `key=value` fields.
+    StatusIs(Vec<String>),
+    /// A message the receiver could not take, and why.
+    Error(String),
+}
+
+/// The payload of `m`: the magic, the verb, its fields, each followed by a NUL.
+pub fn encode(m: &Message) -> Vec<u8> {
+    let mut fields: Vec<&str> = vec![MAGIC];
+    match m {
+        Message::Reap(names) => {
+            fields.push("reap");
+            fields.extend(names.iter().map(String::as_str));
+        }
+        Message::Endpoint {
+            change,
+            network,
+            id,
+        } => fields.extend(["endpoint", change.as_str(), network, id]),
+        Message::Subscribe => fields.push("subscribe"),
+        Message::Subscribed => fields.push("subscribed"),
+        Message::Status => fields.push("status"),
+        Message::StatusIs(kv) => {
+            fields.push("status-is");
+            fields.extend(kv.iter().map(String::as_str));
+        }
+        Message::Error(why) => fields.extend(["error", why]),
+    }
+    let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 1).sum());
+    for f in fields {
+        out.extend_from_slice(f.as_bytes());
         out.push(0);
     }
     out
 }
 
-/// The names in a payload, or why it is not one.
-pub fn decode(payload: &[u8]) -> Result<Vec<String>, String> {
-    let mut fields = payload.split(|&b| b == 0);
-    if fields.next() != Some(MAGIC) {
-        return Err("not a lanyard-reap 1 message".into());
-    }
+/// The message in a payload, or why it is not one.
+pub fn decode(payload: &[u8]) -> Result<Message, String> {
     if payload.last() != Some(&0) {
         return Err("truncated message".into());
     }
-    let names: Vec<String> = fields
-        .filter(|f| !f.is_empty())
+    let fields: Vec<String> = payload[..payload.len() - 1]
+        .split(|&b| b == 0)
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    match names.iter().find(|n| !is_tombstone(n) || n.len() > 15) {
-        Some(bad) => Err(format!("{bad:?} is not a tombstone name")),
-        None => Ok(names),
+    let Some((magic, rest)) = fields.split_first() else {
+        return Err("empty message".into());
+    };
+    match magic.strip_prefix("lanyard/") {
+        Some(v) if v == VERSION.to_string() => {}
+        Some(v) => {
+            return Err(format!(
+                "protocol version {v:?} unsupported (this is {VERSION})"
+            ))
+        }
+        None => return Err("not a lanyard control message".into()),
+    }
+    let (verb, args) = rest.split_first().ok_or("no verb")?;
+    let m = match (verb.as_str(), args) {
+        ("reap", names) => {
+            if let Some(bad) = names.iter().find(|n| !is_tombstone(n) || n.len() > 15) {
+                return Err(format!("{bad:?} is not a tombstone name"));
+            }
+            if names.is_empty() || names.len() > MAX_BATCH {
+                return Err(format!("1 to {MAX_BATCH} tombstones per message"));
+            }
+            Message::Reap(names.to_vec())
+        }
+        ("endpoint", [change, network, id]) => Message::Endpoint {
+            change: match change.as_str() {
+                "added" => Change::Added,
+                "removed" => Change::Removed,
+                other => return Err(format!("endpoint change {other:?} unknown")),
+            },
+            network: network.clone(),
+            id: id.clone(),
+        },
+        ("subscribe", []) => Message::Subscribe,
+        ("subscribed", []) => Message::Subscribed,
+        ("status", []) => Message::Status,
+        ("status-is", kv) => Message::StatusIs(kv.to_vec()),
+        ("error", [why]) => Message::Error(why.clone()),
+        (verb, _) => return Err(format!("verb {verb:?} unknown or with wrong fields")),
+    };
+    Ok(m)
+}
+
+fn seqpacket(flags: SocketFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | flags,
+        None,
+    )?)
+}
+
+fn addr(path: &Path) -> io::Result<SocketAddrUnix> {
+    SocketAddrUnix::new(path).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket path {}: {e}", path.display()),
+        )
+    })
+}
+
+fn denied(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, why)
+}
+
+/// Is `st` owned by `uid` and writable by nobody else (no group or other write)?
+fn private_to(st: &Stat, uid: u32) -> bool {
+    st.st_uid == uid && st.st_mode & 0o022 == 0
+}
+
+/// Checks that directory `dir` is owned by this process's user and writable by no
+/// one else; when running as root, also every directory above it (a directory
+/// another user may write lets that user replace what is below). Only root's
+/// directories are checked: an unprivileged lanyard (tests) trusts its own.
+pub fn check_private_dir(dir: &Path) -> io::Result<()> {
+    let uid = rustix::process::geteuid().as_raw();
+    if uid != 0 {
+        return Ok(());
+    }
+    let st = rustix::fs::stat(dir)?;
+    if !private_to(&st, uid) {
+        return Err(denied(format!(
+            "{} is owned by uid {} with mode {:o}: it must be root's and writable by no one else (chown root {0}; chmod go-w {0})",
+            dir.display(),
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// A connection to the daemon, checked to be root's (see the module doc).
+#[derive(Debug)]
+pub struct Client {
+    sock: OwnedFd,
+}
+
+impl Client {
+    /// Connects to the daemon at `path` without waiting, after checking its directory
+    /// and socket file, and checks who listens.
+    pub fn connect(path: &Path) -> io::Result<Client> {
+        let uid = rustix::process::geteuid().as_raw();
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let dir_st = rustix::fs::stat(dir)?;
+        if !private_to(&dir_st, uid) {
+            return Err(denied(format!(
+                "{} is not private to uid {uid} (owner {}, mode {:o})",
+                dir.display(),
+                dir_st.st_uid,
+                dir_st.st_mode & 0o7777
+            )));
+        }
+        let st = rustix::fs::lstat(path)?;
+        if st.st_uid != uid || st.st_mode & 0o170000 != 0o140000 {
+            return Err(denied(format!(
+                "{} is not a socket of uid {uid} (owner {}, mode {:o})",
+                path.display(),
+                st.st_uid,
+                st.st_mode
+            )));
+        }
+        let sock = seqpacket(SocketFlags::NONBLOCK)?;
+        rustix::net::connect(&sock, &addr(path)?)?;
+        let peer = rustix::net::sockopt::socket_peercred(&sock)?;
+        if peer.uid.as_raw() != uid {
+            return Err(denied(format!(
+                "the process listening on {} runs as uid {}, not {uid}",
+                path.display(),
+                peer.uid.as_raw()
+            )));
+        }
+        Ok(Client { sock })
+    }
+
+    /// Sends `m` with `fds` attached, without waiting.
+    pub fn send(&self, m: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        send_on(self.sock.as_fd(), m, fds)
+    }
+
+    /// Waits for the next message on the connection (blocking up to `timeout`).
+    pub fn recv(&self, timeout: std::time::Duration) -> io::Result<Message> {
+        let mut pfd = [rustix::event::PollFd::new(
+            &self.sock,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::event::Timespec::try_from(timeout).map_err(io::Error::other)?;
+        if rustix::event::poll(&mut pfd, Some(&ts))? == 0 {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match recv_on(self.sock.as_fd())? {
+            Some((m, _)) => Ok(m),
+            None => Err(io::ErrorKind::UnexpectedEof.into()),
+        }
     }
 }
 
-/// `sockaddr_un` for `path`, or an error if it does not fit.
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+/// Sends `m` and `fds` on a connected socket, without waiting.
+pub fn send_on(sock: BorrowedFd<'_>, m: &Message, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let payload = encode(m);
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_BATCH))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("socket path {} is too long", path.display()),
+            format!("at most {MAX_BATCH} descriptors per message"),
         ));
     }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(&payload)],
+        &mut control,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
 }
 
-fn datagram_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the descriptor is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+/// Receives one message and its descriptors; `None` at the end of the connection.
+/// A malformed message is an `InvalidData` error (its descriptors are closed).
+pub fn recv_on(sock: BorrowedFd<'_>) -> io::Result<Option<(Message, Vec<OwnedFd>)>> {
+    let mut payload = vec![0u8; MAX_LEN];
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_BATCH))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut payload)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => break other?,
+        }
+    };
+    // Own every descriptor first, so each is closed whatever happens next.
+    let mut fds = vec![];
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = msg {
+            fds.extend(rights);
+        }
     }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    if got
+        .flags
+        .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+    {
+        return Err(bad("truncated control message".into()));
+    }
+    let m = decode(&payload[..got.bytes.min(MAX_LEN)]).map_err(bad)?;
+    let want = match &m {
+        Message::Reap(names) => names.len(),
+        _ => 0,
+    };
+    if fds.len() != want {
+        return Err(bad(format!(
+            "{want} descriptors expected, {} came",
+            fds.len()
+        )));
+    }
+    Ok(Some((m, fds)))
 }
 
 /// Sends `items` (namespace, tombstone name) to the daemon at `path` without
@@ -102,190 +375,71 @@ pub fn send(path: &Path, items: &[(BorrowedFd<'_>, &str)]) -> io::Result<()> {
             "1 to 64 tombstones per hand-off",
         ));
     }
-    let (addr, addr_len) = sockaddr(path)?;
-    let sock = datagram_socket()?;
-    let names: Vec<&str> = items.iter().map(|(_, n)| *n).collect();
-    let payload = encode(&names);
-    let fds: Vec<RawFd> = items.iter().map(|(fd, _)| fd.as_raw_fd()).collect();
-    let fds_len = std::mem::size_of_val(fds.as_slice());
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(fds_len as u32) } as usize;
-    let mut control = vec![0u8; space];
-    let mut iov = libc::iovec {
-        iov_base: payload.as_ptr() as *mut libc::c_void,
-        iov_len: payload.len(),
-    };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&addr as *const libc::sockaddr_un).cast_mut().cast();
-    msg.msg_namelen = addr_len;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    // SAFETY: `control` has room for one header and `fds` (CMSG_SPACE above);
-    // CMSG_FIRSTHDR and CMSG_DATA point into it.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_len as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), fds_len);
-    }
-    // SAFETY: `msg` is fully initialised and its buffers are alive.
-    let n = unsafe {
-        libc::sendmsg(
-            sock.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let names = items.iter().map(|(_, n)| n.to_string()).collect();
+    let fds: Vec<BorrowedFd<'_>> = items.iter().map(|(fd, _)| *fd).collect();
+    Client::connect(path)?.send(&Message::Reap(names), &fds)
 }
 
-/// The daemon's end: a bound datagram socket.
+/// Tells the daemon at `path`, if one runs, that an endpoint came or went; never
+/// waits, and a missing daemon is not an error (`Ok(false)`).
+pub fn notify(path: &Path, change: Change, network: &str, id: &str) -> io::Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    let m = Message::Endpoint {
+        change,
+        network: network.into(),
+        id: id.into(),
+    };
+    Client::connect(path)?.send(&m, &[])?;
+    Ok(true)
+}
+
+/// The daemon's end: a listening socket.
 #[derive(Debug)]
-pub struct Receiver {
+pub struct Listener {
     sock: OwnedFd,
 }
 
-impl Receiver {
-    /// Binds `path` (mode 0600). A socket file left by a daemon that is gone is
-    /// replaced; one that a live daemon answers on is an `AddrInUse` error.
-    pub fn bind(path: &Path) -> io::Result<Receiver> {
-        let (addr, addr_len) = sockaddr(path)?;
-        let sock = datagram_socket()?;
-        let bind = || {
-            // SAFETY: `addr` is a valid sockaddr_un of `addr_len` bytes.
-            let rc = unsafe {
-                libc::bind(
-                    sock.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    addr_len,
-                )
+impl Listener {
+    /// Binds and listens on `path` (mode 0600; non-blocking, for an event loop). A
+    /// socket file left by a daemon that is gone is replaced; one that a live daemon
+    /// answers on is an `AddrInUse` error.
+    pub fn bind(path: &Path) -> io::Result<Listener> {
+        let a = addr(path)?;
+        let sock = seqpacket(SocketFlags::NONBLOCK)?;
+        // Only the owner (root) may connect: the mask applies to the file bind makes.
+        let old = rustix::process::umask(Mode::from_raw_mode(0o177));
+        let mut bound = rustix::net::bind(&sock, &a);
+        if bound == Err(rustix::io::Errno::ADDRINUSE) {
+            let probe = seqpacket(SocketFlags::NONBLOCK)?;
+            let live = match rustix::net::connect(&probe, &a) {
+                Ok(()) => true,
+                // Anything but "nobody listens" (a full backlog, a socket of another
+                // type) counts as alive: never take over a path that is in use.
+                Err(e) => e != rustix::io::Errno::CONNREFUSED,
             };
-            if rc < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        };
-        // Only the owner (root) may send: the mask applies to the file bind creates.
-        // SAFETY: umask only changes this process's file-creation mask.
-        let old = unsafe { libc::umask(0o177) };
-        let mut bound = bind();
-        if matches!(&bound, Err(e) if e.kind() == io::ErrorKind::AddrInUse) {
-            let probe = datagram_socket()?;
-            // SAFETY: as for bind.
-            let rc = unsafe {
-                libc::connect(
-                    probe.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    addr_len,
-                )
-            };
-            let refused =
-                rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECONNREFUSED);
-            if refused {
+            if !live {
                 let _ = std::fs::remove_file(path);
-                bound = bind();
+                bound = rustix::net::bind(&sock, &a);
             }
         }
-        // SAFETY: restores the mask read above.
-        unsafe { libc::umask(old) };
-        bound.map(|()| Receiver { sock })
+        rustix::process::umask(old);
+        bound?;
+        rustix::net::listen(&sock, BACKLOG)?;
+        Ok(Listener { sock })
     }
 
-    /// Makes [`Receiver::recv`] return `WouldBlock` instead of waiting, for an event
-    /// loop that polls the socket ([`AsRawFd`]).
-    pub fn set_nonblocking(&self) -> io::Result<()> {
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own; no memory is passed.
-        let rc = unsafe {
-            let flags = libc::fcntl(self.sock.as_raw_fd(), libc::F_GETFL);
-            if flags < 0 {
-                flags
-            } else {
-                libc::fcntl(
-                    self.sock.as_raw_fd(),
-                    libc::F_SETFL,
-                    flags | libc::O_NONBLOCK,
-                )
-            }
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Waits for the next datagram; returns its (namespace, name) pairs. A malformed
-    /// datagram is an `InvalidData` error (its descriptors are closed).
-    pub fn recv(&self) -> io::Result<Vec<(OwnedFd, String)>> {
-        let mut payload = vec![0u8; MAX_LEN];
-        // SAFETY: CMSG_SPACE only computes a size.
-        let space =
-            unsafe { libc::CMSG_SPACE((MAX_BATCH * std::mem::size_of::<RawFd>()) as u32) } as usize;
-        let mut control = vec![0u8; space];
-        let mut iov = libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: payload.len(),
-        };
-        // SAFETY: msghdr is plain data; the buffers outlive the call.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let n = loop {
-            // SAFETY: `msg` describes writable buffers of the given sizes.
-            let n =
-                unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-            if n >= 0 {
-                break n as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
-        // Own every descriptor first, so each is closed whatever happens next.
-        let mut fds = vec![];
-        // SAFETY: walking the control buffer the kernel filled, with the CMSG
-        // macros; SCM_RIGHTS data is an array of descriptors now owned by us.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg);
-                    let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-            }
-        }
-        let bad = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
-        if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-            return Err(bad("truncated hand-off datagram".into()));
-        }
-        let names = decode(&payload[..n]).map_err(bad)?;
-        if names.len() != fds.len() {
-            return Err(bad(format!(
-                "{} names but {} namespaces",
-                names.len(),
-                fds.len()
-            )));
-        }
-        Ok(fds.into_iter().zip(names).collect())
+    /// The next connection, non-blocking (`WouldBlock` when none is waiting).
+    pub fn accept(&self) -> io::Result<OwnedFd> {
+        Ok(rustix::net::accept_with(
+            &self.sock,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        )?)
     }
 }
 
-impl AsRawFd for Receiver {
+impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
@@ -310,22 +464,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_round_trips() {
-        let p = encode(&["lyx-0000abcd", "lyx-12345678"]);
-        assert_eq!(decode(&p).unwrap(), ["lyx-0000abcd", "lyx-12345678"]);
+    fn every_message_round_trips() {
+        for m in [
+            Message::Reap(vec!["lyx-0000abcd".into(), "lyx-12345678".into()]),
+            Message::Endpoint {
+                change: Change::Added,
+                network: "br".into(),
+                id: "ab12".into(),
+            },
+            Message::Subscribe,
+            Message::Subscribed,
+            Message::Status,
+            Message::StatusIs(vec!["pid=1".into(), "version=2".into()]),
+            Message::Error("no".into()),
+        ] {
+            assert_eq!(decode(&encode(&m)).unwrap(), m);
+        }
     }
 
     #[test]
-    fn anything_but_tombstones_is_refused() {
-        assert!(decode(&encode(&["eth0"])).unwrap_err().contains("\"eth0\""));
-        assert!(decode(b"hello\0lyx-1\0").is_err(), "wrong magic");
-        let mut p = encode(&["lyx-00000001"]);
+    fn anything_but_tombstones_and_other_versions_are_refused() {
+        let reap = |n: &str| encode(&Message::Reap(vec![n.into()]));
+        assert!(decode(&reap("eth0")).unwrap_err().contains("\"eth0\""));
+        assert!(decode(&reap("lyx-0123456789abcdef")).is_err(), "too long");
+        assert!(decode(b"hello\0reap\0lyx-1\0").is_err(), "wrong magic");
+        assert!(decode(b"lanyard-reap 1\0lyx-1\0").is_err(), "version 1");
+        let err = decode(b"lanyard/3\0status\0").unwrap_err();
+        assert!(err.contains("version \"3\" unsupported"), "{err}");
+        let mut p = encode(&Message::Status);
         p.pop();
         assert!(decode(&p).unwrap_err().contains("truncated"));
-        assert!(
-            decode(&encode(&["lyx-0123456789abcdef"])).is_err(),
-            "too long"
-        );
+        assert!(decode(b"lanyard/2\0endpoint\0gone\0n\0i\0").is_err());
     }
 
     #[test]
@@ -334,30 +503,55 @@ mod tests {
         let path = dir.path().join(SOCKET);
         // Nobody listening: the sender learns at once.
         let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
-        let fd = std::os::fd::AsFd::as_fd(&ns);
+        let fd = ns.as_fd();
         assert!(send(&path, &[(fd, "lyx-00000001")]).is_err());
-        let rx = Receiver::bind(&path).unwrap();
+        let l = Listener::bind(&path).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A second daemon on the same socket is refused while the first is alive.
         assert_eq!(
-            Receiver::bind(&path).unwrap_err().kind(),
+            Listener::bind(&path).unwrap_err().kind(),
             io::ErrorKind::AddrInUse
         );
         send(&path, &[(fd, "lyx-00000001"), (fd, "lyx-00000002")]).unwrap();
-        let got = rx.recv().unwrap();
-        let names: Vec<&str> = got.iter().map(|(_, n)| n.as_str()).collect();
-        assert_eq!(names, ["lyx-00000001", "lyx-00000002"]);
+        // (The refused second daemon's probe connected first, and said nothing.)
+        let probe = l.accept().unwrap();
+        assert!(recv_on(probe.as_fd()).unwrap().is_none());
+        let conn = l.accept().unwrap();
+        let (m, fds) = recv_on(conn.as_fd()).unwrap().unwrap();
+        assert_eq!(
+            m,
+            Message::Reap(vec!["lyx-00000001".into(), "lyx-00000002".into()])
+        );
         let id =
             |f: &OwnedFd| std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd())).unwrap();
         assert_eq!(
-            id(&got[0].0),
+            id(&fds[0]),
             std::fs::read_link("/proc/self/ns/net").unwrap()
         );
+        assert!(
+            recv_on(conn.as_fd()).unwrap().is_none(),
+            "end of connection"
+        );
         // The daemon died (its socket file stays): the next one takes the path over.
-        drop(rx);
+        drop(l);
         assert!(send(&path, &[(fd, "lyx-00000001")]).is_err());
-        let _rx = Receiver::bind(&path).unwrap();
+        let _l = Listener::bind(&path).unwrap();
+    }
+
+    #[test]
+    fn a_socket_in_a_directory_others_may_write_gets_no_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        let _l = Listener::bind(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let err = send(&path, &[(ns.as_fd(), "lyx-00000001")]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        if rustix::process::geteuid().is_root() {
+            assert!(check_private_dir(dir.path()).is_err());
+        }
     }
 }

@@ -18,7 +18,8 @@
 //! - **gc** every `--gc-interval` seconds (tombstones, endpoints whose namespace is
 //!   gone, crash leftovers).
 //! - **Signals** (`tokio::signal`).
-//! - **Hand-off** ([`reaper`]): tombstones from detaches over `daemon.sock`.
+//! - **Control socket** ([`control`]): `daemon.sock`, a small versioned protocol:
+//!   tombstones from detaches, endpoint notices and subscriptions, status.
 //!
 //! Engine calls never run on the loop: they go to one engine thread ([`worker`]),
 //! one at a time; deleting tombstones goes to a reaper thread.
@@ -36,7 +37,7 @@
 //! (stale, until the next rebuild); the store re-read after each rebuild narrows this
 //! window but cannot close it without a lock shared with the CLI.
 
-mod reaper;
+mod control;
 mod watch;
 mod worker;
 
@@ -254,7 +255,7 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
     // call's connection finds the WAL index ready instead of rebuilding it from
     // the WAL (a third of the cost of opening the store).
     let _store = lanyard_store::SqliteStore::open(&cli.state_dir)?;
-    let mut handoff = reaper::HandOff::bind(cli)?;
+    let mut handoff = control::Control::bind(cli)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -280,7 +281,7 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
 }
 
 /// The loop's main task: starts the others, checks once, then serves.
-async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut reaper::HandOff) -> Result<i32> {
+async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control) -> Result<i32> {
     let interval = Duration::from_secs(args.interval);
     let gc_interval = (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval));
     let debounce = Duration::from_millis(args.debounce_ms);

@@ -1,8 +1,11 @@
 //! `lanyard daemon` as a service host: what it repairs that the CLI alone would leave
-//! broken (set elements deleted by someone else).
+//! broken (set elements deleted by someone else), and who may receive what its
+//! control socket carries (never another user: run directories others may write are
+//! refused).
 
-use crate::harness::{addr_of, lab};
-use std::time::Duration;
+use crate::harness::{addr, addr_of, exit, lab, Lab};
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
 
 /// How long a repair may take to show.
 const SETTLE: Duration = Duration::from_secs(5);
@@ -49,4 +52,94 @@ fn the_daemon_puts_back_an_anti_spoofing_element_deleted_by_hand() {
     let listing = host.ok(&["nft", "list", "set", "bridge", "lanyard", "addr4"]);
     assert!(listing.contains(&c1_addr), "{listing}");
     assert!(daemon.stdout().contains("element"), "{}", daemon.stdout());
+}
+
+fn macvlan_lan(lab: &Lab) {
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "lan",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+    ]);
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+#[test]
+fn the_daemon_refuses_a_run_directory_others_may_write() {
+    let lab = lab!();
+    std::fs::create_dir_all(lab.run_dir()).unwrap();
+    chmod(&lab.run_dir(), 0o777);
+    let err = lab.lanyard_fails(&["daemon", "--interval", "60"], exit::USAGE);
+    assert!(
+        err.contains(lab.run_dir().to_str().unwrap()) && err.contains("writable by no one else"),
+        "{err}"
+    );
+    assert!(!lab.run_dir().join("daemon.sock").exists());
+}
+
+#[test]
+fn a_detach_never_hands_a_namespace_to_a_socket_another_user_bound() {
+    let lab = lab!();
+    macvlan_lan(&lab);
+    // A run directory anyone may write, reachable by user nobody, and nobody's
+    // socket in it before any daemon's.
+    chmod(lab.dir(), 0o711);
+    std::fs::create_dir_all(lab.run_dir()).unwrap();
+    chmod(&lab.run_dir(), 0o1777);
+    let sock = lab.run_dir().join("daemon.sock");
+    let mut thief = crate::harness::Bg::spawn(
+        {
+            let mut c = std::process::Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "socat",
+                "-u",
+            ])
+            .arg(format!("UNIX-RECV:{}", sock.display()))
+            .arg("STDOUT");
+            c
+        },
+        "socat as nobody",
+    );
+    let end = Instant::now() + SETTLE;
+    while !sock.exists() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        sock.exists(),
+        "nobody's socket did not appear: {}",
+        thief.stderr()
+    );
+    let c1 = lab.netns("c1");
+    lab.attach("lan", &c1, &[]);
+    let path = c1.path();
+    let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+    cmd.env("LANYARD_LOG", "lanyard_kernel=debug");
+    let out = cmd.output().expect("run lanyard");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "detach failed: {err}");
+    assert!(
+        !err.contains("handed to the daemon"),
+        "a container's namespace went to user nobody's socket: {err}"
+    );
+    // The detach's own worker deleted the tombstone instead.
+    let end = Instant::now() + SETTLE;
+    while c1.links().iter().any(|l| l.starts_with("lyx-")) {
+        assert!(Instant::now() < end, "tombstones left: {:?}", c1.links());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(thief.is_running());
 }

@@ -1,0 +1,269 @@
+//! The control socket (`daemon.sock`, [`handoff`]): a task on the event loop accepts
+//! connections and serves each one's messages. Tombstones handed over by detaches go
+//! to a reaper thread, which deletes each in its own namespace (the thread moves
+//! between namespaces and does nothing else, so no other work ever runs in a
+//! container's namespace by mistake). Endpoint notices are logged and passed on to
+//! every subscriber; `status` is answered on the spot.
+//!
+//! A second daemon on the same socket is refused; a socket left by a killed daemon
+//! is taken over. Without the daemon (or with its socket failed) detaches fork their
+//! own workers.
+
+use crate::cli::Cli;
+use lanyard_core::{Error, Result};
+use lanyard_kernel::handoff::{self, Message};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+
+/// Endpoint notices a slow subscriber may fall behind by before it misses some.
+const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// The bound socket, until the loop takes it ([`Control::serve`]).
+pub struct Control {
+    path: PathBuf,
+    listener: Option<handoff::Listener>,
+}
+
+/// What `status` reports.
+#[derive(Default)]
+struct Counters {
+    tombstones: AtomicU64,
+    notices: AtomicU64,
+}
+
+/// A connected socket the loop can poll.
+struct Conn(OwnedFd);
+
+impl AsRawFd for Conn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Control {
+    /// Binds `daemon.sock` in the run directory (made 0700 if missing; refused if it
+    /// is not root's alone). Another live daemon on the socket is an error.
+    pub fn bind(cli: &Cli) -> Result<Control> {
+        let dir = &cli.run_dir;
+        let path = dir.join(handoff::SOCKET);
+        let fail = |what: &str, e: std::io::Error| {
+            Error::Other(format!("daemon: {what} {}: {e}", path.display()))
+        };
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail("creating the directory of", e))?;
+        }
+        for d in [dir, &cli.state_dir] {
+            handoff::check_private_dir(d).map_err(|e| {
+                Error::invalid(
+                    "run or state directory",
+                    d.display().to_string(),
+                    e.to_string(),
+                )
+            })?;
+        }
+        let listener = handoff::Listener::bind(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                Error::Conflict(format!(
+                    "another lanyard daemon is running (it answers on {}); stop it first",
+                    path.display()
+                ))
+            } else {
+                fail("binding", e)
+            }
+        })?;
+        Ok(Control {
+            path,
+            listener: Some(listener),
+        })
+    }
+
+    /// Starts the reaper thread and returns the task that serves the socket (to
+    /// spawn on the loop). If the socket fails the task ends; senders then get
+    /// `ECONNREFUSED` and fork their own workers.
+    pub fn serve(&mut self) -> Result<impl std::future::Future<Output = ()> + Send> {
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| Error::Other("daemon: control socket served twice".into()))?;
+        let (tx, items) = mpsc::channel::<(OwnedFd, String)>();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap(items))
+            .map_err(|e| Error::Other(format!("daemon: starting the reaper thread: {e}")))?;
+        // SAFETY: the listener owns its socket and never replaces or closes it while
+        // the AsyncFd holds it.
+        let fd = unsafe { AsyncFd::register(listener) }
+            .map_err(|e| Error::Other(format!("daemon: polling the control socket: {e}")))?;
+        let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
+        Ok(accept(fd, tx, events, Arc::new(Counters::default())))
+    }
+
+    /// Removes the socket file, so that CLI calls fork their own reapers again
+    /// without trying it first.
+    pub fn stop(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Accepts connections and serves each in a task of its own.
+async fn accept(
+    fd: AsyncFd<handoff::Listener>,
+    reaper: mpsc::Sender<(OwnedFd, String)>,
+    events: broadcast::Sender<Message>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let mut guard = match fd.readable().await {
+            Ok(g) => g,
+            Err(e) => return failed(&e),
+        };
+        match guard.try_io(|l| l.get_ref().accept()) {
+            Err(_would_block) => continue,
+            Ok(Ok(conn)) => {
+                // SAFETY: the connection's fd is owned by `Conn` and closed only
+                // when the AsyncFd (and the task) is dropped.
+                match unsafe { AsyncFd::register(Conn(conn)) } {
+                    Ok(c) => {
+                        tokio::spawn(connection(
+                            c,
+                            reaper.clone(),
+                            events.clone(),
+                            counters.clone(),
+                        ));
+                    }
+                    Err(e) => tracing::warn!("daemon: polling a control connection: {e}"),
+                }
+            }
+            Ok(Err(e)) if e.raw_os_error() == Some(libc::EMFILE) => {
+                tracing::warn!("daemon: control socket: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return failed(&e),
+        }
+    }
+}
+
+/// Serves one connection until its peer closes it.
+async fn connection(
+    c: AsyncFd<Conn>,
+    reaper: mpsc::Sender<(OwnedFd, String)>,
+    events: broadcast::Sender<Message>,
+    counters: Arc<Counters>,
+) {
+    loop {
+        let mut guard = match c.readable().await {
+            Ok(g) => g,
+            Err(_) => return,
+        };
+        let got = match guard.try_io(|c| handoff::recv_on(c.get_ref().0.as_fd())) {
+            Err(_would_block) => continue,
+            Ok(got) => got,
+        };
+        drop(guard);
+        let (m, fds) = match got {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                tracing::warn!("daemon: ignored a control message: {e}");
+                let _ = reply(&c, &Message::Error(e.to_string()));
+                continue;
+            }
+            Err(_) => return,
+        };
+        match m {
+            Message::Reap(names) => {
+                counters
+                    .tombstones
+                    .fetch_add(names.len() as u64, Ordering::Relaxed);
+                for item in fds.into_iter().zip(names) {
+                    if reaper.send(item).is_err() {
+                        return;
+                    }
+                }
+            }
+            Message::Endpoint {
+                change,
+                network,
+                id,
+            } => {
+                counters.notices.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("daemon: endpoint {id} on {network} {change:?}");
+                // No subscriber is fine.
+                let _ = events.send(Message::Endpoint {
+                    change,
+                    network,
+                    id,
+                });
+            }
+            Message::Status => {
+                let s = Message::StatusIs(vec![
+                    format!("pid={}", std::process::id()),
+                    format!("version={}", handoff::VERSION),
+                    format!("tombstones={}", counters.tombstones.load(Ordering::Relaxed)),
+                    format!("notices={}", counters.notices.load(Ordering::Relaxed)),
+                    format!("subscribers={}", events.receiver_count()),
+                ]);
+                let _ = reply(&c, &s);
+            }
+            Message::Subscribe => return subscriber(c, events.subscribe()).await,
+            other => {
+                let _ = reply(&c, &Message::Error(format!("unexpected {other:?}")));
+            }
+        }
+    }
+}
+
+/// Streams endpoint notices to a subscriber until it goes away or falls behind.
+async fn subscriber(c: AsyncFd<Conn>, mut rx: broadcast::Receiver<Message>) {
+    if reply(&c, &Message::Subscribed).is_err() {
+        return;
+    }
+    loop {
+        let m = tokio::select! {
+            m = rx.recv() => m,
+            // The peer closed (readable at EOF) or wrote something: either ends it.
+            _ = c.readable() => return,
+        };
+        match m {
+            Ok(m) => {
+                if reply(&c, &m).is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let _ = reply(&c, &Message::Error(format!("{n} notices missed")));
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Sends `m` on `c` without waiting (a peer that does not read loses it).
+fn reply(c: &AsyncFd<Conn>, m: &Message) -> std::io::Result<()> {
+    handoff::send_on(c.get_ref().0.as_fd(), m, &[])
+}
+
+fn failed(e: &std::io::Error) {
+    tracing::warn!("daemon: control socket failed ({e}); detaches fork their own reapers");
+}
+
+/// The reaper thread: deletes each tombstone in its namespace.
+fn reap(items: mpsc::Receiver<(OwnedFd, String)>) {
+    for (netns, name) in items {
+        match handoff::delete_in(netns.as_fd(), &name) {
+            Ok(()) => tracing::debug!("daemon: deleted tombstone {name}"),
+            // Deleted already (by gc), or its namespace went with it.
+            Err(e) => tracing::debug!("daemon: tombstone {name}: {e}"),
+        }
+    }
+}
