@@ -2,6 +2,7 @@
 //! mark active), detach (idempotent; the link is retired at once and deleted off the
 //! caller's path), list.
 
+use crate::lock::Mode;
 use crate::{new_id, nonce, now, Engine};
 use ipnet::IpNet;
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
@@ -226,6 +227,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// undone and the store is as before.
     pub fn attach(&mut self, req: &AttachRequest) -> Result<Endpoint> {
         let p = parse(req)?;
+        let _lock = self.lock(Mode::Shared)?;
         let net = self.network(&req.network)?;
         if matches!(net.driver, Driver::Host | Driver::None) {
             return Err(Error::invalid(
@@ -328,6 +330,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// `detach`: idempotent. Returns the endpoint that was removed, if any.
     pub fn detach(&mut self, req: &DetachRequest) -> Result<Option<Endpoint>> {
+        let _lock = self.lock(Mode::Shared)?;
         // A namespace that is still there is found by its identity (whatever path
         // it was attached by); one that is gone, by the path it was attached by.
         let ns_id = match req {
@@ -365,6 +368,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// Unwires and forgets one endpoint: host routes go, the link is retired (name
     /// and addresses free at once) and deleted in the background.
     pub(crate) fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        let _lock = self.lock(Mode::Shared)?;
         let net = self.store.read(&mut |tx| tx.network(&ep.network_id))?;
         self.unwire_and_forget(ep, net.as_ref())
     }

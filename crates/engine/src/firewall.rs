@@ -5,6 +5,7 @@
 //! missing (after `nft flush ruleset`, a firewall reload, a reboot) an element change
 //! falls back to a full rebuild from the store.
 
+use crate::lock::Mode;
 use crate::Engine;
 use lanyard_core::firewall::{self, BridgeNet, BridgePort, Change, Element, FirewallInput};
 use lanyard_core::kernel::Kernel;
@@ -73,6 +74,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// Rebuilds lanyard's nftables tables from the store in one transaction; removes
     /// them when no bridge network is left. Other tables are never touched.
     pub fn rebuild_firewall(&mut self) -> Result<()> {
+        let _lock = self.lock(Mode::Exclusive)?;
         let (nets, eps) = self
             .store
             .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;

@@ -6,6 +6,7 @@
 pub mod drift;
 mod endpoint;
 mod firewall;
+pub mod lock;
 mod maintain;
 mod network;
 
@@ -27,6 +28,8 @@ pub struct Engine<S: Store, K: Kernel> {
     pub kernel: K,
     /// Configuration (default pools).
     pub config: Config,
+    /// The lock shared with other lanyard processes ([`lock`]).
+    pub locks: lock::Locks,
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
@@ -36,7 +39,20 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             store,
             kernel,
             config,
+            locks: lock::Locks::none(),
         }
+    }
+
+    /// Shares `RUN_DIR/lock` with the other lanyard processes of this host: every
+    /// front end that runs beside others sets it (the CLI, the daemon).
+    pub fn with_run_dir(mut self, run_dir: &std::path::Path) -> Self {
+        self.locks = lock::Locks::in_dir(run_dir);
+        self
+    }
+
+    /// Takes the cross-process lock in `mode` until the guard drops.
+    pub(crate) fn lock(&self, mode: lock::Mode) -> lanyard_core::Result<lock::Guard> {
+        self.locks.take(mode)
     }
 }
 

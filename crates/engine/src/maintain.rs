@@ -3,6 +3,7 @@
 //! endpoints whose namespace is gone, finishes attaches a crash interrupted, and
 //! deletes links lanyard left behind (tombstones, orphaned bridges and shims).
 
+use crate::lock::Mode;
 use crate::{now, Engine};
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{is_tombstone, Kernel};
@@ -37,6 +38,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// `restore`: brings back bridges, VLAN parents, shims, host routes and every
     /// endpoint whose namespace still exists; forgets the others.
     pub fn restore(&mut self) -> Result<Report> {
+        let _lock = self.lock(Mode::Exclusive)?;
         let mut report = Report::default();
         let (networks, endpoints) = self
             .store
@@ -161,6 +163,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// `gc`: forgets endpoints whose namespace is gone (freeing their addresses),
     /// removes pending records a crash left, deletes tombstones and orphaned links.
     pub fn gc(&mut self) -> Result<Report> {
+        let _lock = self.lock(Mode::Exclusive)?;
         let mut report = Report::default();
         let (networks, endpoints) = self
             .store

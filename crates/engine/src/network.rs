@@ -1,6 +1,7 @@
 //! Network verbs: create (with pool choice and conflict checks), list, inspect,
 //! remove, prune.
 
+use crate::lock::Mode;
 use crate::{new_id, now, Engine};
 use ipnet::IpNet;
 use lanyard_core::apply::{apply_best_effort, apply_ensure};
@@ -93,6 +94,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// record, and set up host-side pieces (bridge, VLAN parent, host-access shim).
     pub fn create_network(&mut self, req: &NetworkRequest) -> Result<Network> {
         let mut net = req.validate(new_id(), now())?;
+        let _lock = self.lock(Mode::Exclusive)?;
         let host = self.kernel.view(&Netns::Host)?;
         if let Some(p) = &net.parent {
             let base = p.vlan().map(|(b, _)| b).unwrap_or_else(|| p.clone());
@@ -202,6 +204,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// `network rm`: refused while endpoints are attached. Removes host-side pieces
     /// no other network shares.
     pub fn remove_network(&mut self, key: &str) -> Result<Network> {
+        let _lock = self.lock(Mode::Exclusive)?;
         let net = self.store.write(&mut |tx| {
             let net = tx
                 .network(key)?

@@ -58,7 +58,7 @@ fn open(cli: &Cli) -> Result<Lanyard> {
             ))
         }
     };
-    Ok(Engine::new(store, kernel, config))
+    Ok(Engine::new(store, kernel, config).with_run_dir(&cli.run_dir))
 }
 
 fn main() {
