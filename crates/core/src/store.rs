@@ -11,11 +11,17 @@ use crate::Result;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+/// Whether `key` has the form of a full id (64 lowercase hex digits): looked up as an
+/// id before any name, so a name equal to another object's id never shadows it.
+pub fn is_full_id(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Reads and writes inside one transaction.
 pub trait Tx {
     /// All networks, by name.
     fn networks(&self) -> Result<Vec<Network>>;
-    /// A network by exact name, full id or unique id prefix.
+    /// A network by full id, exact name or unique id prefix (in that order).
     fn network(&self, name_or_id: &str) -> Result<Option<Network>>;
     /// Inserts or replaces a network (by id). Name must be unique.
     fn put_network(&mut self, n: &Network) -> Result<()>;
@@ -24,7 +30,7 @@ pub trait Tx {
 
     /// All endpoints.
     fn endpoints(&self) -> Result<Vec<Endpoint>>;
-    /// Endpoint by name, full id or unique id prefix.
+    /// Endpoint by full id, exact name or unique id prefix (in that order).
     fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>>;
     /// Inserts or replaces an endpoint (by id). Name, if any, must be unique.
     fn put_endpoint(&mut self, e: &Endpoint) -> Result<()>;
@@ -111,9 +117,12 @@ pub mod mem {
         T: Clone + 'a,
     {
         let items: Vec<&T> = items.collect();
+        let exact = |t: &&&T| id(t) == key;
+        let named = |t: &&&T| name(t).as_deref() == Some(key);
         if let Some(t) = items
             .iter()
-            .find(|t| name(t).as_deref() == Some(key) || id(t) == key)
+            .find(exact)
+            .or_else(|| items.iter().find(named))
         {
             return Ok(Some((*t).clone()));
         }

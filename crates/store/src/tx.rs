@@ -5,7 +5,7 @@
 use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
 use lanyard_core::model::{Endpoint, Network, PortMapping};
-use lanyard_core::store::Tx;
+use lanyard_core::store::{is_full_id, Tx};
 use lanyard_core::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::Cell;
@@ -130,10 +130,16 @@ impl<'c> SqliteTx<'c> {
             .collect()
     }
 
-    /// Exact name, then exact id, then unique id prefix: the (id, json) row found.
+    /// Exact id, then exact name, then unique id prefix: the (id, json) row found.
+    /// A full id always means its own object, whatever another one is named.
     fn lookup(&self, t: &Table, key: &str) -> Result<Option<(String, String)>> {
         let what = || format!("looking up {} {key:?}", t.kind);
-        for sql in [t.by_name, t.by_id] {
+        let exact: &[&str] = if is_full_id(key) {
+            &[t.by_id, t.by_name]
+        } else {
+            &[t.by_name] // ids are 64 hex digits: no id is equal to it
+        };
+        for &sql in exact {
             if let Some(json) = self.get_opt(sql, [key], what)? {
                 return Ok(Some((key.to_string(), json)));
             }

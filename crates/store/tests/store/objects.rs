@@ -90,6 +90,14 @@ fn networks_are_found_by_name_then_id_then_unique_id_prefix() {
         "an exact name beats an id prefix"
     );
     assert_eq!(find("cc").unwrap().as_deref(), Some("aa1"));
+    // A network named with alpha's full id: that id still means alpha.
+    let d = network(&a.id, &hex_id(9, 9), "10.4.0.0/24");
+    s.write(&mut |tx| tx.put_network(&d)).unwrap();
+    assert_eq!(
+        find(&a.id).unwrap().as_deref(),
+        Some("alpha"),
+        "a full id is never shadowed by a name"
+    );
     assert_eq!(find("dd").unwrap(), None);
     assert_eq!(find("").unwrap(), None);
     assert_eq!(find("b").unwrap(), None, "names are not matched by prefix");
