@@ -32,6 +32,10 @@ pub enum Error {
     /// The kernel lacks a feature (e.g. ipvlan).
     #[error("{0}")]
     Unsupported(String),
+    /// State changed under the request (another process's transaction landed in
+    /// between); the same request may well succeed when run again.
+    #[error("{0}")]
+    TryAgain(String),
     /// A kernel operation failed.
     #[error("kernel: {op}: {reason}")]
     Kernel {
@@ -50,7 +54,38 @@ pub enum Error {
     Other(String),
 }
 
+/// What kind of failure an [`Error`] is: the one thing each front end maps to its
+/// protocol (CLI exit code, Docker plugin `Err` text with an HTTP status, CNI error
+/// code), so no front end matches message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A field of the request is wrong; nothing was changed.
+    Invalid,
+    /// The request clashes with existing state.
+    Conflict,
+    /// What the request names does not exist.
+    NotFound,
+    /// State changed under the request; running it again may succeed.
+    TryAgain,
+    /// The running kernel lacks a feature the request needs.
+    Unsupported,
+    /// Anything else: a kernel step, the store, I/O.
+    Internal,
+}
+
 impl Error {
+    /// The kind of this error, for front ends to map.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Invalid { .. } => ErrorKind::Invalid,
+            Error::Conflict(_) => ErrorKind::Conflict,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::TryAgain(_) => ErrorKind::TryAgain,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Kernel { .. } | Error::Store(_) | Error::Other(_) => ErrorKind::Internal,
+        }
+    }
+
     /// Shorthand for [`Error::Invalid`].
     pub fn invalid(field: &str, value: impl fmt::Display, reason: impl Into<String>) -> Self {
         Error::Invalid {
@@ -78,14 +113,35 @@ impl Error {
     }
 
     /// The process exit code documented in the README: 1 error, 2 usage/invalid input,
-    /// 3 conflict, 4 not found, 5 unsupported by this kernel.
+    /// 3 conflict, 4 not found, 5 unsupported by this kernel, 6 try again.
     pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Invalid { .. } => 2,
-            Error::Conflict(_) => 3,
-            Error::NotFound { .. } => 4,
-            Error::Unsupported(_) => 5,
-            _ => 1,
+        match self.kind() {
+            ErrorKind::Invalid => 2,
+            ErrorKind::Conflict => 3,
+            ErrorKind::NotFound => 4,
+            ErrorKind::Unsupported => 5,
+            ErrorKind::TryAgain => 6,
+            ErrorKind::Internal => 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_exit_code() {
+        let errors = [
+            Error::invalid("--ip", "x", "bad"),
+            Error::Conflict("c".into()),
+            Error::not_found("network", "n"),
+            Error::Unsupported("u".into()),
+            Error::TryAgain("t".into()),
+            Error::Store("s".into()),
+        ];
+        let codes: Vec<i32> = errors.iter().map(Error::exit_code).collect();
+        assert_eq!(codes, [2, 3, 4, 5, 6, 1]);
+        assert_eq!(errors[4].kind(), ErrorKind::TryAgain);
     }
 }

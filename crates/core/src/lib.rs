@@ -16,4 +16,4 @@ pub mod op;
 pub mod plan;
 pub mod store;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -82,7 +82,7 @@ fn record(
     match tx.network(&net.id)? {
         Some(now) if now == *net => {}
         Some(_) => {
-            return Err(Error::Conflict(format!(
+            return Err(Error::TryAgain(format!(
                 "network {} changed while attaching; try again",
                 net.name
             )))

@@ -1,7 +1,7 @@
 //! The `lanyard` binary: parses the command line, opens the engine (SQLite store +
 //! netlink kernel) and calls one engine verb. It alone turns errors into messages
 //! and exit codes: 0 ok, 1 error, 2 usage or invalid input, 3 conflict, 4 not found,
-//! 5 unsupported by this kernel.
+//! 5 unsupported by this kernel, 6 try again (from [`lanyard_core::ErrorKind`]).
 //!
 //! A plain Rust `main`: the standard runtime ignores SIGPIPE (a reader that went
 //! away is an error on write, not death: the daemon writes sockets whose peers may

@@ -80,6 +80,7 @@ pub fn kind(e: &Error) -> &'static str {
         Error::Conflict(_) => "Conflict",
         Error::NotFound { .. } => "NotFound",
         Error::Unsupported(_) => "Unsupported",
+        Error::TryAgain(_) => "TryAgain",
         Error::Kernel { .. } => "Kernel",
         Error::Store(_) => "Store",
         Error::Other(_) => "Other",
