@@ -18,6 +18,32 @@ use lanyard_core::plan;
 use lanyard_core::store::{Store, Tx};
 use lanyard_core::{Error, Result};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The namespace this process runs in: the host, never attached.
+const OWN_NETNS: &str = "/proc/self/ns/net";
+
+/// `path` as every later reader (detach, gc, restore: other processes) understands
+/// it: absolute, and not one of this process's own `/proc/self/…` views (an fd or
+/// thread of a process that exits right after).
+fn lasting_netns_path(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).map_err(|e| {
+        Error::invalid(
+            "--netns",
+            path.display(),
+            format!("cannot be resolved: {e}"),
+        )
+    })?;
+    if abs.starts_with("/proc/self") || abs.starts_with("/proc/thread-self") {
+        return Err(Error::invalid(
+            "--netns",
+            path.display(),
+            "means another namespace to every other process; give /proc/PID/ns/net, \
+             --pid PID or a bind mount such as /run/netns/NAME",
+        ));
+    }
+    Ok(abs)
+}
 
 /// Parsed, typed form of an [`AttachRequest`] (everything checkable without state).
 struct Parsed {
@@ -261,13 +287,23 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 "ipvlan endpoints share the parent's MAC",
             ));
         }
-        let ns_id = self.kernel.netns_id(&req.netns).map_err(|_| {
+        let netns = lasting_netns_path(&req.netns)?;
+        let ns_id = self.kernel.netns_id(&netns).map_err(|_| {
             Error::invalid(
                 "--netns",
                 req.netns.display(),
                 "no network namespace at this path",
             )
         })?;
+        // The namespace lanyard runs in is the host: an endpoint there would give
+        // the host an address and a default route (and its detach take them away).
+        if self.kernel.netns_id(Path::new(OWN_NETNS)).ok() == Some(ns_id) {
+            return Err(Error::invalid(
+                "--netns",
+                req.netns.display(),
+                "is the namespace lanyard runs in (the host's); give a container's",
+            ));
+        }
         let id = new_id();
         // Only the links planning looks at: a busy host's other links and routes
         // cost nothing here.
@@ -287,7 +323,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 tx,
                 &net,
                 &p,
-                &req.netns,
+                &netns,
                 ns_id,
                 &id,
                 req.unprivileged_port_start,
@@ -735,6 +771,37 @@ mod tests {
             e.attach(&attach("/run/netns/c1")).is_err(),
             "same network twice"
         );
+    }
+
+    #[test]
+    fn the_host_namespace_and_paths_only_this_process_understands_are_refused() {
+        let mut e = engine();
+        // The namespace lanyard runs in, and another path to it.
+        e.kernel
+            .namespaces
+            .push(("/proc/self/ns/net".into(), (1, 1)));
+        e.kernel.namespaces.push(("/run/netns/host".into(), (1, 1)));
+        e.kernel
+            .namespaces
+            .push(("/proc/self/fd/3".into(), (1, 10)));
+        for (path, why) in [
+            ("/run/netns/host", "the namespace lanyard runs in"),
+            ("/proc/self/ns/net", "means another namespace"),
+            ("/proc/self/fd/3", "means another namespace"),
+        ] {
+            let err = e.attach(&attach(path)).unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid { field, .. } if field == "--netns"),
+                "{path}: {err}"
+            );
+            assert!(err.to_string().contains(why), "{path}: {err}");
+        }
+        assert!(e.endpoints().unwrap().is_empty());
+        assert!(e
+            .kernel
+            .applied
+            .iter()
+            .all(|o| !matches!(o, Op::AddRoute { .. })));
     }
 
     #[test]

@@ -123,6 +123,27 @@ fn a_namespace_keeps_every_default_route_when_a_network_leaves_in_between() {
     );
 }
 
+#[test]
+fn attaching_the_namespace_lanyard_runs_in_is_refused_and_the_host_keeps_its_routes() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    let host = lab.host();
+    let routes = host.ip(&["route"]);
+    let addrs = host.ip(&["-br", "addr"]);
+    let err = lab.lanyard_fails(&["attach", "lan", "--netns", "/proc/self/ns/net"], 2);
+    assert!(err.contains("--netns"), "{err}");
+    // The same namespace by a path any process understands (lanyard runs in the
+    // lab host namespace).
+    let err = lab.lanyard_fails(
+        &["attach", "lan", "--netns", host.path().to_str().unwrap()],
+        2,
+    );
+    assert!(err.contains("the namespace lanyard runs in"), "{err}");
+    assert_eq!(host.ip(&["route"]), routes);
+    assert_eq!(host.ip(&["-br", "addr"]), addrs);
+    assert_eq!(endpoint_count(&lab), 0);
+}
+
 /// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
 fn tombstones_go(ns: &crate::harness::Ns) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
