@@ -208,6 +208,15 @@ pub enum Op {
         /// Value.
         value: String,
     },
+    /// Turns IPv6 forwarding on in the namespace (`net.ipv6.conf.all.forwarding=1`)
+    /// if it is off, first setting `accept_ra=2` on every interface lanyard did not
+    /// create whose `accept_ra` is 1, so the uplink keeps taking router
+    /// advertisements (a forwarding interface ignores them at 1). Does nothing when
+    /// forwarding is already on: then it is not lanyard that turns it on.
+    EnableIpv6Forwarding {
+        /// Namespace.
+        netns: Netns,
+    },
 }
 
 impl Op {
@@ -251,7 +260,8 @@ impl Op {
             | Op::SetUp { .. }
             | Op::DelAddress { .. }
             | Op::DelRoute { .. }
-            | Op::SetSysctl { .. } => return None,
+            | Op::SetSysctl { .. }
+            | Op::EnableIpv6Forwarding { .. } => return None,
         })
     }
 }
@@ -341,6 +351,11 @@ impl fmt::Display for Op {
             Op::SetSysctl { netns, key, value } => {
                 write!(f, "sysctl -w {key}={value}{}", ns(netns))
             }
+            Op::EnableIpv6Forwarding { netns } => write!(
+                f,
+                "sysctl -w net.ipv6.conf.IF.accept_ra=2 (where 1) net.ipv6.conf.all.forwarding=1{}",
+                ns(netns)
+            ),
             Op::Nft { script, .. } => {
                 let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
                 let more = script.lines().filter(|l| !l.trim().is_empty()).count() > 1;

@@ -141,11 +141,7 @@ pub fn network_infra(net: &Network, host: &View) -> Result<Vec<Op>> {
                     value: "1".into(),
                 });
                 if net.ipv6 {
-                    ops.push(Op::SetSysctl {
-                        netns: Netns::Host,
-                        key: "net.ipv6.conf.all.forwarding".into(),
-                        value: "1".into(),
-                    });
+                    ops.push(Op::EnableIpv6Forwarding { netns: Netns::Host });
                 }
             }
         }

@@ -286,6 +286,7 @@ impl Netlink {
             Op::AddRoute { netns, route } => route::replace(self, op, netns, route),
             Op::DelRoute { netns, route } => route::delete(self, op, netns, route),
             Op::SetSysctl { netns, key, value } => sysctl::set(self, op, netns, key, value),
+            Op::EnableIpv6Forwarding { netns } => sysctl::enable_ipv6_forwarding(self, op, netns),
             Op::Nft { script, .. } => self.nft()?.run(script).map(drop),
         }
     }

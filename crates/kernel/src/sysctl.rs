@@ -90,6 +90,47 @@ pub(crate) fn set(nl: &mut Netlink, op: &Op, netns: &Netns, key: &str, value: &s
     })
 }
 
+/// [`Op::EnableIpv6Forwarding`]: if `net.ipv6.conf.all.forwarding` is 0, sets
+/// `accept_ra` from 1 to 2 on every interface but lanyard's own (`ly?-`), `lo`, `all`
+/// and `default`, then turns forwarding on. All in the calling thread's namespace.
+fn enable_ipv6_forwarding_here() -> io::Result<()> {
+    let conf = Path::new("/proc/sys/net/ipv6/conf");
+    if std::fs::read_to_string(conf.join("all/forwarding"))?.trim() != "0" {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(conf)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        let lanyards = name.len() > 3 && name.starts_with("ly") && name.as_bytes()[3] == b'-';
+        if lanyards || ["lo", "all", "default"].contains(&name.as_ref()) {
+            continue;
+        }
+        let path = conf.join(name.as_ref()).join("accept_ra");
+        // An interface that went away meanwhile has nothing left to keep.
+        match std::fs::read_to_string(&path) {
+            Ok(v) if v.trim() == "1" => match write(&path, "2") {
+                Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    write(&conf.join("all/forwarding"), "1")
+}
+
+/// Applies [`Op::EnableIpv6Forwarding`] inside `netns`.
+pub(crate) fn enable_ipv6_forwarding(nl: &mut Netlink, op: &Op, netns: &Netns) -> Result<()> {
+    let result = if matches!(netns, Netns::Host) && nl.on_host_thread() {
+        enable_ipv6_forwarding_here()
+    } else {
+        let h = nl.need_ns(netns)?;
+        let _inside = Entered::enter(h.fd.as_fd())
+            .map_err(|e| io_error(&format!("enter netns {netns}"), e))?;
+        enable_ipv6_forwarding_here()
+    };
+    result.map_err(|e| crate::error::NlError::Io(e).for_op(op))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

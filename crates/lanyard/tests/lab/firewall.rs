@@ -4,8 +4,9 @@
 //! Egress masquerade and `-o snat_source`, published ports (LAN, host, hairpin, peer
 //! endpoint; ranges, UDP, IPv6, a fixed host address) with the client address kept,
 //! `--internal`, isolation between bridge networks, a LAN that routes to a bridge
-//! network reaching only published ports, anti-spoofing, `restore` after
-//! `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
+//! network reaching only published ports, anti-spoofing (IPv4, ARP, IPv6 neighbour
+//! advertisements, link-local sources), the uplink still taking router advertisements
+//! once IPv6 forwarding is on, `restore` after `nft flush ruleset`, Docker-style iptables-nft rules left alone, and
 //! `lanyard daemon` rebuilding the tables after a flush or a firewall reload.
 
 use crate::harness::{addr, addr_of, exit, lab, Bg, Lab, Ns};
@@ -568,81 +569,90 @@ fn neighbour_mac(host: &Ns, addr: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Sends one unsolicited ICMPv6 Neighbour Advertisement from inside `ns`, as an
-/// attacker's tool would: from `src` to `dst`, claiming `target` is at `mac`
-/// (Override flag, target link-layer address option), hop limit 255 as NDP demands.
+/// Sends one ICMPv6 message `msg` (type first, checksum left 0: the kernel fills it)
+/// from inside `ns` out of `dev`, from `src` to `dst`, with hop limit 255 as NDP
+/// demands. Link-local and multicast addresses are scoped to `dev`.
+fn send_icmpv6(ns: &Ns, dev: &str, src: &str, dst: &str, msg: &[u8]) -> std::io::Result<()> {
+    let (src, dst): (Ipv6Addr, Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let path = ns.path();
+    let last = std::io::Error::last_os_error;
+    let check = |r: libc::c_int| if r < 0 { Err(last()) } else { Ok(r) };
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let nsf = std::fs::File::open(&path)?;
+            // SAFETY: `nsf` is an open nsfs file; only this thread changes namespace.
+            check(unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) })?;
+            let cdev = std::ffi::CString::new(dev).unwrap();
+            // SAFETY: `cdev` is a NUL-terminated string alive for the call.
+            let index = unsafe { libc::if_nametoindex(cdev.as_ptr()) };
+            let scoped = |a: Ipv6Addr| {
+                let local = a.segments()[0] & 0xffc0 == 0xfe80 || a.is_multicast();
+                libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: 0,
+                    sin6_flowinfo: 0,
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    sin6_scope_id: if local { index } else { 0 },
+                }
+            };
+            // SAFETY: plain socket(2); the fd is owned right away.
+            let fd = check(unsafe {
+                libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
+            })?;
+            // SAFETY: `fd` is a fresh socket nothing else owns.
+            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+            let hops: libc::c_int = 255;
+            let (s, d) = (scoped(src), scoped(dst));
+            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            let hl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let h = &hops as *const libc::c_int as *const libc::c_void;
+            for opt in [libc::IPV6_UNICAST_HOPS, libc::IPV6_MULTICAST_HOPS] {
+                // SAFETY: `h` points to a live c_int of `hl` bytes.
+                check(unsafe {
+                    libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_IPV6, opt, h, hl)
+                })?;
+            }
+            // SAFETY: `s` is a live sockaddr_in6 of `len` bytes.
+            check(unsafe {
+                libc::bind(
+                    sock.as_raw_fd(),
+                    &s as *const _ as *const libc::sockaddr,
+                    len,
+                )
+            })?;
+            // SAFETY: `msg` and `d` are live for the call, of the lengths given.
+            let sent = unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    msg.as_ptr() as *const libc::c_void,
+                    msg.len(),
+                    0,
+                    &d as *const _ as *const libc::sockaddr,
+                    len,
+                )
+            };
+            if sent != msg.len() as isize {
+                return Err(last());
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Sends one unsolicited Neighbour Advertisement from inside `ns`, as an attacker's
+/// tool would: from `src` to `dst`, claiming `target` is at `mac` (Override flag,
+/// target link-layer address option).
 fn send_neighbour_advert(ns: &Ns, src: &str, dst: &str, target: &str, mac: &str) {
-    let (src, dst, target): (Ipv6Addr, Ipv6Addr, Ipv6Addr) = (
-        src.parse().unwrap(),
-        dst.parse().unwrap(),
-        target.parse().unwrap(),
-    );
+    let target: Ipv6Addr = target.parse().unwrap();
     let mut na = vec![136u8, 0, 0, 0, 0x20, 0, 0, 0]; // type, code, checksum, O flag
     na.extend_from_slice(&target.octets());
     na.extend_from_slice(&[2, 1]); // option: target link-layer address, 8 bytes
     na.extend(mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()));
-    let sockaddr = |a: Ipv6Addr| libc::sockaddr_in6 {
-        sin6_family: libc::AF_INET6 as libc::sa_family_t,
-        sin6_port: 0,
-        sin6_flowinfo: 0,
-        sin6_addr: libc::in6_addr {
-            s6_addr: a.octets(),
-        },
-        sin6_scope_id: 0,
-    };
-    let path = ns.path();
-    std::thread::scope(|sc| {
-        sc.spawn(|| {
-            let nsf = std::fs::File::open(&path).unwrap();
-            // SAFETY: `nsf` is an open nsfs file; only this thread changes namespace.
-            assert_eq!(
-                unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
-            // SAFETY: plain socket(2); the fd is owned right away.
-            let fd = unsafe { libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6) };
-            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-            // SAFETY: `fd` is a fresh socket nothing else owns.
-            let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-            let hops: libc::c_int = 255;
-            let (s, d) = (sockaddr(src), sockaddr(dst));
-            let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            // SAFETY: pointers to live locals of the sizes given; the kernel fills
-            // the ICMPv6 checksum of a raw ICMPv6 socket itself.
-            unsafe {
-                let h = &hops as *const libc::c_int as *const libc::c_void;
-                let hl = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                let r = libc::setsockopt(
-                    sock.as_raw_fd(),
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_UNICAST_HOPS,
-                    h,
-                    hl,
-                );
-                assert_eq!(r, 0, "IPV6_UNICAST_HOPS");
-                let r = libc::bind(
-                    sock.as_raw_fd(),
-                    &s as *const _ as *const libc::sockaddr,
-                    len,
-                );
-                assert_eq!(r, 0, "bind {src}: {}", std::io::Error::last_os_error());
-                let r = libc::sendto(
-                    sock.as_raw_fd(),
-                    na.as_ptr() as *const libc::c_void,
-                    na.len(),
-                    0,
-                    &d as *const _ as *const libc::sockaddr,
-                    len,
-                );
-                assert_eq!(
-                    r,
-                    na.len() as isize,
-                    "sendto {dst}: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        });
-    });
+    send_icmpv6(ns, "eth0", src, dst, &na).unwrap_or_else(|e| panic!("NA from {src}: {e}"));
 }
 
 #[test]
@@ -933,4 +943,65 @@ fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
         daemon.stdout(),
         daemon.stderr()
     );
+}
+
+/// Has the lab host a default route learned from a router advertisement?
+fn has_ra_default_route(host: &Ns) -> bool {
+    host.ok(&["ip", "-6", "route", "show", "default", "proto", "ra"])
+        .contains("default")
+}
+
+/// The LAN router advertises itself (router lifetime 1800 s, no options) to all nodes,
+/// from its link-local address; `false` if the host learned no default route from it.
+fn router_advertises(lab: &Lab) -> bool {
+    let lan = lab.lan();
+    let ll = eui64_link_local(&mac_of(&lan, "lan0"));
+    let ra = [134u8, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    let end = Instant::now() + SETTLE;
+    // The router's link-local may still be tentative (DAD): binding to it fails.
+    while let Err(e) = send_icmpv6(&lan, "lan0", &ll, "ff02::1", &ra) {
+        assert!(Instant::now() < end, "RA from {ll}: {e}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let end = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < end {
+        if has_ra_default_route(&lab.host()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn an_ipv6_bridge_network_keeps_the_uplinks_router_advertisements_working() {
+    let lab = lab!();
+    let host = lab.host();
+    let accept_ra = |dev: &str| {
+        host.ok(&["cat", &format!("/proc/sys/net/ipv6/conf/{dev}/accept_ra")])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(accept_ra("eth0"), "1");
+    assert!(router_advertises(&lab), "no RA route before any network");
+    host.ok(&["ip", "-6", "route", "flush", "proto", "ra"]);
+    // The bridge network turns IPv6 forwarding on; the uplink must keep taking RAs.
+    dual_stack_bridge(&lab, "br");
+    assert_eq!(
+        host.ok(&["cat", "/proc/sys/net/ipv6/conf/all/forwarding"])
+            .trim(),
+        "1"
+    );
+    assert!(
+        router_advertises(&lab),
+        "the host ignored the router's advertisement once lanyard turned forwarding on"
+    );
+    assert_eq!(accept_ra("eth0"), "2");
+    // lanyard's own bridge never takes RAs from endpoints.
+    let links = host.links();
+    let br = links
+        .iter()
+        .find(|l| l.starts_with("lyb-"))
+        .expect("a bridge");
+    assert_eq!(accept_ra(br), "1", "bridge {br}");
 }
