@@ -377,7 +377,128 @@ pub fn send(path: &Path, items: &[(BorrowedFd<'_>, &str)]) -> io::Result<()> {
     }
     let names = items.iter().map(|(_, n)| n.to_string()).collect();
     let fds: Vec<BorrowedFd<'_>> = items.iter().map(|(fd, _)| *fd).collect();
-    Client::connect(path)?.send(&Message::Reap(names), &fds)
+    let client = Client::connect(path)?;
+    journal(path, items)?;
+    client.send(&Message::Reap(names), &fds)
+}
+
+/// The journal's file name in the run directory.
+pub const JOURNAL: &str = "reap.journal";
+
+/// Appends `items` to the journal beside the socket at `sock`: one line
+/// `DEV:INO NAME` per tombstone, the namespace by its identity. Written by the sender
+/// before the hand-off, so a daemon killed with hand-offs still queued finds them at
+/// its next start ([`sweep_journal`]). One `O_APPEND` write: lines of concurrent
+/// senders never interleave. No fsync: the journal must outlive the daemon, not the
+/// machine (a reboot takes the namespaces with it).
+fn journal(sock: &Path, items: &[(BorrowedFd<'_>, &str)]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut text = String::new();
+    for (fd, name) in items {
+        let st = rustix::fs::fstat(fd)?;
+        text.push_str(&format!("{}:{} {name}\n", st.st_dev, st.st_ino));
+    }
+    let path = sock.with_file_name(JOURNAL);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The (namespace identity, tombstone name) pairs in journal text; bad lines skipped.
+pub fn parse_journal(text: &str) -> Vec<((u64, u64), String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (id, name) = l.split_once(' ')?;
+            let (dev, ino) = id.split_once(':')?;
+            let name = name.trim();
+            is_tombstone(name).then_some(((dev.parse().ok()?, ino.parse().ok()?), name.into()))
+        })
+        .collect()
+}
+
+/// Deletes every tombstone the journal in `run_dir` names whose namespace still
+/// exists (found by identity among `/run/netns/*` and every process's
+/// `/proc/PID/ns/net`), then removes it. For the daemon's start, once it holds the
+/// socket: the journal is first renamed aside, so senders that hand over meanwhile
+/// start a new one. Deletes from a thread of its own (which ends in whatever
+/// namespace it visited last). Returns what it deleted.
+pub fn sweep_journal(run_dir: &Path) -> io::Result<Vec<String>> {
+    let path = run_dir.join(format!("{JOURNAL}.sweeping"));
+    match std::fs::rename(run_dir.join(JOURNAL), &path) {
+        Ok(()) => {}
+        // Nothing new; a sweep a killed daemon left unfinished may still be there.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let wanted = parse_journal(&text);
+    let mut deleted = vec![];
+    if !wanted.is_empty() {
+        let found = namespaces_by_identity(wanted.iter().map(|(id, _)| *id).collect());
+        deleted = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut out = vec![];
+                for (id, name) in &wanted {
+                    let Some(ns) = found.get(id) else { continue };
+                    if delete_in(ns.as_fd(), name).is_ok() {
+                        out.push(format!("tombstone {name} in namespace {}:{}", id.0, id.1));
+                    }
+                }
+                out
+            })
+            .join()
+            .unwrap_or_default()
+        });
+    }
+    std::fs::remove_file(&path)?;
+    Ok(deleted)
+}
+
+/// Open handles on the live namespaces with the identities in `ids`.
+fn namespaces_by_identity(
+    ids: std::collections::BTreeSet<(u64, u64)>,
+) -> std::collections::BTreeMap<(u64, u64), std::fs::File> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut candidates: Vec<std::path::PathBuf> = vec![];
+    for dir in ["/run/netns", "/proc"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if dir == "/proc" {
+                if e.file_name().to_string_lossy().parse::<u32>().is_ok() {
+                    candidates.push(p.join("ns/net"));
+                }
+            } else {
+                candidates.push(p);
+            }
+        }
+    }
+    for p in candidates {
+        if found.len() == ids.len() {
+            break;
+        }
+        let Ok(st) = rustix::fs::stat(&p) else {
+            continue;
+        };
+        let id = (st.st_dev, st.st_ino);
+        if ids.contains(&id) && !found.contains_key(&id) {
+            if let Ok(f) = std::fs::File::open(&p) {
+                found.insert(id, f);
+            }
+        }
+    }
+    found
 }
 
 /// Tells the daemon at `path`, if one runs, that an endpoint came or went; never
@@ -462,6 +583,12 @@ pub fn delete_in(netns: BorrowedFd<'_>, name: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_lines_name_a_namespace_and_a_tombstone() {
+        let j = parse_journal("4:4026532000 lyx-0000abcd\nbad\n4:x lyx-1\n4:5 eth0\n");
+        assert_eq!(j, [((4, 4026532000), "lyx-0000abcd".to_string())]);
+    }
 
     #[test]
     fn every_message_round_trips() {

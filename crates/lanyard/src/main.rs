@@ -21,6 +21,7 @@ use lanyard_core::kernel::{FailAt, Kernel};
 use lanyard_core::model::{DetachRequest, NetworkRequest};
 use lanyard_core::{Error, Result};
 use lanyard_engine::Engine;
+use lanyard_kernel::handoff::Change;
 use lanyard_kernel::Netlink;
 use lanyard_store::SqliteStore;
 
@@ -127,6 +128,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 .path()
                 .ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
             let ep = engine.attach(&a.opts.request(&a.network, netns, a.ifname.clone()))?;
+            daemon::notify(cli, Change::Added, &ep);
             if a.json {
                 output::json(&ep)?;
             } else {
@@ -141,7 +143,9 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 },
                 None => DetachRequest::Endpoint(d.target.clone()),
             };
-            engine.detach(&req)?;
+            if let Some(ep) = engine.detach(&req)? {
+                daemon::notify(cli, Change::Removed, &ep);
+            }
         }
         Command::Endpoint(EndpointCmd::Ls { json }) => {
             let eps = engine.endpoints()?;

@@ -80,6 +80,15 @@ impl Control {
                 fail("binding", e)
             }
         })?;
+        // Tombstones a killed daemon never received (the senders journaled them).
+        match handoff::sweep_journal(dir) {
+            Ok(done) => {
+                for d in done {
+                    println!("lanyard daemon: deleted {d} left by a daemon before");
+                }
+            }
+            Err(e) => tracing::warn!("daemon: sweeping the hand-off journal: {e}"),
+        }
         Ok(Control {
             path,
             listener: Some(listener),
@@ -95,9 +104,10 @@ impl Control {
             .take()
             .ok_or_else(|| Error::Other("daemon: control socket served twice".into()))?;
         let (tx, items) = mpsc::channel::<(OwnedFd, String)>();
+        let run_dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
         std::thread::Builder::new()
             .name("reaper".into())
-            .spawn(move || reap(items))
+            .spawn(move || reap(items, &run_dir))
             .map_err(|e| Error::Other(format!("daemon: starting the reaper thread: {e}")))?;
         // SAFETY: the listener owns its socket and never replaces or closes it while
         // the AsyncFd holds it.
@@ -231,7 +241,13 @@ async fn subscriber(c: AsyncFd<Conn>, mut rx: broadcast::Receiver<Message>) {
         let m = tokio::select! {
             m = rx.recv() => m,
             // The peer closed (readable at EOF) or wrote something: either ends it.
-            _ = c.readable() => return,
+            g = c.readable() => {
+                let Ok(mut g) = g else { return };
+                match g.try_io(|c| handoff::recv_on(c.get_ref().0.as_fd())) {
+                    Err(_would_block) => continue,
+                    Ok(_) => return,
+                }
+            }
         };
         match m {
             Ok(m) => {
@@ -257,13 +273,32 @@ fn failed(e: &std::io::Error) {
     tracing::warn!("daemon: control socket failed ({e}); detaches fork their own reapers");
 }
 
-/// The reaper thread: deletes each tombstone in its namespace.
-fn reap(items: mpsc::Receiver<(OwnedFd, String)>) {
-    for (netns, name) in items {
+/// The hand-off journal is swept (and so emptied) while running once it is this big.
+const JOURNAL_TRIM: u64 = 1 << 20;
+
+/// The reaper thread: deletes each tombstone in its namespace; when idle, sweeps a
+/// journal grown big (what it names is deleted already or about to be: deleting
+/// again is harmless, and senders start a new journal meanwhile).
+fn reap(items: mpsc::Receiver<(OwnedFd, String)>, run_dir: &std::path::Path) {
+    let journal = run_dir.join(handoff::JOURNAL);
+    let mut next = items.recv().ok();
+    while let Some((netns, name)) = next {
         match handoff::delete_in(netns.as_fd(), &name) {
             Ok(()) => tracing::debug!("daemon: deleted tombstone {name}"),
             // Deleted already (by gc), or its namespace went with it.
             Err(e) => tracing::debug!("daemon: tombstone {name}: {e}"),
         }
+        next = match items.try_recv() {
+            Ok(item) => Some(item),
+            Err(mpsc::TryRecvError::Disconnected) => None,
+            Err(mpsc::TryRecvError::Empty) => {
+                if std::fs::metadata(&journal).is_ok_and(|m| m.len() > JOURNAL_TRIM) {
+                    if let Err(e) = handoff::sweep_journal(run_dir) {
+                        tracing::warn!("daemon: trimming the hand-off journal: {e}");
+                    }
+                }
+                items.recv().ok()
+            }
+        };
     }
 }

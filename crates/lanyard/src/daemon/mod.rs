@@ -42,8 +42,10 @@ mod watch;
 mod worker;
 
 use crate::cli::{Cli, DaemonArgs};
+use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::Drift;
+use lanyard_kernel::handoff::Change;
 use lanyard_kernel::nftwatch::NftWatch;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -235,6 +237,20 @@ async fn gc_loop(worker: Worker, every: Duration) {
             }
             Err(e) => tracing::warn!("daemon: gc failed: {e}; trying again next time"),
         }
+    }
+}
+
+/// Tells a running daemon that `ep` came or went (best effort, never waits: one
+/// `stat` when no daemon runs). Called by the CLI after a successful attach or
+/// detach; no event loop is involved.
+pub fn notify(cli: &Cli, change: Change, ep: &Endpoint) {
+    let path = cli.run_dir.join(lanyard_kernel::handoff::SOCKET);
+    if let Err(e) = lanyard_kernel::handoff::notify(&path, change, ep.network.as_str(), &ep.id) {
+        tracing::debug!(
+            "daemon at {} not told of endpoint {}: {e}",
+            path.display(),
+            ep.id
+        );
     }
 }
 

@@ -143,3 +143,95 @@ fn a_detach_never_hands_a_namespace_to_a_socket_another_user_bound() {
     }
     assert!(thief.is_running());
 }
+
+#[test]
+fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart() {
+    let lab = lab!();
+    macvlan_lan(&lab);
+    let cs: Vec<_> = (1..=3).map(|i| lab.netns(&format!("c{i}"))).collect();
+    for c in &cs {
+        lab.attach("lan", c, &[]);
+    }
+    let args = ["daemon", "--interval", "60", "--gc-interval", "0"];
+    let mut daemon = lab.lanyard_spawn(&args);
+    assert!(
+        daemon.wait_for_stdout("watching nftables", SETTLE),
+        "daemon did not start: {}",
+        daemon.stderr()
+    );
+    // Stopped, it takes nothing off its socket: the hand-offs stay queued.
+    // SAFETY: plain kill of our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGSTOP) };
+    for c in &cs {
+        let path = c.path();
+        let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+        cmd.env("LANYARD_LOG", "lanyard_kernel=debug");
+        let out = cmd.output().expect("run lanyard");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "detach failed: {err}");
+        assert!(err.contains("handed to the daemon"), "{err}");
+    }
+    daemon.kill();
+    let left = |cs: &[crate::harness::Ns]| -> Vec<String> {
+        cs.iter()
+            .flat_map(|c| c.links())
+            .filter(|l| l.starts_with("lyx-"))
+            .collect()
+    };
+    assert_eq!(left(&cs).len(), 3, "the hand-offs were not queued");
+    let mut again = lab.lanyard_spawn(&args);
+    assert!(
+        again.wait_for_stdout("watching nftables", SETTLE),
+        "daemon did not start again: {}",
+        again.stderr()
+    );
+    let end = Instant::now() + SETTLE;
+    while !left(&cs).is_empty() {
+        assert!(
+            Instant::now() < end,
+            "tombstones left after the restart: {:?}\n{}",
+            left(&cs),
+            again.stdout()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
+    use lanyard_kernel::handoff::{Change, Client, Message};
+    let lab = lab!();
+    macvlan_lan(&lab);
+    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+    assert!(
+        daemon.wait_for_stdout("watching nftables", SETTLE),
+        "daemon did not start: {}",
+        daemon.stderr()
+    );
+    let sock = lab.run_dir().join("daemon.sock");
+    let sub = Client::connect(&sock).unwrap();
+    sub.send(&Message::Subscribe, &[]).unwrap();
+    assert_eq!(sub.recv(SETTLE).unwrap(), Message::Subscribed);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("lan", &c1, &[]);
+    let id = ep["id"].as_str().unwrap().to_string();
+    let heard = |change| Message::Endpoint {
+        change,
+        network: "lan".into(),
+        id: id.clone(),
+    };
+    assert_eq!(sub.recv(SETTLE).unwrap(), heard(Change::Added));
+    let path = c1.path();
+    lab.lanyard_ok(&["detach", "lan", "--netns", path.to_str().unwrap()]);
+    assert_eq!(sub.recv(SETTLE).unwrap(), heard(Change::Removed));
+    let asker = Client::connect(&sock).unwrap();
+    asker.send(&Message::Status, &[]).unwrap();
+    match asker.recv(SETTLE).unwrap() {
+        Message::StatusIs(kv) => {
+            assert!(kv.contains(&"version=2".to_string()), "{kv:?}");
+            assert!(kv.contains(&"notices=2".to_string()), "{kv:?}");
+            assert!(kv.contains(&"subscribers=1".to_string()), "{kv:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
