@@ -220,6 +220,10 @@ pub struct Network {
     pub options: BTreeMap<String, String>,
     /// Unix seconds.
     pub created: u64,
+    /// lanyard made the VLAN link `parent` (`eth0.10`) and removes it with the last
+    /// network on it; a VLAN link the administrator made is never removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owns_vlan: bool,
 }
 
 impl Network {
@@ -583,6 +587,7 @@ impl NetworkRequest {
             labels,
             options,
             created,
+            owns_vlan: false,
         })
     }
 }

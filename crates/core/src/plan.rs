@@ -259,7 +259,10 @@ pub fn network_teardown(net: &Network, remaining: &[Network], host: &View) -> Ve
                     });
                 }
             }
-            if parent.vlan().is_some() && !shared(&|_| true) && host.link(parent.as_str()).is_some()
+            if net.owns_vlan
+                && parent.vlan().is_some()
+                && !shared(&|_| true)
+                && host.link(parent.as_str()).is_some()
             {
                 ops.push(Op::DeleteLink {
                     netns: Netns::Host,

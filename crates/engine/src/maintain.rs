@@ -180,24 +180,23 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         let host = self.kernel.view(&Netns::Host)?;
-        let mut expected: Vec<String> = vec![];
-        for n in &networks {
-            expected.extend(n.bridge.as_ref().map(|b| b.to_string()));
-            if plan::uses_shim(n) {
-                expected.extend(n.parent.as_ref().map(|p| plan::shim_name(p).to_string()));
-            }
-        }
         let live_veths: Vec<String> = self
             .endpoints()?
             .iter()
             .filter_map(|e| e.host_ifname.as_ref().map(|h| h.to_string()))
             .collect();
         let mut ops = vec![];
+        // Only what lanyard's own verbs leave: a tombstone is a retired endpoint link
+        // (macvlan, ipvlan or veth), a stray `lyv-` the host side of a veth whose
+        // record is gone. Bridges, shims and VLAN links are removed by `network rm`
+        // (kernel first, record last), never guessed from a name: an administrator's
+        // bridge called `lyx-0000` or `lyb-lab` is not lanyard's.
         for l in &host.links {
-            let orphan = (l.name.starts_with("lyb-") || l.name.starts_with("lys-"))
-                && !expected.contains(&l.name);
-            let stray_veth = l.name.starts_with("lyv-") && !live_veths.contains(&l.name);
-            if is_tombstone(&l.name) || orphan || stray_veth {
+            let kind = l.kind.as_deref();
+            let endpoint_kind = matches!(kind, Some("macvlan" | "ipvlan" | "veth"));
+            let stray_veth =
+                l.name.starts_with("lyv-") && kind == Some("veth") && !live_veths.contains(&l.name);
+            if (is_tombstone(&l.name) && endpoint_kind) || stray_veth {
                 if let Ok(name) = lanyard_core::name::IfName::new(&l.name) {
                     ops.push(Op::DeleteLink {
                         netns: Netns::Host,
@@ -273,5 +272,40 @@ mod tests {
         assert!(e.kernel.applied[n..]
             .iter()
             .any(|o| matches!(o, Op::CreateMacvlan { .. })));
+    }
+
+    #[test]
+    fn gc_deletes_tombstones_but_never_a_link_it_did_not_make() {
+        let mut e = Engine::new(
+            MemStore::default(),
+            FakeKernel::with_eth0(&["192.0.2.2/24"]),
+            Default::default(),
+        );
+        for (i, (name, kind)) in [
+            ("lyx-0000", "bridge"),      // an administrator's bridge
+            ("lyb-lab", "bridge"),       // another one, in lanyard's style
+            ("lys-00000000", "macvlan"), // a shim no network records
+            ("lyx-1234abcd", "macvlan"), // a retired endpoint link
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut l = e.kernel.host.links[1].clone();
+            l.name = name.into();
+            l.kind = Some(kind.into());
+            l.index = 50 + i as u32;
+            e.kernel.host.links.push(l);
+        }
+        e.gc().unwrap();
+        let deleted: Vec<String> = e
+            .kernel
+            .applied
+            .iter()
+            .filter_map(|o| match o {
+                Op::DeleteLink { name, .. } => Some(name.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deleted, ["lyx-1234abcd"]);
     }
 }

@@ -89,6 +89,61 @@ fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()>
     Ok(())
 }
 
+/// Host links the new network would use or make, against what exists and what the
+/// other networks use: lanyard never takes over an interface it did not create (a
+/// bridge named after the host's `eth0` or `lo`, another network's bridge), and one
+/// parent carries one kind of child (the kernel refuses macvlan beside ipvlan, and
+/// keeps one ipvlan mode per parent: a second mode would switch every endpoint).
+/// Records whether lanyard makes the VLAN parent (and so may remove it).
+fn check_links(net: &mut Network, others: &[Network], host: &View) -> Result<()> {
+    if let Some(br) = &net.bridge {
+        if let Some(o) = others.iter().find(|o| o.bridge.as_ref() == Some(br)) {
+            return Err(Error::Conflict(format!(
+                "-o bridge_name {br}: the bridge of network {}; pick another name",
+                o.name
+            )));
+        }
+        if host.link(br.as_str()).is_some() {
+            return Err(Error::invalid(
+                "-o bridge_name",
+                br,
+                "an interface of that name exists and lanyard did not create it; pick a new name (lanyard makes the bridge)",
+            ));
+        }
+    }
+    let Some(parent) = net.parent.clone() else {
+        return Ok(());
+    };
+    let siblings: Vec<&Network> = others
+        .iter()
+        .filter(|o| o.parent.as_ref() == Some(&parent))
+        .collect();
+    let mode = |n: &Network| format!("{:?}", n.ipvlan_mode.unwrap_or_default()).to_lowercase();
+    for o in &siblings {
+        let clash = match (net.driver, o.driver) {
+            (Driver::Ipvlan, Driver::Ipvlan) if o.ipvlan_mode != net.ipvlan_mode => Some(format!(
+                "-o ipvlan_mode: parent {parent} already carries ipvlan network {} in mode {}, and the kernel keeps one mode per parent (a second would switch every endpoint); use mode {} or another parent",
+                o.name,
+                mode(o),
+                mode(o),
+            )),
+            (Driver::Ipvlan, Driver::Macvlan) | (Driver::Macvlan, Driver::Ipvlan) => Some(format!(
+                "-o parent {parent}: already the parent of {} network {}, and the kernel does not put macvlan and ipvlan links on one parent",
+                o.driver, o.name
+            )),
+            _ => None,
+        };
+        if let Some(why) = clash {
+            return Err(Error::Conflict(why));
+        }
+    }
+    if parent.vlan().is_some() {
+        net.owns_vlan =
+            host.link(parent.as_str()).is_none() || siblings.iter().any(|o| o.owns_vlan);
+    }
+    Ok(())
+}
+
 impl<S: Store, K: Kernel> Engine<S, K> {
     /// `network create`: validate, pick pool subnets if none given, check conflicts,
     /// record, and set up host-side pieces (bridge, VLAN parent, host-access shim).
@@ -149,6 +204,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 }
             }
             check_conflicts(&net, &others, &host)?;
+            check_links(&mut net, &others, &host)?;
             tx.put_network(&net)?;
             Ok(net.clone())
         })?;
@@ -167,13 +223,20 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         });
         if let Err(e) = setup {
-            self.store.write(&mut |tx| tx.delete_network(&net.id))?;
-            let remaining = self.store.read(&mut |tx| tx.networks())?;
+            // Undo what this create made (only links it records as its own), then
+            // forget it: a crash in between leaves a record `network rm` finishes.
+            let others: Vec<Network> = self
+                .store
+                .read(&mut |tx| tx.networks())?
+                .into_iter()
+                .filter(|o| o.id != net.id)
+                .collect();
             let host = self.kernel.view(&Netns::Host)?;
             apply_best_effort(
                 &mut self.kernel,
-                &plan::network_teardown(&net, &remaining, &host),
+                &plan::network_teardown(&net, &others, &host),
             );
+            self.store.write(&mut |tx| tx.delete_network(&net.id))?;
             return Err(e);
         }
         Ok(net)
@@ -205,7 +268,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// no other network shares.
     pub fn remove_network(&mut self, key: &str) -> Result<Network> {
         let _lock = self.lock(Mode::Exclusive)?;
-        let net = self.store.write(&mut |tx| {
+        // Kernel first, record last: a crash or a failed step in between leaves the
+        // network recorded, and `network rm` again (or `restore`) finishes it; gc
+        // never has to guess which unrecorded links were lanyard's.
+        let idle = |tx: &dyn lanyard_core::store::Tx| -> Result<Network> {
             let net = tx
                 .network(key)?
                 .ok_or_else(|| Error::not_found("network", key))?;
@@ -222,23 +288,43 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     eps.join(", ")
                 )));
             }
-            tx.delete_network(&net.id)?;
             Ok(net)
+        };
+        let (net, others) = self.store.read(&mut |tx| {
+            let net = idle(tx)?;
+            let others: Vec<Network> = tx
+                .networks()?
+                .into_iter()
+                .filter(|o| o.id != net.id)
+                .collect();
+            Ok((net, others))
         })?;
-        let remaining = self.store.read(&mut |tx| tx.networks())?;
         let host = self.kernel.view(&Netns::Host)?;
-        let mut errors = apply_best_effort(
+        let errors = apply_best_effort(
             &mut self.kernel,
-            &plan::network_teardown(&net, &remaining, &host),
+            &plan::network_teardown(&net, &others, &host),
         );
-        if net.driver == Driver::Bridge {
-            errors.extend(self.rebuild_firewall().err());
-        }
-        if let Some(e) = errors.into_iter().next() {
+        // A link already gone is what we wanted.
+        if let Some(e) = errors
+            .into_iter()
+            .find(|e| !matches!(e, Error::NotFound { .. }))
+        {
             return Err(Error::Other(format!(
-                "network {} removed from the store, but its teardown failed: {e}; run `lanyard gc`",
-                net.name
+                "network {}: teardown failed: {e}; the network is kept: fix the cause and run `lanyard network rm {}` again",
+                net.name, net.name
             )));
+        }
+        self.store.write(&mut |tx| {
+            let net = idle(tx)?;
+            tx.delete_network(&net.id)
+        })?;
+        if net.driver == Driver::Bridge {
+            self.rebuild_firewall().map_err(|e| {
+                Error::Other(format!(
+                    "network {} removed, but the firewall rebuild failed: {e}; run `lanyard restore`",
+                    net.name
+                ))
+            })?;
         }
         Ok(net)
     }
@@ -268,6 +354,7 @@ mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::kernel::RouteInfo;
+    use lanyard_core::op::Op;
     use lanyard_core::store::mem::MemStore;
 
     fn engine() -> Engine<MemStore, FakeKernel> {
@@ -370,5 +457,110 @@ mod tests {
         e.kernel.fail_at = Some(0);
         assert!(e.create_network(&req("a", "bridge", "", &[])).is_err());
         assert!(e.networks().unwrap().is_empty());
+    }
+
+    /// A host link the administrator made (not lanyard), e.g. `eth0.10` or a bridge.
+    fn admin_link(e: &mut Engine<MemStore, FakeKernel>, name: &str, kind: &str) {
+        let mut l = e.kernel.host.links[1].clone();
+        l.name = name.into();
+        l.kind = Some(kind.into());
+        l.index = 100 + e.kernel.host.links.len() as u32;
+        e.kernel.host.links.push(l);
+    }
+
+    fn deleted(e: &Engine<MemStore, FakeKernel>, name: &str) -> bool {
+        e.kernel
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::DeleteLink { name: n, .. } if n.as_str() == name))
+    }
+
+    #[test]
+    fn a_bridge_name_that_exists_is_refused_and_nothing_is_deleted() {
+        let mut e = engine();
+        for taken in ["eth0", "lo"] {
+            let err = e
+                .create_network(&req("x", "bridge", "", &[&format!("bridge_name={taken}")]))
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Invalid { field, .. } if field == "-o bridge_name"),
+                "{err}"
+            );
+        }
+        e.create_network(&req("a", "bridge", "", &["bridge_name=br-a"]))
+            .unwrap();
+        admin_link(&mut e, "br-a", "bridge"); // the fake does not model creation
+        let err = e
+            .create_network(&req("b", "bridge", "", &["bridge_name=br-a"]))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(_)) && err.to_string().contains("network a"),
+            "{err}"
+        );
+        assert!(!deleted(&e, "br-a"), "a refused create deletes nothing");
+        assert!(!deleted(&e, "eth0") && !deleted(&e, "lo"));
+        assert_eq!(e.networks().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn network_rm_keeps_a_vlan_link_the_administrator_made() {
+        let mut e = engine();
+        admin_link(&mut e, "eth0.10", "vlan");
+        e.create_network(&req("v", "macvlan", "198.51.100.0/24", &["parent=eth0.10"]))
+            .unwrap();
+        assert!(!e.network("v").unwrap().owns_vlan);
+        e.remove_network("v").unwrap();
+        assert!(!deleted(&e, "eth0.10"), "the administrator's eth0.10 stays");
+        // One lanyard makes is lanyard's to remove, with the last network on it.
+        let mut e = engine();
+        e.create_network(&req("v", "macvlan", "198.51.100.0/24", &["parent=eth0.20"]))
+            .unwrap();
+        admin_link(&mut e, "eth0.20", "vlan"); // now it exists
+        e.create_network(&req("w", "macvlan", "203.0.113.0/24", &["parent=eth0.20"]))
+            .unwrap();
+        assert!(e.network("w").unwrap().owns_vlan, "shared ownership");
+        e.remove_network("v").unwrap();
+        assert!(!deleted(&e, "eth0.20"), "still used by w");
+        e.remove_network("w").unwrap();
+        assert!(deleted(&e, "eth0.20"));
+    }
+
+    #[test]
+    fn one_parent_carries_one_ipvlan_mode_and_one_kind_of_child() {
+        let mut e = engine();
+        e.create_network(&req(
+            "l2",
+            "ipvlan",
+            "198.51.100.0/25",
+            &["parent=eth0", "ipvlan_mode=l2"],
+        ))
+        .unwrap();
+        let err = e
+            .create_network(&req(
+                "l3",
+                "ipvlan",
+                "198.51.100.128/25",
+                &["parent=eth0", "ipvlan_mode=l3"],
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict(_))
+                && err.to_string().contains("ipvlan_mode")
+                && err.to_string().contains("network l2"),
+            "{err}"
+        );
+        let err = e
+            .create_network(&req("m", "macvlan", "203.0.113.0/24", &["parent=eth0"]))
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict(_)), "{err}");
+        // The same mode is fine.
+        e.create_network(&req(
+            "l2b",
+            "ipvlan",
+            "203.0.113.0/24",
+            &["parent=eth0", "ipvlan_mode=l2"],
+        ))
+        .unwrap();
+        assert_eq!(e.networks().unwrap().len(), 2);
     }
 }

@@ -6,6 +6,7 @@
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
 mod attach;
+mod concurrency;
 mod daemon;
 mod firewall;
 mod harness;
