@@ -37,7 +37,7 @@ fn gc_beside_network_creates_and_attaches_never_removes_a_live_bridge_or_endpoin
     // Three rounds of: 8 network creates, 8 attaches and 8 gcs, all at once.
     for round in 0..3 {
         let mut children = vec![];
-        for i in 0..8 {
+        for (i, c) in containers.iter().enumerate() {
             let name = format!("r{round}n{i}");
             let subnet = format!("10.{}.{}.0/24", 61 + round, i);
             children.push(start(
@@ -45,7 +45,7 @@ fn gc_beside_network_creates_and_attaches_never_removes_a_live_bridge_or_endpoin
                 &s(&["network", "create", &name, "--subnet", &subnet]),
             ));
             children.push(start(&lab, &s(&["gc"])));
-            let ns = containers[i].path();
+            let ns = c.path();
             let ns = ns.to_str().unwrap();
             children.push(start(&lab, &s(&["attach", "base", "--netns", ns])));
         }
