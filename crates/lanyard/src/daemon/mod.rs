@@ -319,6 +319,11 @@ async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control
     checker
         .run_check("start-up".into(), Instant::now(), None)
         .await;
+    // The endpoints there are now (services learn of later ones from notices).
+    match worker.endpoints().await {
+        Ok(eps) => println!("lanyard daemon: {} endpoints in the store", eps.len()),
+        Err(e) => tracing::warn!("daemon: reading the store's endpoints: {e}"),
+    }
     tokio::spawn(watch::run(first, tx.clone()));
     if let Some(g) = gc_interval {
         tokio::spawn(gc_loop(worker, g));

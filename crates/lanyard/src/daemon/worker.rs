@@ -9,6 +9,7 @@
 //! changes from others' by the `lanyard` prefix.
 
 use crate::cli::Cli;
+use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
@@ -29,6 +30,10 @@ enum Job {
     /// `gc`.
     Gc {
         done: oneshot::Sender<Result<Report>>,
+    },
+    /// Every endpoint in the store.
+    Endpoints {
+        done: oneshot::Sender<Result<Vec<Endpoint>>>,
     },
 }
 
@@ -91,6 +96,13 @@ impl Worker {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Reads every endpoint from the store on the engine thread.
+    pub async fn endpoints(&self) -> Result<Vec<Endpoint>> {
+        let (done, rx) = oneshot::channel();
+        self.send(Job::Endpoints { done })?;
+        rx.await.map_err(|_| gone())?
+    }
+
     fn send(&self, job: Job) -> Result<()> {
         self.jobs.send(job).map_err(|_| gone())
     }
@@ -111,6 +123,9 @@ fn run(cli: &Cli, expected: &[Expected], job: Job) {
         }
         Job::Gc { done } => {
             let _ = done.send(crate::open(cli).and_then(|mut engine| engine.gc()));
+        }
+        Job::Endpoints { done } => {
+            let _ = done.send(crate::open(cli).and_then(|engine| engine.endpoints()));
         }
     }
 }

@@ -208,6 +208,11 @@ fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
         "daemon did not start: {}",
         daemon.stderr()
     );
+    assert!(
+        daemon.stdout().contains("0 endpoints in the store"),
+        "{}",
+        daemon.stdout()
+    );
     let sock = lab.run_dir().join("daemon.sock");
     let sub = Client::connect(&sock).unwrap();
     sub.send(&Message::Subscribe, &[]).unwrap();
@@ -234,4 +239,36 @@ fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn an_attach_starts_no_thread_and_no_event_loop() {
+    let lab = lab!();
+    macvlan_lan(&lab);
+    let c1 = lab.netns("c1");
+    let trace = lab.dir().join("attach.strace");
+    let path = c1.path();
+    let mut cmd = lab.host().command(&[
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=clone,clone3,fork,vfork,epoll_create1",
+        "-o",
+    ]);
+    cmd.arg(&trace).arg(crate::harness::lanyard_bin());
+    cmd.arg("--state-dir").arg(lab.state_dir());
+    cmd.arg("--run-dir").arg(lab.run_dir());
+    cmd.args(["attach", "lan", "--netns", path.to_str().unwrap()]);
+    let out = cmd.output().expect("run strace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        calls.trim().is_empty(),
+        "an attach started threads, processes or an event loop:\n{calls}"
+    );
 }
