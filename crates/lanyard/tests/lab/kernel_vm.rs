@@ -3,7 +3,7 @@
 //! kernel (`scripts/vm-test`), the rest on the host. On a kernel without the feature
 //! they fail loudly (`Lab::require_kernel`), never skip.
 
-use crate::harness::{addr, addr_of, lab, Lab, Ns};
+use crate::harness::{addr, addr_of, exit, lab, Lab, Ns};
 
 #[test]
 fn vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other() {
@@ -189,4 +189,64 @@ fn vm_vlan_parent_eth0_10_is_made_on_first_use_and_removed_with_its_last_network
         !host.links().contains("eth0.10"),
         "VLAN left behind after its last network"
     );
+}
+
+#[test]
+fn vm_ipvlan_a_second_mode_on_one_parent_is_refused_and_the_first_keeps_working() {
+    let lab = lab!();
+    lab.require_kernel("ipvlan");
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "l2",
+        "-d",
+        "ipvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+    ]);
+    let c1 = lab.netns("c1");
+    let a1 = addr_of(&lab.attach("l2", &c1, &[]), false);
+    let err = lab.lanyard_fails(
+        &[
+            "network",
+            "create",
+            "l3",
+            "-d",
+            "ipvlan",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "ipvlan_mode=l3",
+            "--subnet",
+            "203.0.113.0/24",
+        ],
+        exit::CONFLICT,
+    );
+    assert!(err.contains("ipvlan_mode") && err.contains("l2"), "{err}");
+    // An l3 attach would have switched the parent; the l2 endpoint still talks L2.
+    assert!(
+        lab.lan().ping(&a1),
+        "router -> l2 endpoint after the refused create"
+    );
+    let err = lab.lanyard_fails(
+        &[
+            "network",
+            "create",
+            "mv",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            "198.51.100.0/24",
+        ],
+        exit::CONFLICT,
+    );
+    assert!(err.contains("macvlan and ipvlan"), "{err}");
 }
