@@ -250,3 +250,29 @@ fn vm_ipvlan_a_second_mode_on_one_parent_is_refused_and_the_first_keeps_working(
     );
     assert!(err.contains("macvlan and ipvlan"), "{err}");
 }
+
+#[test]
+fn vm_vlan_network_rm_keeps_a_vlan_link_the_administrator_made() {
+    let lab = lab!();
+    lab.require_kernel("vlan");
+    let host = lab.host();
+    host.ip(&[
+        "link", "add", "link", "eth0", "name", "eth0.20", "type", "vlan", "id", "20",
+    ]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "v20",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0.20",
+        "--subnet",
+        "198.51.100.0/24",
+    ]);
+    lab.lanyard_ok(&["network", "rm", "v20"]);
+    assert!(
+        host.links().contains("eth0.20"),
+        "network rm removed the administrator's eth0.20"
+    );
+}
