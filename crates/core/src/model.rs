@@ -622,6 +622,10 @@ pub enum EndpointState {
     Pending,
     /// Wired and working.
     Active,
+    /// Being detached: the kernel side is going or gone, the addresses and ports
+    /// stay held until it is (so none is handed out while a link still has it). A
+    /// detach that failed or was killed leaves this; `detach` again or `gc` finishes.
+    Detaching,
 }
 
 /// Transport protocol of a port mapping.

@@ -373,26 +373,39 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             DetachRequest::Netns { netns, .. } => self.kernel.netns_id(netns).ok(),
             DetachRequest::Endpoint(_) => None,
         };
-        // The endpoint and its network in one read.
-        let found = self.store.read(&mut |tx| match req {
-            DetachRequest::Endpoint(key) => match tx.endpoint(key)? {
-                Some(ep) => Ok(Some((tx.network(&ep.network_id)?, ep))),
-                None => Ok(None),
-            },
-            DetachRequest::Netns { network, netns } => {
-                let Some(net) = tx.network(network)? else {
-                    return Ok(None);
-                };
-                let on_net = |e: &Endpoint| e.network_id == net.id;
-                let ep = match ns_id {
-                    Some(id) => tx.endpoints_in_netns(id)?.into_iter().find(on_net),
-                    None => tx
-                        .endpoints()?
-                        .into_iter()
-                        .find(|e| on_net(e) && &e.netns == netns),
-                };
-                Ok(ep.map(|ep| (Some(net), ep)))
+        // The endpoint and its network, marked detaching, in one transaction:
+        // before any kernel step, so a store that cannot be written (read-only, full)
+        // stops the detach with nothing changed, and a detach that stops half-way
+        // leaves a record `gc` finishes, its addresses still held.
+        let found = self.store.write(&mut |tx| {
+            let found = match req {
+                DetachRequest::Endpoint(key) => match tx.endpoint(key)? {
+                    Some(ep) => Some((tx.network(&ep.network_id)?, ep)),
+                    None => None,
+                },
+                DetachRequest::Netns { network, netns } => {
+                    let Some(net) = tx.network(network)? else {
+                        return Ok(None);
+                    };
+                    let on_net = |e: &Endpoint| e.network_id == net.id;
+                    let ep = match ns_id {
+                        Some(id) => tx.endpoints_in_netns(id)?.into_iter().find(on_net),
+                        None => tx
+                            .endpoints()?
+                            .into_iter()
+                            .find(|e| on_net(e) && &e.netns == netns),
+                    };
+                    ep.map(|ep| (Some(net), ep))
+                }
+            };
+            if let Some((_, ep)) = &found {
+                if ep.state != EndpointState::Detaching {
+                    let mut detaching = ep.clone();
+                    detaching.state = EndpointState::Detaching;
+                    tx.put_endpoint(&detaching)?;
+                }
             }
+            Ok(found)
         })?;
         let Some((net, ep)) = found else {
             return Ok(None);
@@ -430,6 +443,16 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             if retired && errors.is_empty() {
                 tombstone = Some(tomb);
             }
+        }
+        // A link in a live namespace that may still hold the addresses: keep them
+        // held (the record says detaching) until a detach or `gc` gets it done.
+        let failed = errors.iter().find(|e| !matches!(e, Error::NotFound { .. }));
+        if let (true, Some(e)) = (alive, failed) {
+            return Err(Error::Other(format!(
+                "endpoint {}: detach failed: {e}; its addresses stay held until \
+                 `lanyard detach` or `lanyard gc` finishes it",
+                ep.display_name()
+            )));
         }
         let forgotten = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id));
         if let Some(tomb) = tombstone {
@@ -802,6 +825,79 @@ mod tests {
             .applied
             .iter()
             .all(|o| !matches!(o, Op::AddRoute { .. })));
+    }
+
+    /// A store that reads but refuses every write (read-only file, full disk).
+    struct ReadOnly(MemStore);
+
+    impl Store for ReadOnly {
+        fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+            self.0.read(f)
+        }
+        fn write<T>(&self, _: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+            Err(Error::Store("attempt to write a readonly database".into()))
+        }
+    }
+
+    #[test]
+    fn a_detach_that_cannot_write_the_store_changes_nothing_in_the_kernel() {
+        let mut e = engine();
+        e.attach(&attach("/run/netns/c1")).unwrap();
+        let mut e = Engine::new(ReadOnly(e.store), e.kernel, e.config);
+        let applied = e.kernel.applied.len();
+        let req = DetachRequest::Endpoint(e.endpoints().unwrap()[0].id.clone());
+        assert!(e.detach(&req).is_err());
+        assert_eq!(
+            e.kernel.applied.len(),
+            applied,
+            "kernel side left as it was"
+        );
+        assert_eq!(e.endpoints().unwrap()[0].state, EndpointState::Active);
+    }
+
+    #[test]
+    fn a_failed_detach_keeps_the_address_held_until_detach_or_gc_finishes_it() {
+        let steps = {
+            let mut e = engine();
+            e.attach(&attach("/run/netns/c1")).unwrap();
+            let before = e.kernel.calls;
+            e.detach(&DetachRequest::Endpoint(
+                e.endpoints().unwrap()[0].id.clone(),
+            ))
+            .unwrap();
+            e.kernel.calls - before
+        };
+        assert!(steps >= 2);
+        for fail in 0..steps {
+            for finish_by_gc in [false, true] {
+                let mut e = engine();
+                let mut r = attach("/run/netns/c1");
+                r.ip = Some("192.0.2.200".into());
+                let ep = e.attach(&r).unwrap();
+                e.kernel.fail_at = Some(e.kernel.calls + fail);
+                let req = DetachRequest::Endpoint(ep.id.clone());
+                if e.detach(&req).is_ok() {
+                    // Only the last step, deleting the tombstone, may fail unseen:
+                    // the retired link already let go of the addresses.
+                    assert_eq!(fail, steps - 1, "step {fail} failed unreported");
+                    continue;
+                }
+                let left = e.endpoint(&ep.id).expect("record kept");
+                assert_eq!(left.state, EndpointState::Detaching, "step {fail}");
+                let mut taken = attach("/run/netns/c2");
+                taken.ip = Some("192.0.2.200".into());
+                let err = e.attach(&taken).unwrap_err();
+                assert!(matches!(err, Error::Conflict(_)), "step {fail}: {err}");
+                if finish_by_gc {
+                    let report = e.gc().unwrap();
+                    assert!(report.errors.is_empty(), "step {fail}: {:?}", report.errors);
+                } else {
+                    assert!(e.detach(&req).unwrap().is_some(), "step {fail}");
+                }
+                assert!(e.endpoints().unwrap().is_empty(), "step {fail}");
+                e.attach(&taken).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -64,6 +64,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 self.forget(ep, &mut report, "its namespace is gone");
                 continue;
             }
+            if ep.state == EndpointState::Detaching {
+                self.forget(ep, &mut report, "a detach was interrupted");
+                continue;
+            }
             match self.restore_endpoint(net, ep) {
                 Ok(true) => {
                     report
@@ -173,6 +177,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 self.forget(ep, &mut report, "its network is gone");
             } else if !self.netns_alive(ep) {
                 self.forget(ep, &mut report, "its namespace is gone");
+            } else if ep.state == EndpointState::Detaching {
+                self.forget(ep, &mut report, "a detach was interrupted");
             } else if ep.state == EndpointState::Pending
                 && now().saturating_sub(ep.created) > PENDING_GRACE_SECS
             {

@@ -144,6 +144,41 @@ fn attaching_the_namespace_lanyard_runs_in_is_refused_and_the_host_keeps_its_rou
     assert_eq!(endpoint_count(&lab), 0);
 }
 
+#[test]
+fn a_failed_detach_never_lets_the_next_attach_take_an_address_a_link_still_holds() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let (p1, p2) = (c1.path(), c2.path());
+    let v4 = |ns: &crate::harness::Ns| ns.ip(&["-4", "-o", "addr", "show"]);
+    let mut failed = 0;
+    for step in 0..6 {
+        let held = addr_of(&lab.attach("lan", &c1, &["--ip", "192.0.2.200"]), false);
+        let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", p1.to_str().unwrap()]);
+        cmd.env("LANYARD_FAIL_AT", step.to_string());
+        let out = cmd.output().expect("run lanyard");
+        if !out.status.success() {
+            failed += 1;
+            // Whatever c1 still holds, the next attach is not given it.
+            let next = addr_of(&lab.attach("lan", &c2, &[]), false);
+            assert!(
+                next != held || !v4(&c1).contains(&format!(" {held}/")),
+                "step {step}: {next} handed out while c1 still has it: {}",
+                v4(&c1)
+            );
+            lab.lanyard_ok(&["detach", "lan", "--netns", p2.to_str().unwrap()]);
+            lab.lanyard_ok(&["gc"]);
+        }
+        assert_eq!(
+            endpoint_count(&lab),
+            0,
+            "step {step}: gc finished the detach"
+        );
+        assert!(!v4(&c1).contains("192.0.2.200"), "step {step}: {}", v4(&c1));
+    }
+    assert!(failed > 0, "no step failed: LANYARD_FAIL_AT had no effect");
+}
+
 /// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
 fn tombstones_go(ns: &crate::harness::Ns) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
