@@ -15,5 +15,6 @@ pub mod name;
 pub mod op;
 pub mod plan;
 pub mod store;
+pub mod subnet;
 
 pub use error::{Error, ErrorKind, Result};

@@ -307,6 +307,13 @@ impl NetworkRequest {
     /// happens in the engine); `id` and `created` are filled in by the caller.
     pub fn validate(&self, id: String, created: u64) -> Result<Network> {
         let name = NetworkName::new(&self.name)?;
+        if matches!(name.as_str(), "host" | "none") {
+            return Err(Error::invalid(
+                "network name",
+                name.as_str(),
+                "is reserved: `--network host` and `--network none` mean no lanyard network",
+            ));
+        }
         let driver: Driver = self.driver.as_deref().unwrap_or("bridge").parse()?;
 
         let mut options = BTreeMap::new();
@@ -331,7 +338,7 @@ impl NetworkRequest {
         }
 
         let parent = match options.get("parent") {
-            Some(p) => Some(IfName::parse_for("-o parent", p)?),
+            Some(p) => Some(IfName::parse_user("-o parent", p)?),
             None => None,
         };
         if driver.needs_parent() && parent.is_none() {
@@ -416,7 +423,7 @@ impl NetworkRequest {
             None => None,
         };
         let bridge = match (driver, options.get("bridge_name")) {
-            (Driver::Bridge, Some(b)) => Some(IfName::parse_for("-o bridge_name", b)?),
+            (Driver::Bridge, Some(b)) => Some(IfName::parse_user("-o bridge_name", b)?),
             (Driver::Bridge, None) => {
                 Some(IfName::new(&format!("lyb-{}", &id[..11.min(id.len())]))?)
             }
@@ -450,13 +457,7 @@ impl NetworkRequest {
         let mut subnets: Vec<SubnetConfig> = Vec::new();
         for s in &self.subnets {
             let subnet = parse_cidr("--subnet", s)?;
-            if subnet.prefix_len() >= subnet.max_prefix_len() - 1 && subnet.addr().is_ipv4() {
-                return Err(Error::invalid(
-                    "--subnet",
-                    s,
-                    "too small: an IPv4 subnet needs at least a /30",
-                ));
-            }
+            crate::subnet::check("--subnet", s, &subnet)?;
             if let Some(o) = subnets
                 .iter()
                 .find(|c| c.subnet.contains(&subnet) || subnet.contains(&c.subnet))
@@ -569,6 +570,18 @@ impl NetworkRequest {
                 c.gateway = first_host(&c.subnet);
             }
         }
+        for c in &subnets {
+            check_room(c)?;
+        }
+        if let (Some(m), true) = (mtu, self.ipv6) {
+            if m < 1280 {
+                return Err(Error::invalid(
+                    "-o mtu",
+                    m,
+                    "is below 1280, the least IPv6 allows (--ipv6 is on)",
+                ));
+            }
+        }
 
         Ok(Network {
             id,
@@ -590,6 +603,40 @@ impl NetworkRequest {
             owns_vlan: false,
         })
     }
+}
+
+/// An aux address may not be the gateway, and an ip-range must hold an address
+/// for endpoints beside the gateway and aux addresses.
+fn check_room(c: &SubnetConfig) -> Result<()> {
+    if let Some((k, a)) = c.aux_addresses.iter().find(|(_, a)| Some(**a) == c.gateway) {
+        return Err(Error::invalid(
+            "--aux-address",
+            format!("{k}={a}"),
+            "is the subnet's gateway",
+        ));
+    }
+    let Some(range) = c.ip_range else {
+        return Ok(());
+    };
+    // Only a small range can be all taken; count up to a few addresses.
+    let usable = range
+        .hosts()
+        .take(8)
+        .filter(|a| {
+            c.subnet.contains(a)
+                && !is_network_or_broadcast(&c.subnet, *a)
+                && Some(*a) != c.gateway
+                && !c.aux_addresses.values().any(|x| x == a)
+        })
+        .count();
+    if usable == 0 {
+        return Err(Error::invalid(
+            "--ip-range",
+            range,
+            "holds no address for endpoints (only the gateway, aux addresses, or the network/broadcast address)",
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `addr` is the network or (IPv4) broadcast address of `net`.
@@ -847,6 +894,74 @@ mod tests {
         match e {
             Error::Invalid { field, .. } => field,
             other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reserved_names_loopback_parents_and_roomless_ranges_are_refused_naming_the_field() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        type Case = (&'static str, Box<dyn FnOnce(&mut NetworkRequest)>);
+        let cases: Vec<Case> = vec![
+            ("network name", Box::new(|r| r.name = "host".into())),
+            ("network name", Box::new(|r| r.name = "none".into())),
+            (
+                "-o parent",
+                Box::new(move |r| {
+                    r.driver = Some("macvlan".into());
+                    r.options = s(&["parent=lo"]);
+                }),
+            ),
+            (
+                "-o bridge_name",
+                Box::new(move |r| r.options = s(&["bridge_name=all"])),
+            ),
+            (
+                "-o bridge_name",
+                Box::new(move |r| r.options = s(&["bridge_name=br%d"])),
+            ),
+            (
+                "--subnet",
+                Box::new(move |r| r.subnets = s(&["127.0.0.0/8"])),
+            ),
+            (
+                "--subnet",
+                Box::new(move |r| r.subnets = s(&["192.0.2.0/31"])),
+            ),
+            (
+                "--subnet",
+                Box::new(move |r| {
+                    r.ipv6 = true;
+                    r.subnets = s(&["::ffff:192.0.2.0/120"]);
+                }),
+            ),
+            (
+                "-o mtu",
+                Box::new(move |r| {
+                    r.ipv6 = true;
+                    r.subnets = s(&["2001:db8::/64"]);
+                    r.options = s(&["mtu=1000"]);
+                }),
+            ),
+            (
+                "--aux-address",
+                Box::new(move |r| {
+                    r.subnets = s(&["192.0.2.0/24"]);
+                    r.aux_addresses = s(&["gw=192.0.2.1"]);
+                }),
+            ),
+            (
+                "--ip-range",
+                Box::new(move |r| {
+                    r.subnets = s(&["192.0.2.0/24"]);
+                    r.gateways = s(&["192.0.2.1"]);
+                    r.ip_ranges = s(&["192.0.2.1/32"]);
+                }),
+            ),
+        ];
+        for (field, f) in cases {
+            let err = req(f).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(field_of(err), field, "{msg}");
         }
     }
 

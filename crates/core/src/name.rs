@@ -108,6 +108,28 @@ impl IfName {
         }
         Ok(IfName(s.to_string()))
     }
+    /// Checks `s` as the value of `field` naming an interface lanyard makes or wires
+    /// into (`--ifname`, `-o parent`, `-o bridge_name`): besides [`IfName::parse_for`],
+    /// not `lo` (no LAN, and never an endpoint's name), not `all` or `default` (the
+    /// kernel's sysctl directories of those names would be set instead), and no `%`
+    /// (the kernel takes `eth%d` as a pattern and picks the number itself).
+    pub fn parse_user(field: &str, s: &str) -> Result<Self> {
+        let name = Self::parse_for(field, s)?;
+        let why = match s {
+            "lo" => Some("is the loopback interface"),
+            "all" | "default" => {
+                Some("is reserved: net.*.conf.all and .default are the kernel's sysctl defaults")
+            }
+            _ if s.contains('%') => {
+                Some("must not contain %: the kernel would take it as a pattern")
+            }
+            _ => None,
+        };
+        match why {
+            Some(why) => Err(Error::invalid(field, s, why)),
+            None => Ok(name),
+        }
+    }
     /// Checks `s` as an interface name.
     pub fn new(s: &str) -> Result<Self> {
         Self::parse_for("interface name", s)

@@ -70,13 +70,22 @@ fn parse(req: &AttachRequest) -> Result<Parsed> {
     }
     let mut ports = vec![];
     for p in &req.publish {
-        ports.extend(PortMapping::parse_spec(p)?);
+        for m in PortMapping::parse_spec(p)? {
+            if let Some(o) = ports.iter().find(|o: &&PortMapping| o.clashes_with(&m)) {
+                return Err(Error::invalid(
+                    "--publish",
+                    p,
+                    format!("host port {} is already in this request ({o})", m.host_port),
+                ));
+            }
+            ports.push(m);
+        }
     }
     Ok(Parsed {
         ifname: req
             .ifname
             .as_deref()
-            .map(|s| IfName::parse_for("--ifname", s))
+            .map(|s| IfName::parse_user("--ifname", s))
             .transpose()?,
         ip,
         ip6,

@@ -691,3 +691,34 @@ fn ipvlan_attach_works_or_says_the_kernel_lacks_it() {
         assert_eq!(c1.links(), ["lo".to_string()].into());
     }
 }
+
+#[test]
+fn attach_refuses_reserved_interface_names_and_one_port_twice_changing_nothing() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let c1 = lab.netns("c1");
+    let p = c1.path();
+    let ns = p.to_str().unwrap();
+    for name in ["lo", "all", "default", "eth%d"] {
+        let err = lab.lanyard_fails(
+            &["attach", "br", "--netns", ns, "--ifname", name],
+            exit::USAGE,
+        );
+        assert!(err.contains("--ifname"), "{name}: {err}");
+    }
+    let err = lab.lanyard_fails(
+        &[
+            "attach", "br", "--netns", ns, "-p", "8080:80", "-p", "8080:81",
+        ],
+        exit::USAGE,
+    );
+    assert!(err.contains("--publish"), "{err}");
+    assert_eq!(
+        lab.lanyard_json(&["endpoint", "ls"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(c1.links().len(), 1, "only lo in the namespace");
+}
