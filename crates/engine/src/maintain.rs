@@ -186,8 +186,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         let host = self.kernel.view(&Netns::Host)?;
-        let live_veths: Vec<String> = self
-            .endpoints()?
+        let remaining = self.endpoints()?;
+        let live_veths: Vec<String> = remaining
             .iter()
             .filter_map(|e| e.host_ifname.as_ref().map(|h| h.to_string()))
             .collect();
@@ -209,6 +209,40 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                         name,
                     });
                     report.removed.push(format!("link {}", l.name));
+                }
+            }
+        }
+        // Tombstones a reaper missed inside the endpoints' namespaces (a detach or a
+        // daemon killed before the delete): one look at each live namespace.
+        let mut seen = vec![];
+        for ep in &remaining {
+            if seen.contains(&ep.netns_inode) || !self.netns_alive(ep) {
+                continue;
+            }
+            seen.push(ep.netns_inode);
+            let netns = Netns::Path(ep.netns.clone());
+            let inside = match self.kernel.view(&netns) {
+                Ok(v) => v,
+                Err(e) => {
+                    report
+                        .errors
+                        .push(format!("namespace {}: {e}", ep.netns.display()));
+                    continue;
+                }
+            };
+            for l in &inside.links {
+                let endpoint_kind =
+                    matches!(l.kind.as_deref(), Some("macvlan" | "ipvlan" | "veth"));
+                if is_tombstone(&l.name) && endpoint_kind {
+                    if let Ok(name) = lanyard_core::name::IfName::new(&l.name) {
+                        ops.push(Op::DeleteLink {
+                            netns: netns.clone(),
+                            name,
+                        });
+                        report
+                            .removed
+                            .push(format!("link {} in {}", l.name, ep.netns.display()));
+                    }
                 }
             }
         }

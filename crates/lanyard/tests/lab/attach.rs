@@ -179,6 +179,24 @@ fn a_failed_detach_never_lets_the_next_attach_take_an_address_a_link_still_holds
     assert!(failed > 0, "no step failed: LANYARD_FAIL_AT had no effect");
 }
 
+#[test]
+fn gc_deletes_tombstones_a_reaper_missed_inside_endpoint_namespaces() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    lab.attach("lan", &c1, &[]);
+    // What a detach killed before its reaper ran leaves behind.
+    c1.ip_batch(&["link add lyx-0badf00d type veth peer name lyx-0badf00e"]);
+    lab.lanyard_ok(&["gc"]);
+    let left: Vec<String> = c1
+        .links()
+        .into_iter()
+        .filter(|l| l.starts_with("lyx-"))
+        .collect();
+    assert!(left.is_empty(), "tombstones left in c1: {left:?}");
+    assert!(c1.links().contains("eth0"), "the endpoint itself stays");
+}
+
 /// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
 fn tombstones_go(ns: &crate::harness::Ns) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
