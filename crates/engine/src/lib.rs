@@ -6,6 +6,7 @@
 pub mod drift;
 mod endpoint;
 mod firewall;
+mod identity;
 pub mod lock;
 mod maintain;
 mod network;

@@ -98,6 +98,11 @@ impl Locks {
         })
     }
 
+    /// The run dir holding the lock file, if any.
+    pub fn dir(&self) -> Option<&Path> {
+        self.path.as_deref().and_then(Path::parent)
+    }
+
     /// Whether this engine holds the lock now, and how (tests).
     pub fn held(&self) -> Option<Mode> {
         lock_state(&self.state).held

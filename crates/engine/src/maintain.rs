@@ -39,6 +39,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// endpoint whose namespace still exists; forgets the others.
     pub fn restore(&mut self) -> Result<Report> {
         let _lock = self.lock(Mode::Exclusive)?;
+        self.check_store()?;
         let mut report = Report::default();
         let (networks, endpoints) = self
             .store
@@ -168,6 +169,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// removes pending records a crash left, deletes tombstones and orphaned links.
     pub fn gc(&mut self) -> Result<Report> {
         let _lock = self.lock(Mode::Exclusive)?;
+        self.check_store()?;
         let mut report = Report::default();
         let (networks, endpoints) = self
             .store

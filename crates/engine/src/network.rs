@@ -150,6 +150,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     pub fn create_network(&mut self, req: &NetworkRequest) -> Result<Network> {
         let mut net = req.validate(new_id(), now())?;
         let _lock = self.lock(Mode::Exclusive)?;
+        self.check_store()?;
         let host = self.kernel.view(&Netns::Host)?;
         if let Some(p) = &net.parent {
             let base = p.vlan().map(|(b, _)| b).unwrap_or_else(|| p.clone());

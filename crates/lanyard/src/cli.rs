@@ -55,7 +55,7 @@ pub enum Command {
     /// Rebuild bridges, shims, routes and endpoints from the store (at boot).
     Restore(JsonFlag),
     /// Forget endpoints whose namespace is gone; remove leftovers of crashes.
-    Gc(JsonFlag),
+    Gc(GcArgs),
     /// Keep lanyard's nftables tables in place: rebuild them from the store when a
     /// flush or firewall reload drops them; gc now and then. Foreground; SIGTERM stops.
     Daemon(DaemonArgs),
@@ -75,6 +75,18 @@ pub struct JsonFlag {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Take the store as this host's own from now on, after it was replaced or lost
+    /// (gc and restore refuse such a store until then).
+    #[arg(long)]
+    pub adopt_store: bool,
 }
 
 // `daemon`: a plain comment, not a doc comment, which clap would take as the

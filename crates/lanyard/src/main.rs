@@ -165,7 +165,12 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
         }
         Command::Run(r) => return run::run(engine, r),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
-        Command::Gc(f) => report(engine.gc()?, f.json)?,
+        Command::Gc(f) => {
+            if f.adopt_store {
+                engine.adopt_store()?;
+            }
+            report(engine.gc()?, f.json)?
+        }
         Command::Completions { .. } | Command::Man | Command::Daemon(_) => {
             unreachable!("handled above")
         }

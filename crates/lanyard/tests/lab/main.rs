@@ -13,3 +13,4 @@ mod harness;
 mod kernel_vm;
 mod network;
 mod smoke;
+mod store_safety;
