@@ -77,7 +77,8 @@ pub struct JsonFlag {
     pub json: bool,
 }
 
-/// `gc`.
+// `gc`'s flags (a plain comment: a doc comment here would replace the
+// subcommand's own description in `--help`).
 #[derive(Debug, Args)]
 pub struct GcArgs {
     /// Print JSON instead of text.
