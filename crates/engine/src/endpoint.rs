@@ -110,6 +110,7 @@ fn record(
     id: &str,
     unpriv: Option<u16>,
     exclude: &[IpAddr],
+    in_kernel: &[IfName],
 ) -> Result<Endpoint> {
     // The network was read before this transaction: a `network rm` (or a change)
     // may have committed since. Recording an endpoint of a network that is gone
@@ -147,8 +148,9 @@ fn record(
         None => (0..)
             .map(|n| IfName::new(&format!("eth{n}")))
             .find(|i| {
-                i.as_ref()
-                    .is_ok_and(|i| !same_ns.iter().any(|e| &e.ifname == i))
+                i.as_ref().is_ok_and(|i| {
+                    !same_ns.iter().any(|e| &e.ifname == i) && !in_kernel.contains(i)
+                })
             })
             .unwrap_or_else(|| unreachable!("some ethN is free"))?,
     };
@@ -313,6 +315,24 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 "is the namespace lanyard runs in (the host's); give a container's",
             ));
         }
+        // The default name is the next ethN free in the namespace itself, not only
+        // among lanyard's records: one look per name taken (a fresh namespace: one).
+        let mut in_kernel = vec![];
+        if p.ifname.is_none() {
+            let ns = Netns::Path(netns.clone());
+            for n in 0.. {
+                let name = IfName::new(&format!("eth{n}"))?;
+                if self
+                    .kernel
+                    .view_links(&ns, std::slice::from_ref(&name))?
+                    .link(name.as_str())
+                    .is_none()
+                {
+                    break;
+                }
+                in_kernel.push(name);
+            }
+        }
         let id = new_id();
         // Only the links planning looks at: a busy host's other links and routes
         // cost nothing here.
@@ -337,6 +357,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 &id,
                 req.unprivileged_port_start,
                 &exclude,
+                &in_kernel,
             )
         })?;
         if let Err(e) = self.wire(&net, &ep, &host) {

@@ -197,6 +197,18 @@ fn gc_deletes_tombstones_a_reaper_missed_inside_endpoint_namespaces() {
     assert!(c1.links().contains("eth0"), "the endpoint itself stays");
 }
 
+#[test]
+fn the_default_interface_name_is_the_next_eth_free_in_the_namespace() {
+    let lab = lab!();
+    two_macvlan_networks(&lab);
+    let c1 = lab.netns("c1");
+    // An eth0 lanyard did not make (another tool's, or the runtime's).
+    c1.ip_batch(&["link add eth0 type veth peer name peer0"]);
+    let ep = lab.attach("lan", &c1, &[]);
+    assert_eq!(ep["ifname"], "eth1", "{ep}");
+    assert!(c1.links().contains("eth1"));
+}
+
 /// Waits (up to 10 s) until `ns` has no tombstone (`lyx-…`) left.
 fn tombstones_go(ns: &crate::harness::Ns) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
