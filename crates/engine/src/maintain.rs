@@ -14,7 +14,8 @@ use lanyard_core::store::Store;
 use lanyard_core::Result;
 use serde::Serialize;
 
-/// A pending record older than this belongs to an attach that died.
+/// Without the cross-process lock, a pending record older than this belongs to an
+/// attach that died.
 pub const PENDING_GRACE_SECS: u64 = 60;
 
 /// What `restore` or `gc` did.
@@ -182,7 +183,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             } else if ep.state == EndpointState::Detaching {
                 self.forget(ep, &mut report, "a detach was interrupted");
             } else if ep.state == EndpointState::Pending
-                && now().saturating_sub(ep.created) > PENDING_GRACE_SECS
+                // Holding the lock exclusively, gc runs while no attach of this host
+                // is under way (each holds it shared until it is done): a pending
+                // record is a dead attach's. Without a run dir, wait out the grace.
+                && (self.locks.dir().is_some()
+                    || now().saturating_sub(ep.created) > PENDING_GRACE_SECS)
             {
                 self.forget(ep, &mut report, "an attach was interrupted");
             }

@@ -161,3 +161,123 @@ fn gc_leaves_an_administrators_bridges_named_like_lanyards() {
         "{links:?}"
     );
 }
+
+/// Starts `lanyard ARGS` and kills it with SIGKILL after `delay`.
+fn kill_after(lab: &Lab, args: &[&str], delay: std::time::Duration) {
+    let (_, mut child) = start(lab, &s(args));
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// After `gc`: every endpoint recorded is active with its link and address in its
+/// namespace, every namespace without one has no link but lo, no address is held
+/// twice, and the host keeps no tombstone or stray veth.
+fn whole_or_gone(lab: &Lab, containers: &[crate::harness::Ns]) -> (usize, usize) {
+    lab.lanyard_ok(&["gc"]);
+    let eps = lab.lanyard_json(&["endpoint", "ls"]);
+    let eps = eps.as_array().unwrap();
+    let mut addrs: Vec<String> = vec![];
+    let mut whole = 0;
+    for c in containers {
+        let inode = c.inode().unwrap();
+        let mine: Vec<_> = eps
+            .iter()
+            .filter(|e| e["netns_inode"][1].as_u64() == Some(inode))
+            .collect();
+        let links = c.links();
+        match mine.as_slice() {
+            [] => assert_eq!(
+                links.len(),
+                1,
+                "{}: no endpoint but links {links:?}",
+                c.name()
+            ),
+            [e] => {
+                assert_eq!(e["state"], "active", "{e}");
+                assert!(
+                    links.contains("eth0"),
+                    "{}: endpoint without its link",
+                    c.name()
+                );
+                let a = e["addresses"][0].as_str().unwrap().to_string();
+                let shown = c.ip(&["-o", "addr", "show", "dev", "eth0"]);
+                assert!(shown.contains(&a), "{}: {a} not on eth0: {shown}", c.name());
+                addrs.push(a);
+                whole += 1;
+            }
+            more => panic!("{}: {} endpoints", c.name(), more.len()),
+        }
+    }
+    let n = addrs.len();
+    addrs.sort();
+    addrs.dedup();
+    assert_eq!(addrs.len(), n, "an address held twice");
+    let strays: Vec<String> = lab
+        .host()
+        .links()
+        .into_iter()
+        .filter(|l| l.starts_with("lyx-") || l.starts_with("lyv-"))
+        .collect();
+    let live = eps.iter().filter_map(|e| e["host_ifname"].as_str()).count();
+    assert_eq!(strays.len(), live, "host links left: {strays:?}");
+    (whole, containers.len() - whole)
+}
+
+#[test]
+fn attaches_and_detaches_killed_at_any_moment_leave_whole_endpoints_or_none_after_gc() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let containers: Vec<_> = (0..24).map(|i| lab.netns(&format!("k{i}"))).collect();
+    // Kill points spread evenly over how long one attach (and one detach) takes
+    // with this binary: from before it starts to just after it is done.
+    let probe = lab.netns("probe");
+    let pp = probe.path();
+    let pp = pp.to_str().unwrap();
+    let t0 = std::time::Instant::now();
+    lab.lanyard_ok(&["attach", "br", "--netns", pp]);
+    let t_attach = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    lab.lanyard_ok(&["detach", "br", "--netns", pp]);
+    let t_detach = t0.elapsed();
+    let at = |i: usize, t: std::time::Duration| t * (i as u32) / (containers.len() as u32 - 2);
+    for (i, c) in containers.iter().enumerate() {
+        let p = c.path();
+        let delay = at(i, t_attach);
+        kill_after(
+            &lab,
+            &["attach", "br", "--netns", p.to_str().unwrap()],
+            delay,
+        );
+    }
+    let (kept, gone) = whole_or_gone(&lab, &containers);
+    eprintln!("killed attaches: {kept} whole, {gone} gone");
+    // Every namespace attached, then detaches killed the same way.
+    for c in &containers {
+        let p = c.path();
+        let p = p.to_str().unwrap();
+        if c.links().len() == 1 {
+            lab.lanyard_ok(&["attach", "br", "--netns", p]);
+        }
+    }
+    for (i, c) in containers.iter().enumerate() {
+        let p = c.path();
+        let delay = at(i, t_detach);
+        kill_after(
+            &lab,
+            &["detach", "br", "--netns", p.to_str().unwrap()],
+            delay,
+        );
+    }
+    // A detach's link goes away in the background: give the reaper its moment.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (kept, gone) = whole_or_gone(&lab, &containers);
+    eprintln!("killed detaches: {kept} whole, {gone} gone");
+    // And what is left detaches cleanly.
+    for c in &containers {
+        let p = c.path();
+        lab.lanyard_ok(&["detach", "br", "--netns", p.to_str().unwrap()]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(whole_or_gone(&lab, &containers), (0, containers.len()));
+}
