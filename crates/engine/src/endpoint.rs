@@ -9,8 +9,8 @@ use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::ipam;
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
 use lanyard_core::model::{
-    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, Network,
-    PortMapping,
+    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, MacvlanMode,
+    Network, PortMapping,
 };
 use lanyard_core::name::{EndpointName, IfName};
 use lanyard_core::op::{Netns, Op};
@@ -235,6 +235,13 @@ fn record(
                 IpAddr::V6(_) => None,
             }),
         )),
+        // Chosen and stored at allocation, so a front end can report it before the
+        // link exists (Docker's CreateEndpoint) and a re-made link keeps it. From the
+        // random id, not the address: two hosts' endpoints on one LAN never share
+        // one. A passthru macvlan takes the parent's; ipvlan shares the parent's.
+        (None, Driver::Macvlan) if net.macvlan_mode != Some(MacvlanMode::Passthru) => {
+            Some(crate::firewall::default_mac(id, None))
+        }
         (None, _) => None,
     };
     let ep = Endpoint {
@@ -662,6 +669,13 @@ mod tests {
         // 2001:db8:1::2 is the host's own address on the parent: skipped.
         assert_eq!(addrs, ["192.0.2.128/24", "2001:db8:1::3/64"]);
         assert_eq!(ep.ifname.as_str(), "eth0");
+        // The MAC is chosen at allocation, stored, and given to the link.
+        let mac = ep.mac.expect("a macvlan endpoint's MAC is stored");
+        assert!(e
+            .kernel
+            .applied
+            .iter()
+            .any(|o| matches!(o, Op::CreateMacvlan { mac: Some(m), .. } if *m == mac)));
     }
 
     #[test]
