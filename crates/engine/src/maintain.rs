@@ -45,18 +45,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let (networks, endpoints) = self
             .store
             .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
-        for net in &networks {
-            let host = self.kernel.view(&Netns::Host)?;
-            match plan::network_infra(net, &host)
-                .and_then(|ops| apply_ensure(&mut self.kernel, &ops).map(|_| ops.len()))
-            {
-                Ok(0) => {}
-                Ok(n) => report
-                    .restored
-                    .push(format!("network {}: {n} host-side steps", net.name)),
-                Err(e) => report.errors.push(format!("network {}: {e}", net.name)),
-            }
-        }
+        self.ensure_networks(&networks, &mut report)?;
         for ep in &endpoints {
             let Some(net) = networks.iter().find(|n| n.id == ep.network_id) else {
                 self.forget(ep, &mut report, "its network is gone");
@@ -94,6 +83,35 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         Ok(report)
+    }
+
+    /// Makes every network's host-side pieces exist (what a killed `network create`
+    /// or `network rm` left half done, or a reboot took). Reports a network only when
+    /// a piece was missing (the sysctls every plan sets again do not count). Whether
+    /// a bridge network was repaired (its firewall elements need a rebuild).
+    fn ensure_networks(&mut self, networks: &[Network], report: &mut Report) -> Result<bool> {
+        let mut bridge_repaired = false;
+        for net in networks {
+            let host = self.kernel.view(&Netns::Host)?;
+            let missing = |ops: &[Op]| {
+                ops.iter()
+                    .filter(|o| !matches!(o, Op::SetSysctl { .. }))
+                    .count()
+            };
+            match plan::network_infra(net, &host)
+                .and_then(|ops| apply_ensure(&mut self.kernel, &ops).map(|_| missing(&ops)))
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    bridge_repaired |= net.driver == lanyard_core::model::Driver::Bridge;
+                    report
+                        .restored
+                        .push(format!("network {}: {n} host-side steps", net.name))
+                }
+                Err(e) => report.errors.push(format!("network {}: {e}", net.name)),
+            }
+        }
+        Ok(bridge_repaired)
     }
 
     /// Re-wires one endpoint if its link or host side is missing. Ok(true) if it
@@ -190,6 +208,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     || now().saturating_sub(ep.created) > PENDING_GRACE_SECS)
             {
                 self.forget(ep, &mut report, "an attach was interrupted");
+            }
+        }
+        if self.ensure_networks(&networks, &mut report)? {
+            if let Err(e) = self.rebuild_firewall() {
+                report.errors.push(format!("firewall: {e}"));
             }
         }
         let host = self.kernel.view(&Netns::Host)?;

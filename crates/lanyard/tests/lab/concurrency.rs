@@ -226,7 +226,24 @@ fn whole_or_gone(lab: &Lab, containers: &[crate::harness::Ns]) -> (usize, usize)
 
 #[test]
 fn attaches_and_detaches_killed_at_any_moment_leave_whole_endpoints_or_none_after_gc() {
-    let lab = lab!();
+    kill_sweep(&lab!(), false);
+}
+
+#[test]
+fn with_the_daemon_up_killed_attaches_and_detaches_leave_whole_endpoints_or_none() {
+    kill_sweep(&lab!(), true);
+}
+
+fn kill_sweep(lab: &Lab, with_daemon: bool) {
+    let _daemon = with_daemon.then(|| {
+        let mut d = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+        assert!(
+            d.wait_for_stdout("watching nftables", std::time::Duration::from_secs(10)),
+            "daemon did not start: {}",
+            d.stderr()
+        );
+        d
+    });
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let containers: Vec<_> = (0..24).map(|i| lab.netns(&format!("k{i}"))).collect();
     // Kill points spread evenly over how long one attach (and one detach) takes
@@ -245,13 +262,13 @@ fn attaches_and_detaches_killed_at_any_moment_leave_whole_endpoints_or_none_afte
         let p = c.path();
         let delay = at(i, t_attach);
         kill_after(
-            &lab,
+            lab,
             &["attach", "br", "--netns", p.to_str().unwrap()],
             delay,
         );
     }
-    let (kept, gone) = whole_or_gone(&lab, &containers);
-    eprintln!("killed attaches: {kept} whole, {gone} gone");
+    let (kept, gone) = whole_or_gone(lab, &containers);
+    eprintln!("killed attaches (daemon: {with_daemon}): {kept} whole, {gone} gone");
     // Every namespace attached, then detaches killed the same way.
     for c in &containers {
         let p = c.path();
@@ -264,20 +281,81 @@ fn attaches_and_detaches_killed_at_any_moment_leave_whole_endpoints_or_none_afte
         let p = c.path();
         let delay = at(i, t_detach);
         kill_after(
-            &lab,
+            lab,
             &["detach", "br", "--netns", p.to_str().unwrap()],
             delay,
         );
     }
     // A detach's link goes away in the background: give the reaper its moment.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let (kept, gone) = whole_or_gone(&lab, &containers);
-    eprintln!("killed detaches: {kept} whole, {gone} gone");
+    let (kept, gone) = whole_or_gone(lab, &containers);
+    eprintln!("killed detaches (daemon: {with_daemon}): {kept} whole, {gone} gone");
     // And what is left detaches cleanly.
     for c in &containers {
         let p = c.path();
         lab.lanyard_ok(&["detach", "br", "--netns", p.to_str().unwrap()]);
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(whole_or_gone(&lab, &containers), (0, containers.len()));
+    assert_eq!(whole_or_gone(lab, &containers), (0, containers.len()));
+}
+
+#[test]
+fn network_creates_and_removes_killed_at_any_moment_leave_whole_networks_or_none_after_gc() {
+    let lab = lab!();
+    let host = lab.host();
+    let t0 = std::time::Instant::now();
+    lab.lanyard_ok(&["network", "create", "probe", "--subnet", "10.70.0.0/24"]);
+    let t_create = t0.elapsed();
+    let t0 = std::time::Instant::now();
+    lab.lanyard_ok(&["network", "rm", "probe"]);
+    let t_rm = t0.elapsed();
+    let n = 16u32;
+    for i in 0..n {
+        let name = format!("k{i}");
+        let subnet = format!("10.71.{i}.0/24");
+        kill_after(
+            &lab,
+            &["network", "create", &name, "--subnet", &subnet],
+            t_create * i / (n - 2),
+        );
+    }
+    let check = |what: &str| -> usize {
+        lab.lanyard_ok(&["gc"]);
+        let nets = lab.lanyard_json(&["network", "ls"]);
+        let nets = nets.as_array().unwrap();
+        let links = host.links();
+        let bridges: Vec<&str> = nets.iter().map(|n| n["bridge"].as_str().unwrap()).collect();
+        for b in &bridges {
+            assert!(
+                links.contains(*b),
+                "{what}: network's bridge {b} missing after gc"
+            );
+        }
+        let strays: Vec<&String> = links
+            .iter()
+            .filter(|l| l.starts_with("lyb-") && !bridges.contains(&l.as_str()))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "{what}: bridges no network records: {strays:?}"
+        );
+        nets.len()
+    };
+    let kept = check("killed creates");
+    eprintln!(
+        "killed network creates: {kept} whole, {} gone",
+        n as usize - kept
+    );
+    for i in 0..n {
+        kill_after(
+            &lab,
+            &["network", "rm", &format!("k{i}")],
+            t_rm * i / (n - 2),
+        );
+    }
+    let kept = check("killed removes");
+    eprintln!(
+        "killed network removes: {kept} kept, {} gone",
+        n as usize - kept
+    );
 }
