@@ -154,11 +154,19 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let host = self.kernel.view(&Netns::Host)?;
         if let Some(p) = &net.parent {
             let base = p.vlan().map(|(b, _)| b).unwrap_or_else(|| p.clone());
-            if host.link(base.as_str()).is_none() {
+            let Some(lower) = host.link(p.as_str()).or_else(|| host.link(base.as_str())) else {
                 return Err(Error::invalid(
                     "-o parent",
                     p,
                     "no such interface in this namespace",
+                ));
+            };
+            // A macvlan or ipvlan child cannot carry more than its parent.
+            if let Some(mtu) = net.mtu.filter(|m| *m > lower.mtu) {
+                return Err(Error::invalid(
+                    "-o mtu",
+                    mtu,
+                    format!("is above the MTU of parent {} ({})", lower.name, lower.mtu),
                 ));
             }
         }
@@ -563,5 +571,30 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(e.networks().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_mtu_above_the_parents_is_refused() {
+        let mut e = engine();
+        let err = e
+            .create_network(&req(
+                "m",
+                "macvlan",
+                "198.51.100.0/24",
+                &["parent=eth0", "mtu=9000"],
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { field, .. } if field == "-o mtu")
+                && err.to_string().contains("1500"),
+            "{err}"
+        );
+        e.create_network(&req(
+            "m",
+            "macvlan",
+            "198.51.100.0/24",
+            &["parent=eth0", "mtu=1400"],
+        ))
+        .unwrap();
     }
 }

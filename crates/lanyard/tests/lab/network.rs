@@ -402,3 +402,26 @@ fn a_broken_config_stops_network_create_only() {
     lab.attach("br", &c1, &["--name", "web"]);
     lab.lanyard_ok(&["detach", "web"]);
 }
+
+#[test]
+fn an_mtu_above_the_parents_is_refused_naming_the_parent() {
+    let lab = lab!();
+    let err = lab.lanyard_fails(
+        &[
+            "network",
+            "create",
+            "m",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "mtu=9000",
+            "--subnet",
+            "198.51.100.0/24",
+        ],
+        exit::USAGE,
+    );
+    assert!(err.contains("-o mtu") && err.contains("eth0"), "{err}");
+    assert!(names(&lab).is_empty());
+}
