@@ -119,6 +119,12 @@ pub trait Kernel {
     }
     /// Identity of the namespace at `path`; `Error::NotFound` if it is gone.
     fn netns_id(&mut self, path: &Path) -> Result<NsId>;
+    /// Whether `path` is a *network* namespace (not a regular file, not another
+    /// kind of namespace): what attach asks of `--netns` before it records anything.
+    /// Default: yes.
+    fn is_net_namespace(&mut self, _path: &Path) -> Result<bool> {
+        Ok(true)
+    }
     /// Applies one step. Idempotent where the op says so (deletes of missing things).
     fn apply(&mut self, op: &Op) -> Result<()>;
     /// Deletes `links` (tombstones left by [`Op::RetireLink`]) off the caller's path:
@@ -142,6 +148,9 @@ impl<K: Kernel + ?Sized> Kernel for Box<K> {
     }
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         (**self).netns_id(path)
+    }
+    fn is_net_namespace(&mut self, path: &Path) -> Result<bool> {
+        (**self).is_net_namespace(path)
     }
     fn apply(&mut self, op: &Op) -> Result<()> {
         (**self).apply(op)
@@ -182,6 +191,9 @@ impl<K: Kernel> Kernel for FailAt<K> {
     }
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         self.inner.netns_id(path)
+    }
+    fn is_net_namespace(&mut self, path: &Path) -> Result<bool> {
+        self.inner.is_net_namespace(path)
     }
     fn apply(&mut self, op: &Op) -> Result<()> {
         let n = self.calls;

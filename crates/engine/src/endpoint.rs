@@ -313,6 +313,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 "no network namespace at this path",
             )
         })?;
+        if !self.kernel.is_net_namespace(&netns).unwrap_or(false) {
+            return Err(Error::invalid(
+                "--netns",
+                req.netns.display(),
+                "is not a network namespace (a path like /run/netns/NAME or /proc/PID/ns/net)",
+            ));
+        }
         // The namespace lanyard runs in is the host: an endpoint there would give
         // the host an address and a default route (and its detach take them away).
         if self.kernel.netns_id(Path::new(OWN_NETNS)).ok() == Some(ns_id) {

@@ -179,6 +179,10 @@ impl Kernel for Netlink {
         })
     }
 
+    fn is_net_namespace(&mut self, path: &Path) -> Result<bool> {
+        netns::is_net(path).map_err(|e| io_error(&format!("open {}", path.display()), e))
+    }
+
     fn netns_id(&mut self, path: &Path) -> Result<NsId> {
         netns::id_of(path).map_err(|e| {
             if netns::is_gone(&e) {

@@ -14,7 +14,7 @@ use lanyard_core::kernel::NsId;
 use rustix::fs::{Mode, OFlags};
 use rustix::thread::{LinkNameSpaceType, Pid};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 /// The calling thread's own network namespace.
@@ -78,6 +78,27 @@ pub fn within<T>(path: &Path, f: impl FnOnce() -> T) -> io::Result<T> {
 pub(crate) fn id_of(path: &Path) -> io::Result<NsId> {
     let st = rustix::fs::stat(path)?;
     Ok((st.st_dev, st.st_ino))
+}
+
+/// `ioctl(NS_GET_NSTYPE)`: the kind of namespace an nsfs file is (linux/nsfs.h).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Whether `path` is a network namespace: an nsfs file whose type is
+/// `CLONE_NEWNET`. A regular file or another kind of namespace (`/proc/self/ns/mnt`)
+/// is not; the ioctl fails with ENOTTY on files that are not nsfs.
+pub(crate) fn is_net(path: &Path) -> io::Result<bool> {
+    let fd = open(path)?;
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the open fd, which
+    // lives until the end of this function.
+    let kind = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOTTY | libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(kind == libc::CLONE_NEWNET)
 }
 
 /// Is this error "the namespace is gone" (the path does not exist any more)?

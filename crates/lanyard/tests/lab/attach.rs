@@ -752,3 +752,20 @@ fn attach_refuses_reserved_interface_names_and_one_port_twice_changing_nothing()
     );
     assert_eq!(c1.links().len(), 1, "only lo in the namespace");
 }
+
+#[test]
+fn a_netns_path_that_is_not_a_network_namespace_is_refused_naming_netns() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let file = lab.dir().join("not-a-namespace");
+    std::fs::write(&file, "x").unwrap();
+    for path in [file.to_str().unwrap(), "/proc/1/ns/mnt"] {
+        let err = lab.lanyard_fails(&["attach", "br", "--netns", path], exit::USAGE);
+        assert!(err.contains("--netns"), "{path}: {err}");
+    }
+    assert!(lab
+        .lanyard_json(&["endpoint", "ls"])
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
