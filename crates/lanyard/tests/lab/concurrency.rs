@@ -94,7 +94,28 @@ fn gc_beside_network_creates_and_attaches_never_removes_a_live_bridge_or_endpoin
 fn a_bridge_name_that_is_a_host_interface_is_refused_and_the_interface_untouched() {
     let lab = lab!();
     let host = lab.host();
-    let before = host.ip(&["-o", "addr", "show"]);
+    // Addresses by interface, without flags or lifetimes (DAD finishing meanwhile
+    // changes those, not what the host has).
+    let addrs = || -> Vec<String> {
+        let v = host.ip_json(&["addr", "show"]);
+        let mut out: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|l| {
+                let ifname = l["ifname"].as_str().unwrap_or("").to_string();
+                l["addr_info"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |a| format!("{ifname} {}/{}", a["local"], a["prefixlen"]))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = addrs();
     for taken in ["eth0", "lo"] {
         let err = lab.lanyard_fails(
             &[
@@ -137,11 +158,7 @@ fn a_bridge_name_that_is_a_host_interface_is_refused_and_the_interface_untouched
         "a refused create deleted another network's bridge"
     );
     lab.lanyard_ok(&["network", "rm", "a"]);
-    assert_eq!(
-        host.ip(&["-o", "addr", "show"]),
-        before,
-        "the host's addresses changed"
-    );
+    assert_eq!(addrs(), before, "the host's addresses changed");
     assert!(host.links().contains("eth0"));
 }
 
