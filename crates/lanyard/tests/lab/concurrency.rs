@@ -94,8 +94,8 @@ fn gc_beside_network_creates_and_attaches_never_removes_a_live_bridge_or_endpoin
 fn a_bridge_name_that_is_a_host_interface_is_refused_and_the_interface_untouched() {
     let lab = lab!();
     let host = lab.host();
-    // Addresses by interface, without flags or lifetimes (DAD finishing meanwhile
-    // changes those, not what the host has).
+    // The host's own addresses by interface, without flags or lifetimes (DAD
+    // finishing meanwhile changes those, not what the host has).
     let addrs = || -> Vec<String> {
         let v = host.ip_json(&["addr", "show"]);
         let mut out: Vec<String> = v
@@ -109,6 +109,8 @@ fn a_bridge_name_that_is_a_host_interface_is_refused_and_the_interface_untouched
                     .cloned()
                     .unwrap_or_default()
                     .into_iter()
+                    // The kernel's own link-local comes and goes with the link.
+                    .filter(|a| a["scope"] != "link")
                     .map(move |a| format!("{ifname} {}/{}", a["local"], a["prefixlen"]))
             })
             .collect();
