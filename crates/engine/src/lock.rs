@@ -14,7 +14,9 @@
 //!
 //! Within one engine the lock is reentrant: `gc` (exclusive) forgets endpoints with
 //! the detach code (shared), `restore` rebuilds the firewall. A shared section that
-//! asks for exclusive converts the lock (flock converts in place) and keeps it
+//! asks for exclusive converts the lock (flock(2) may drop the shared hold before it
+//! waits, so another exclusive section can run in between; the rebuild that asks
+//! reads the store afresh after it) and keeps it
 //! exclusive until its outermost guard drops. Without a run dir ([`Locks::none`], the
 //! unit tests on an in-memory store) every guard is free.
 //!
