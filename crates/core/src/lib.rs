@@ -12,6 +12,7 @@ pub mod ipam;
 pub mod kernel;
 pub mod model;
 pub mod name;
+pub mod netreq;
 pub mod op;
 pub mod plan;
 pub mod store;
