@@ -576,6 +576,14 @@ impl BridgePort {
     /// Anti-spoof elements followed by the DNAT elements of every published port.
     pub fn elements(&self) -> Vec<Element> {
         let mut out = self.guard_elements();
+        out.extend(self.port_elements());
+        out
+    }
+
+    /// The elements of its published ports only (`publish`/`unpublish` on a wired
+    /// endpoint: its guard stays).
+    pub fn port_elements(&self) -> Vec<Element> {
+        let mut out = vec![];
         for m in &self.ports {
             // Checked in `new`.
             out.extend(mapping_elements(&self.addresses, m).unwrap_or_default());

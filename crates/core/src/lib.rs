@@ -14,6 +14,7 @@ pub mod model;
 pub mod name;
 pub mod netreq;
 pub mod op;
+pub mod owner;
 pub mod plan;
 pub mod store;
 pub mod subnet;

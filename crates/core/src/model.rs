@@ -281,6 +281,9 @@ pub fn first_host(net: &IpNet) -> Option<IpAddr> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndpointState {
+    /// Holds its addresses, MAC and ports; no link anywhere yet (`allocate`, or
+    /// `unplug` of a plugged one).
+    Allocated,
     /// Recorded, kernel work under way (or interrupted by a crash: `gc` finishes it).
     Pending,
     /// Wired and working.
@@ -406,9 +409,11 @@ pub struct Endpoint {
     pub network_id: String,
     /// Network name, for display.
     pub network: NetworkName,
-    /// Path of the namespace (e.g. /proc/PID/ns/net or /run/netns/X).
+    /// Path of the namespace (e.g. /proc/PID/ns/net or /run/netns/X); empty while
+    /// the endpoint is only allocated or plugged host-side.
     pub netns: PathBuf,
     /// (st_dev, st_ino) of the namespace when attached; tells a reused path apart.
+    /// (0, 0) while the endpoint has no namespace.
     pub netns_inode: (u64, u64),
     /// Interface name inside the namespace.
     pub ifname: IfName,
@@ -437,9 +442,26 @@ pub struct Endpoint {
     pub state: EndpointState,
     /// Unix seconds.
     pub created: u64,
+    /// The caller's key (CNI, Docker); `None` for the CLI's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::owner::Owner>,
+    /// The host this endpoint's kernel side lives on (`node` in the config, else the
+    /// host name): a store shared by several hosts never makes one host's `gc` or
+    /// `restore` touch another's endpoints. `None` in records from before: this host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Plugged host-side ([`crate::owner::PlugTarget::Host`]): the link's temporary
+    /// name in the host namespace, which the caller moves and renames itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_link: Option<IfName>,
 }
 
 impl Endpoint {
+    /// The namespace the endpoint is in, if it is in one (not only allocated, not
+    /// plugged host-side).
+    pub fn in_netns(&self) -> bool {
+        self.netns_inode != (0, 0)
+    }
     /// The short id (12 hex digits).
     pub fn short_id(&self) -> &str {
         &self.id[..12.min(self.id.len())]
@@ -474,6 +496,10 @@ pub struct AttachRequest {
     pub publish: Vec<String>,
     /// `--unprivileged-port-start`.
     pub unprivileged_port_start: Option<u16>,
+    /// The caller's key: an attach repeated with the same owner returns the endpoint
+    /// it made (CNI's ADD), one with another network or namespace is a conflict.
+    #[serde(default)]
+    pub owner: Option<crate::owner::Owner>,
 }
 
 /// Which endpoint to detach.
@@ -488,6 +514,8 @@ pub enum DetachRequest {
         /// Namespace path.
         netns: PathBuf,
     },
+    /// By the caller's key (CNI's DEL, Docker's DeleteEndpoint).
+    Owner(crate::owner::Owner),
 }
 
 #[cfg(test)]

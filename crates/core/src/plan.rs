@@ -426,7 +426,65 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View) -> Result<Vec<Op>
 /// if it has one. Its shim routes are deleted by destination and link, whatever
 /// their source address, so the parent and the shim need no look.
 pub fn teardown_links(ep: &Endpoint) -> Vec<IfName> {
-    ep.host_ifname.iter().cloned().collect()
+    ep.host_ifname
+        .iter()
+        .chain(&ep.host_link)
+        .cloned()
+        .collect()
+}
+
+/// Ops that plug `ep` host-side ([`crate::owner::PlugTarget::Host`]): its link in the
+/// host namespace under the temporary name `ep.host_link`, with its MAC and the
+/// network's MTU, for a caller that moves, renames and addresses it itself (Docker);
+/// and the host's routes to it (the shim's). No address, route or sysctl inside.
+pub fn endpoint_ops_host(net: &Network, ep: &Endpoint, host: &View) -> Result<Vec<Op>> {
+    let temp = ep
+        .host_link
+        .clone()
+        .ok_or_else(|| Error::Other("host-side plug without a temporary name".into()))?;
+    let mut ops = vec![];
+    match net.driver {
+        Driver::Bridge => ops.push(Op::CreateVeth {
+            host: ep
+                .host_ifname
+                .clone()
+                .ok_or_else(|| Error::Other("bridge endpoint without veth name".into()))?,
+            peer: temp,
+            peer_netns: Netns::Host,
+            mtu: net.mtu,
+            master: net.bridge.clone(),
+            peer_mac: ep.mac,
+        }),
+        Driver::Macvlan => ops.push(Op::CreateMacvlan {
+            netns: Netns::Host,
+            name: temp,
+            parent: net
+                .parent
+                .clone()
+                .ok_or_else(|| Error::Other("macvlan network without parent".into()))?,
+            mode: net.macvlan_mode.unwrap_or_default(),
+            mac: ep.mac,
+            mtu: net.mtu,
+        }),
+        Driver::Ipvlan => ops.push(Op::CreateIpvlan {
+            netns: Netns::Host,
+            name: temp,
+            parent: net
+                .parent
+                .clone()
+                .ok_or_else(|| Error::Other("ipvlan network without parent".into()))?,
+            mode: net.ipvlan_mode.unwrap_or_default(),
+            mtu: net.mtu,
+        }),
+        Driver::Host | Driver::None => return Ok(vec![]),
+    }
+    for r in endpoint_host_routes(net, ep, host) {
+        ops.push(Op::AddRoute {
+            netns: Netns::Host,
+            route: r,
+        });
+    }
+    Ok(ops)
 }
 
 /// Ops that unwire `ep`: host routes removed, its link retired to `tombstone` (the
@@ -448,20 +506,25 @@ pub fn endpoint_teardown(
             route: RouteSpec { src: None, ..route },
         })
         .collect();
-    if netns_alive && !matches!(net.driver, Driver::Host | Driver::None) {
+    if netns_alive && ep.in_netns() && !matches!(net.driver, Driver::Host | Driver::None) {
         ops.push(Op::RetireLink {
             netns: Netns::Path(ep.netns.clone()),
             name: ep.ifname.clone(),
             tombstone,
             addresses: ep.addresses.clone(),
         });
-    } else if let Some(h) = &ep.host_ifname {
-        if host.link(h.as_str()).is_some() {
-            ops.push(Op::DeleteLink {
-                netns: Netns::Host,
-                name: h.clone(),
-            });
-        }
+    } else if let Some(h) = ep
+        .host_ifname
+        .iter()
+        .chain(&ep.host_link)
+        .find(|h| host.link(h.as_str()).is_some())
+    {
+        // A veth's host end takes its peer along (wherever it is); a link plugged
+        // host-side and given back by its caller is deleted by its temporary name.
+        ops.push(Op::DeleteLink {
+            netns: Netns::Host,
+            name: h.clone(),
+        });
     }
     ops
 }
@@ -503,6 +566,9 @@ mod tests {
             route_metric: None,
             state: EndpointState::Pending,
             created: 0,
+            owner: None,
+            node: None,
+            host_link: None,
         }
     }
 

@@ -6,7 +6,8 @@
 //! contention, as an etcd one would on a failed compare), so it must have no effects
 //! outside the transaction.
 
-use crate::model::{Endpoint, Network, PortMapping};
+use crate::model::{Endpoint, MacAddr, Network, PortMapping};
+use crate::owner::{Owner, OwnerScope};
 use crate::Result;
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -32,7 +33,9 @@ pub trait Tx {
     fn endpoints(&self) -> Result<Vec<Endpoint>>;
     /// Endpoint by full id, exact name or unique id prefix (in that order).
     fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>>;
-    /// Inserts or replaces an endpoint (by id). Name, if any, must be unique.
+    /// Inserts or replaces an endpoint (by id). Its name, its owner and its MAC (on
+    /// its network) must each be held by no other endpoint (else `Conflict`); all
+    /// three are indexed, and the namespace too while it is in one.
     fn put_endpoint(&mut self, e: &Endpoint) -> Result<()>;
     /// Deletes an endpoint and releases its addresses.
     fn delete_endpoint(&mut self, id: &str) -> Result<()>;
@@ -40,6 +43,13 @@ pub trait Tx {
     /// [`Endpoint::netns_inode`]) is `netns_inode`, by id. Attach and detach look up
     /// only these, so their cost does not grow with the number of endpoints.
     fn endpoints_in_netns(&self, netns_inode: (u64, u64)) -> Result<Vec<Endpoint>>;
+    /// The endpoint of a caller's key (one indexed read).
+    fn endpoint_by_owner(&self, owner: &Owner) -> Result<Option<Endpoint>>;
+    /// The endpoints of one caller's collection, as (owner key, endpoint id), by
+    /// key (one indexed range read: CNI's GC, Docker's network).
+    fn owned(&self, scope: &OwnerScope) -> Result<Vec<(String, String)>>;
+    /// Which endpoint of `network_id` has `mac`, if any.
+    fn mac_holder(&self, network_id: &str, mac: &MacAddr) -> Result<Option<String>>;
 
     /// Who holds `addr` in `network_id`, if anyone.
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>>;
@@ -195,8 +205,49 @@ pub mod mem {
                     e.display_name()
                 )));
             }
+            if let Some(o) = self.endpoints.values().find(|o| {
+                o.id != e.id
+                    && ((e.owner.is_some() && o.owner == e.owner)
+                        || (e.mac.is_some() && o.network_id == e.network_id && o.mac == e.mac))
+            }) {
+                return Err(Error::Conflict(format!(
+                    "endpoint {} already has {}",
+                    o.display_name(),
+                    if o.owner == e.owner {
+                        "this owner"
+                    } else {
+                        "this MAC"
+                    }
+                )));
+            }
             self.endpoints.insert(e.id.clone(), e.clone());
             Ok(())
+        }
+        fn endpoint_by_owner(&self, owner: &Owner) -> Result<Option<Endpoint>> {
+            Ok(self
+                .endpoints
+                .values()
+                .find(|e| e.owner.as_ref() == Some(owner))
+                .cloned())
+        }
+        fn owned(&self, scope: &OwnerScope) -> Result<Vec<(String, String)>> {
+            let mut v: Vec<(String, String)> = self
+                .endpoints
+                .values()
+                .filter_map(|e| {
+                    let o = e.owner.as_ref().filter(|o| &o.scope() == scope)?;
+                    Some((o.key(), e.id.clone()))
+                })
+                .collect();
+            v.sort();
+            Ok(v)
+        }
+        fn mac_holder(&self, network_id: &str, mac: &MacAddr) -> Result<Option<String>> {
+            Ok(self
+                .endpoints
+                .values()
+                .find(|e| e.network_id == network_id && e.mac.as_ref() == Some(mac))
+                .map(|e| e.id.clone()))
         }
         fn delete_endpoint(&mut self, id: &str) -> Result<()> {
             self.endpoints.remove(id);

@@ -2,378 +2,128 @@
 //! mark active), detach (idempotent; the link is retired at once and deleted off the
 //! caller's path), list.
 
+use crate::alloc::{
+    check_wants, lasting_netns_path, parse_wants, record, Place, OWN_NETNS,
+};
 use crate::lock::Mode;
-use crate::{new_id, nonce, now, Engine};
-use ipnet::IpNet;
+use crate::{new_id, nonce, Engine};
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
-use lanyard_core::ipam;
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
 use lanyard_core::model::{
-    parse_ip, AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, MacAddr, MacvlanMode,
-    Network, PortMapping,
+    AttachRequest, DetachRequest, Endpoint, EndpointState, Network,
 };
-use lanyard_core::name::{EndpointName, IfName};
+use lanyard_core::name::IfName;
 use lanyard_core::op::{Netns, Op};
 use lanyard_core::plan;
-use lanyard_core::store::{Store, Tx};
+use lanyard_core::store::Store;
 use lanyard_core::{Error, Result};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// The namespace this process runs in: the host, never attached.
-const OWN_NETNS: &str = "/proc/self/ns/net";
-
-/// `path` as every later reader (detach, gc, restore: other processes) understands
-/// it: absolute, and not one of this process's own `/proc/self/…` views (an fd or
-/// thread of a process that exits right after).
-fn lasting_netns_path(path: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(path).map_err(|e| {
-        Error::invalid(
-            "--netns",
-            path.display(),
-            format!("cannot be resolved: {e}"),
-        )
-    })?;
-    if abs.starts_with("/proc/self") || abs.starts_with("/proc/thread-self") {
-        return Err(Error::invalid(
-            "--netns",
-            path.display(),
-            "means another namespace to every other process; give /proc/PID/ns/net, \
-             --pid PID or a bind mount such as /run/netns/NAME",
-        ));
-    }
-    Ok(abs)
+/// What [`Engine::unwire`] does with the record once the kernel side is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// Delete it and everything it holds (`detach`, `release`).
+    Forget,
+    /// Keep it, with its addresses, MAC and ports, as allocated (`unplug`).
+    KeepAllocated,
 }
 
-/// Parsed, typed form of an [`AttachRequest`] (everything checkable without state).
-struct Parsed {
-    ifname: Option<IfName>,
-    ip: Option<IpAddr>,
-    ip6: Option<IpAddr>,
-    mac: Option<MacAddr>,
-    name: Option<EndpointName>,
-    ports: Vec<PortMapping>,
+/// The host's own addresses on the network's parent LAN: never handed out.
+pub(crate) fn excluded(net: &Network, host: &View) -> Vec<IpAddr> {
+    match &net.parent {
+        Some(parent) => plan::host_addresses(host, parent)
+            .iter()
+            .map(|a| a.addr())
+            .collect(),
+        None => vec![],
+    }
 }
 
-fn parse(req: &AttachRequest) -> Result<Parsed> {
-    let ip = req.ip.as_deref().map(|s| parse_ip("--ip", s)).transpose()?;
-    if let Some(a) = ip.filter(|a| !a.is_ipv4()) {
-        return Err(Error::invalid("--ip", a, "is IPv6; use --ip6"));
-    }
-    let ip6 = req
-        .ip6
-        .as_deref()
-        .map(|s| parse_ip("--ip6", s))
-        .transpose()?;
-    if let Some(a) = ip6.filter(|a| !a.is_ipv6()) {
-        return Err(Error::invalid("--ip6", a, "is IPv4; use --ip"));
-    }
-    let mut ports = vec![];
-    for p in &req.publish {
-        for m in PortMapping::parse_spec(p)? {
-            if let Some(o) = ports.iter().find(|o: &&PortMapping| o.clashes_with(&m)) {
-                return Err(Error::invalid(
-                    "--publish",
-                    p,
-                    format!("host port {} is already in this request ({o})", m.host_port),
-                ));
-            }
-            ports.push(m);
-        }
-    }
-    Ok(Parsed {
-        ifname: req
-            .ifname
-            .as_deref()
-            .map(|s| IfName::parse_user("--ifname", s))
-            .transpose()?,
-        ip,
-        ip6,
-        mac: req
-            .mac
-            .as_deref()
-            .map(|s| MacAddr::parse_for("--mac", s))
-            .transpose()?,
-        name: req.name.as_deref().map(EndpointName::new).transpose()?,
-        ports,
-    })
-}
-
-/// Records the endpoint as pending, with its addresses, in one transaction.
-#[allow(clippy::too_many_arguments)]
-fn record(
-    tx: &mut dyn Tx,
-    net: &Network,
-    p: &Parsed,
-    netns: &std::path::Path,
-    ns_id: (u64, u64),
-    id: &str,
-    unpriv: Option<u16>,
-    exclude: &[IpAddr],
-    in_kernel: &[IfName],
-) -> Result<Endpoint> {
-    // The network was read before this transaction: a `network rm` (or a change)
-    // may have committed since. Recording an endpoint of a network that is gone
-    // would leave "0 networks, 1 endpoint" and wiring would re-create its pieces.
-    match tx.network(&net.id)? {
-        Some(now) if now == *net => {}
-        Some(_) => {
-            return Err(Error::TryAgain(format!(
-                "network {} changed while attaching; try again",
-                net.name
-            )))
-        }
-        None => return Err(Error::not_found("network", net.name.to_string())),
-    }
-    // Only the rows these checks need: the cost of an attach does not grow with
-    // the number of endpoints. (A name in use is refused by `put_endpoint` below.)
-    let same_ns = tx.endpoints_in_netns(ns_id)?;
-    if let Some(e) = same_ns.iter().find(|e| e.network_id == net.id) {
+/// What a repeated request with an owner that already has `ep` gets: `ep` itself when
+/// it is what was asked (same network; same namespace, if one is given) and done;
+/// else why not.
+pub(crate) fn repeat_of(ep: &Endpoint, net: &Network, ns_id: Option<(u64, u64)>) -> Result<Endpoint> {
+    let owner = ep.owner.as_ref().map(|o| o.to_string()).unwrap_or_default();
+    if ep.network_id != net.id {
         return Err(Error::Conflict(format!(
-            "namespace {} is already on network {} (endpoint {})",
-            netns.display(),
-            net.name,
-            e.display_name()
+            "{owner} already has endpoint {} on network {}",
+            ep.short_id(),
+            ep.network
         )));
     }
-    let ifname = match &p.ifname {
-        Some(i) => {
-            if same_ns.iter().any(|e| &e.ifname == i) {
-                return Err(Error::Conflict(format!(
-                    "--ifname {i}: the namespace already has an endpoint with that name"
-                )));
-            }
-            i.clone()
-        }
-        None => (0..)
-            .map(|n| IfName::new(&format!("eth{n}")))
-            .find(|i| {
-                i.as_ref().is_ok_and(|i| {
-                    !same_ns.iter().any(|e| &e.ifname == i) && !in_kernel.contains(i)
-                })
-            })
-            .unwrap_or_else(|| unreachable!("some ethN is free"))?,
-    };
-    for m in &p.ports {
-        if let Some(holder) = tx.port_holder(m)? {
-            let who = tx.endpoint(&holder)?.map_or(holder, |o| o.display_name());
-            return Err(Error::Conflict(format!(
-                "--publish {m}: host port {} is already published by endpoint {who}",
-                m.host_port,
-            )));
-        }
+    if ns_id.is_some_and(|id| ep.netns_inode != id) {
+        return Err(Error::Conflict(format!(
+            "{owner} already has endpoint {} in another namespace ({})",
+            ep.short_id(),
+            ep.netns.display()
+        )));
     }
-    for m in &p.ports {
-        tx.take_port(m, id)?;
+    match ep.state {
+        EndpointState::Active | EndpointState::Allocated => Ok(ep.clone()),
+        EndpointState::Pending | EndpointState::Detaching => Err(Error::TryAgain(format!(
+            "endpoint {} of {owner} is being {}; try again",
+            ep.short_id(),
+            if ep.state == EndpointState::Pending { "attached" } else { "detached" }
+        ))),
     }
-    let mut addresses = vec![];
-    let mut gateways = vec![];
-    for (want, v6, field) in [(p.ip, false, "--ip"), (p.ip6, true, "--ip6")] {
-        let subnets: Vec<_> = net
-            .subnets
-            .iter()
-            .filter(|s| s.subnet.addr().is_ipv6() == v6)
-            .collect();
-        if subnets.is_empty() {
-            if let Some(a) = want {
-                return Err(Error::invalid(
-                    field,
-                    a,
-                    format!(
-                        "network {} has no IPv{} subnet",
-                        net.name,
-                        if v6 { 6 } else { 4 }
-                    ),
-                ));
-            }
-            continue;
-        }
-        let (sc, addr) = match want {
-            Some(a) => {
-                let sc = subnets
-                    .iter()
-                    .find(|s| s.subnet.contains(&a))
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            field,
-                            a,
-                            format!("is outside the subnets of network {}", net.name),
-                        )
-                    })?;
-                ipam::reserve_excluding(tx, &net.id, sc, field, a, id, exclude)?;
-                (*sc, a)
-            }
-            None => (
-                subnets[0],
-                ipam::allocate_excluding(tx, &net.id, subnets[0], id, exclude)?,
-            ),
-        };
-        addresses.push(
-            IpNet::new(addr, sc.subnet.prefix_len()).map_err(|e| Error::Other(e.to_string()))?,
-        );
-        gateways.extend(sc.gateway);
-    }
-    // The lowest default-route metric no other endpoint of the namespace holds (a
-    // count of them would repeat one after a detach in between). A record from
-    // before metrics were stored holds what its rank gave it, at most the count.
-    let route_metric = (plan::DEFAULT_ROUTE_METRIC..)
-        .find(|m| {
-            !same_ns.iter().enumerate().any(|(rank, e)| {
-                e.route_metric
-                    .unwrap_or(plan::DEFAULT_ROUTE_METRIC + rank as u32)
-                    == *m
-            })
-        })
-        .unwrap_or(plan::DEFAULT_ROUTE_METRIC);
-    let mac = match (p.mac, net.driver) {
-        (Some(m), _) => Some(m),
-        // Known before the link exists, so the anti-spoofing guard goes in first.
-        (None, Driver::Bridge) => Some(crate::firewall::default_mac(
-            id,
-            addresses.iter().find_map(|a| match a.addr() {
-                IpAddr::V4(v) => Some(v),
-                IpAddr::V6(_) => None,
-            }),
-        )),
-        // Chosen and stored at allocation, so a front end can report it before the
-        // link exists (Docker's CreateEndpoint) and a re-made link keeps it. From the
-        // random id, not the address: two hosts' endpoints on one LAN never share
-        // one. A passthru macvlan takes the parent's; ipvlan shares the parent's.
-        (None, Driver::Macvlan) if net.macvlan_mode != Some(MacvlanMode::Passthru) => {
-            Some(crate::firewall::default_mac(id, None))
-        }
-        (None, _) => None,
-    };
-    let ep = Endpoint {
-        id: id.to_string(),
-        name: p.name.clone(),
-        network_id: net.id.clone(),
-        network: net.name.clone(),
-        netns: netns.to_path_buf(),
-        netns_inode: ns_id,
-        ifname,
-        host_ifname: (net.driver == Driver::Bridge).then(|| plan::veth_name(id)),
-        mac,
-        addresses,
-        gateways,
-        ports: p.ports.clone(),
-        unprivileged_port_start: unpriv,
-        route_metric: Some(route_metric),
-        state: EndpointState::Pending,
-        created: now(),
-    };
-    tx.put_endpoint(&ep)?;
-    Ok(ep)
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
-    /// `attach`: wires a namespace into a network. On any failure, what was done is
-    /// undone and the store is as before.
+    /// `attach`: wires a namespace into a network (allocate and plug in one go: two
+    /// store transactions). On any failure, what was done is undone and the store is
+    /// as before. With an owner, a repeat of an attach that is done returns its
+    /// endpoint unchanged (CNI's ADD twice); one for another network or namespace is
+    /// a conflict.
     pub fn attach(&mut self, req: &AttachRequest) -> Result<Endpoint> {
-        let p = parse(req)?;
+        let w = parse_wants(
+            req.ip.as_deref(),
+            req.ip6.as_deref(),
+            req.mac.as_deref(),
+            req.name.as_deref(),
+            &req.publish,
+            req.owner.as_ref(),
+        )?;
+        let ifname = req
+            .ifname
+            .as_deref()
+            .map(|s| IfName::parse_user("--ifname", s))
+            .transpose()?;
         let _lock = self.lock(Mode::Shared)?;
         let net = self.network(&req.network)?;
-        if matches!(net.driver, Driver::Host | Driver::None) {
-            return Err(Error::invalid(
-                "network",
-                &req.network,
-                format!(
-                    "{} networks have no endpoints to attach; use `lanyard run --network {}`",
-                    net.driver, net.driver
-                ),
-            ));
-        }
-        if let Some(first) = req.publish.first() {
-            if net.driver != Driver::Bridge {
-                return Err(Error::invalid("--publish", first, format!("{} endpoints have their own LAN address; ports are published only on bridge networks", net.driver)));
-            }
-            if net.internal {
-                return Err(Error::invalid(
-                    "--publish",
-                    first,
-                    format!(
-                        "network {} is internal: nothing reaches it from outside",
-                        net.name
-                    ),
-                ));
-            }
-        }
-        if net.driver == Driver::Ipvlan && p.mac.is_some() {
-            return Err(Error::invalid(
-                "--mac",
-                req.mac.clone().unwrap_or_default(),
-                "ipvlan endpoints share the parent's MAC",
-            ));
-        }
-        let netns = lasting_netns_path(&req.netns)?;
-        let ns_id = self.kernel.netns_id(&netns).map_err(|_| {
-            Error::invalid(
-                "--netns",
-                req.netns.display(),
-                "no network namespace at this path",
-            )
-        })?;
-        if !self.kernel.is_net_namespace(&netns).unwrap_or(false) {
-            return Err(Error::invalid(
-                "--netns",
-                req.netns.display(),
-                "is not a network namespace (a path like /run/netns/NAME or /proc/PID/ns/net)",
-            ));
-        }
-        // The namespace lanyard runs in is the host: an endpoint there would give
-        // the host an address and a default route (and its detach take them away).
-        if self.kernel.netns_id(Path::new(OWN_NETNS)).ok() == Some(ns_id) {
-            return Err(Error::invalid(
-                "--netns",
-                req.netns.display(),
-                "is the namespace lanyard runs in (the host's); give a container's",
-            ));
-        }
-        // The default name is the next ethN free in the namespace itself, not only
-        // among lanyard's records: one look per name taken (a fresh namespace: one).
-        let mut in_kernel = vec![];
-        if p.ifname.is_none() {
-            let ns = Netns::Path(netns.clone());
-            for n in 0.. {
-                let name = IfName::new(&format!("eth{n}"))?;
-                if self
-                    .kernel
-                    .view_links(&ns, std::slice::from_ref(&name))?
-                    .link(name.as_str())
-                    .is_none()
-                {
-                    break;
-                }
-                in_kernel.push(name);
-            }
-        }
+        check_wants(&net, &w, req.mac.as_deref())?;
+        let (netns, ns_id) = self.checked_netns(&req.netns)?;
+        let in_kernel = match ifname {
+            Some(_) => vec![],
+            None => self.taken_eth_names(&netns)?,
+        };
         let id = new_id();
         // Only the links planning looks at: a busy host's other links and routes
         // cost nothing here.
         let host = self
             .kernel
             .view_links(&Netns::Host, &plan::host_links(&net, None))?;
-        // The host's own addresses on the parent LAN are never handed out.
-        let exclude: Vec<IpAddr> = match &net.parent {
-            Some(parent) => plan::host_addresses(&host, parent)
-                .iter()
-                .map(|a| a.addr())
-                .collect(),
-            None => vec![],
+        let exclude = excluded(&net, &host);
+        let place = Place {
+            netns: &netns,
+            ns_id,
+            ifname,
+            in_kernel: &in_kernel,
+            unprivileged_port_start: req.unprivileged_port_start,
         };
-        let ep = self.store.write(&mut |tx| {
-            record(
-                tx,
-                &net,
-                &p,
-                &netns,
-                ns_id,
-                &id,
-                req.unprivileged_port_start,
-                &exclude,
-                &in_kernel,
-            )
+        let node = self.node.clone();
+        let recorded = self.store.write(&mut |tx| {
+            if let Some(owner) = &w.owner {
+                if let Some(ep) = tx.endpoint_by_owner(owner)? {
+                    return repeat_of(&ep, &net, Some(ns_id)).map(Err);
+                }
+            }
+            record(tx, &net, &w, Some(&place), &id, &exclude, node.as_deref()).map(Ok)
         })?;
+        let ep = match recorded {
+            Ok(ep) => ep,
+            Err(done) => return Ok(done),
+        };
         if let Err(e) = self.wire(&net, &ep, &host) {
             // The kernel side is rolled back; forget the pending record too. If even
             // that fails, report the first error: `gc` removes stale pending records.
@@ -388,12 +138,67 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         Ok(active)
     }
 
+    /// `path` checked as a namespace to attach: lasting, a network namespace, not
+    /// the one lanyard runs in; with its identity.
+    pub(crate) fn checked_netns(&mut self, path: &Path) -> Result<(PathBuf, (u64, u64))> {
+        let netns = lasting_netns_path(path)?;
+        let ns_id = self.kernel.netns_id(&netns).map_err(|_| {
+            Error::invalid(
+                "--netns",
+                path.display(),
+                "no network namespace at this path",
+            )
+        })?;
+        if !self.kernel.is_net_namespace(&netns).unwrap_or(false) {
+            return Err(Error::invalid(
+                "--netns",
+                path.display(),
+                "is not a network namespace (a path like /run/netns/NAME or /proc/PID/ns/net)",
+            ));
+        }
+        // The namespace lanyard runs in is the host: an endpoint there would give
+        // the host an address and a default route (and its detach take them away).
+        if self.kernel.netns_id(Path::new(OWN_NETNS)).ok() == Some(ns_id) {
+            return Err(Error::invalid(
+                "--netns",
+                path.display(),
+                "is the namespace lanyard runs in (the host's); give a container's",
+            ));
+        }
+        Ok((netns, ns_id))
+    }
+
+    /// The `ethN` names the namespace already has, up to the first free one: the
+    /// default name is the next ethN free in the namespace itself, not only among
+    /// lanyard's records (one look per name taken; a fresh namespace: one).
+    pub(crate) fn taken_eth_names(&mut self, netns: &Path) -> Result<Vec<IfName>> {
+        let ns = Netns::Path(netns.to_path_buf());
+        let mut taken = vec![];
+        for n in 0.. {
+            let name = IfName::new(&format!("eth{n}"))?;
+            if self
+                .kernel
+                .view_links(&ns, std::slice::from_ref(&name))?
+                .link(name.as_str())
+                .is_none()
+            {
+                break;
+            }
+            taken.push(name);
+        }
+        Ok(taken)
+    }
+
     /// Plans and applies the kernel side of one endpoint (network pieces first if
     /// missing), rolling back on failure.
-    fn wire(&mut self, net: &Network, ep: &Endpoint, host: &View) -> Result<()> {
+    pub(crate) fn wire(&mut self, net: &Network, ep: &Endpoint, host: &View) -> Result<()> {
         let mut ops = plan::network_infra(net, host)?;
         let infra_len = ops.len();
-        ops.extend(plan::endpoint_ops(net, ep, host)?);
+        if ep.host_link.is_some() {
+            ops.extend(plan::endpoint_ops_host(net, ep, host)?);
+        } else {
+            ops.extend(plan::endpoint_ops(net, ep, host)?);
+        }
         // Infra is shared with other endpoints (and maybe being made by another
         // process right now): keep it even if this endpoint fails.
         apply_ensure(&mut self.kernel, &ops[..infra_len])?;
@@ -415,7 +220,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         // it was attached by); one that is gone, by the path it was attached by.
         let ns_id = match req {
             DetachRequest::Netns { netns, .. } => self.kernel.netns_id(netns).ok(),
-            DetachRequest::Endpoint(_) => None,
+            DetachRequest::Endpoint(_) | DetachRequest::Owner(_) => None,
         };
         // The endpoint and its network, marked detaching, in one transaction:
         // before any kernel step, so a store that cannot be written (read-only, full)
@@ -424,6 +229,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let found = self.store.write(&mut |tx| {
             let found = match req {
                 DetachRequest::Endpoint(key) => match tx.endpoint(key)? {
+                    Some(ep) => Some((tx.network(&ep.network_id)?, ep)),
+                    None => None,
+                },
+                DetachRequest::Owner(owner) => match tx.endpoint_by_owner(owner)? {
                     Some(ep) => Some((tx.network(&ep.network_id)?, ep)),
                     None => None,
                 },
@@ -454,7 +263,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let Some((net, ep)) = found else {
             return Ok(None);
         };
-        self.unwire_and_forget(&ep, net.as_ref())?;
+        self.unwire(&ep, net.as_ref(), Then::Forget)?;
         Ok(Some(ep))
     }
 
@@ -463,16 +272,18 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     pub(crate) fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let _lock = self.lock(Mode::Shared)?;
         let net = self.store.read(&mut |tx| tx.network(&ep.network_id))?;
-        self.unwire_and_forget(ep, net.as_ref())
+        self.unwire(ep, net.as_ref(), Then::Forget)
     }
 
-    /// [`Engine::remove_endpoint`] with the endpoint's network already read (`None`:
-    /// the network is gone, only the record is left to forget).
-    fn unwire_and_forget(&mut self, ep: &Endpoint, net: Option<&Network>) -> Result<()> {
-        let alive = self
-            .kernel
-            .netns_id(&ep.netns)
-            .is_ok_and(|id| id == ep.netns_inode);
+    /// Takes `ep`'s kernel side away, then forgets it or keeps it allocated (`then`).
+    /// `net` is the endpoint's network, already read (`None`: the network is gone,
+    /// only the record is left to forget).
+    pub(crate) fn unwire(&mut self, ep: &Endpoint, net: Option<&Network>, then: Then) -> Result<()> {
+        let alive = ep.in_netns()
+            && self
+                .kernel
+                .netns_id(&ep.netns)
+                .is_ok_and(|id| id == ep.netns_inode);
         let mut errors = vec![];
         let mut tombstone = None;
         if let Some(net) = net {
@@ -498,7 +309,19 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 ep.display_name()
             )));
         }
-        let forgotten = self.store.write(&mut |tx| tx.delete_endpoint(&ep.id));
+        let forgotten = match then {
+            Then::Forget => self.store.write(&mut |tx| tx.delete_endpoint(&ep.id)),
+            Then::KeepAllocated => {
+                let mut kept = ep.clone();
+                kept.state = EndpointState::Allocated;
+                kept.netns = PathBuf::new();
+                kept.netns_inode = (0, 0);
+                kept.host_link = None;
+                kept.route_metric = None;
+                kept.unprivileged_port_start = None;
+                self.store.write(&mut |tx| tx.put_endpoint(&kept))
+            }
+        };
         if let Some(tomb) = tombstone {
             // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
             // Handed off last: after the hand-off (a fork) every page this process
@@ -558,6 +381,7 @@ mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::model::NetworkRequest;
+    use lanyard_core::store::Tx;
     use lanyard_core::store::mem::MemStore;
 
     fn engine() -> Engine<MemStore, FakeKernel> {

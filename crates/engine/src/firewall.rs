@@ -9,7 +9,7 @@ use crate::lock::Mode;
 use crate::Engine;
 use lanyard_core::firewall::{self, BridgeNet, BridgePort, Change, Element, FirewallInput};
 use lanyard_core::kernel::Kernel;
-use lanyard_core::model::{Driver, Endpoint, MacAddr, Network};
+use lanyard_core::model::{Driver, Endpoint, EndpointState, MacAddr, Network};
 use lanyard_core::op::Op;
 use lanyard_core::store::Store;
 use lanyard_core::{Error, Result};
@@ -34,7 +34,8 @@ pub(crate) fn input(nets: &[Network], eps: &[Endpoint]) -> Result<FirewallInput>
     for n in nets.iter().filter(|n| n.driver == Driver::Bridge) {
         fw.networks.push(BridgeNet::from_network(n)?);
     }
-    for e in eps {
+    // An endpoint only allocated has no link yet: its guard and ports go in at plug.
+    for e in eps.iter().filter(|e| e.state != EndpointState::Allocated) {
         if let Some(n) = nets.iter().find(|n| n.id == e.network_id) {
             fw.endpoints.extend(port_of(n, e)?);
         }
@@ -112,6 +113,32 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         Ok(op.inverse())
+    }
+
+    /// Adds or removes the elements of `ports` of a wired bridge endpoint (its guard
+    /// stays as it is).
+    pub(crate) fn firewall_ports(
+        &mut self,
+        net: &Network,
+        ep: &Endpoint,
+        ports: &[lanyard_core::model::PortMapping],
+        change: Change,
+    ) -> Result<()> {
+        let only = Endpoint {
+            ports: ports.to_vec(),
+            ..ep.clone()
+        };
+        let Some(port) = port_of(net, &only)? else {
+            return Ok(());
+        };
+        let script = firewall::element_ops(change, &port.port_elements());
+        match self.kernel.apply(&Op::Nft { script, undo: None }) {
+            Err(e) if change == Change::Add && names_something_missing(&e) => {
+                // The tables are gone: the store already holds the ports.
+                self.rebuild_firewall()
+            }
+            other => other,
+        }
     }
 
     /// Takes one endpoint's elements out (best effort: the tables may be gone).

@@ -3,10 +3,12 @@
 //! store transaction, plans kernel ops from desired vs observed state, applies them
 //! with rollback, then records the outcome.
 
+mod alloc;
 pub mod drift;
 mod endpoint;
 mod firewall;
 mod identity;
+mod lifecycle;
 pub mod lock;
 mod maintain;
 mod network;
@@ -31,6 +33,8 @@ pub struct Engine<S: Store, K: Kernel> {
     pub config: Config,
     /// The lock shared with other lanyard processes ([`lock`]).
     pub locks: lock::Locks,
+    /// This host's name in a store several hosts share ([`Engine::with_node`]).
+    pub node: Option<String>,
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
@@ -41,6 +45,24 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             kernel,
             config,
             locks: lock::Locks::none(),
+            node: None,
+        }
+    }
+
+    /// Names this host: every endpoint it records carries the name, and its `gc` and
+    /// `restore` touch only endpoints of this node (and records from before nodes,
+    /// which are this host's). The front ends give the config's `node`, else the
+    /// host name.
+    pub fn with_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
+    /// Whether `ep` lives on this host (its kernel side is this host's to touch).
+    pub fn is_local(&self, ep: &lanyard_core::model::Endpoint) -> bool {
+        match (&ep.node, &self.node) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => true,
         }
     }
 

@@ -31,9 +31,11 @@ pub struct Report {
 
 impl<S: Store, K: Kernel> Engine<S, K> {
     fn netns_alive(&mut self, ep: &Endpoint) -> bool {
-        self.kernel
-            .netns_id(&ep.netns)
-            .is_ok_and(|id| id == ep.netns_inode)
+        ep.in_netns()
+            && self
+                .kernel
+                .netns_id(&ep.netns)
+                .is_ok_and(|id| id == ep.netns_inode)
     }
 
     /// `restore`: brings back bridges, VLAN parents, shims, host routes and every
@@ -47,10 +49,21 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
         self.ensure_networks(&networks, &mut report)?;
         for ep in &endpoints {
+            // Another host's endpoint (a shared store) is that host's to restore.
+            if !self.is_local(ep) {
+                continue;
+            }
             let Some(net) = networks.iter().find(|n| n.id == ep.network_id) else {
                 self.forget(ep, &mut report, "its network is gone");
                 continue;
             };
+            // Only allocated, or plugged host-side: its caller holds the link (Docker
+            // moves it, and joins again after a reboot).
+            if ep.state == EndpointState::Allocated
+                || (!ep.in_netns() && ep.state == EndpointState::Active)
+            {
+                continue;
+            }
             if !self.netns_alive(ep) {
                 self.forget(ep, &mut report, "its namespace is gone");
                 continue;
@@ -194,9 +207,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             .store
             .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
         for ep in &endpoints {
-            if !networks.iter().any(|n| n.id == ep.network_id) {
+            if !self.is_local(ep) {
+                // Another host's: its gc (or `gc --host`) decides.
+            } else if !networks.iter().any(|n| n.id == ep.network_id) {
                 self.forget(ep, &mut report, "its network is gone");
-            } else if !self.netns_alive(ep) {
+            } else if ep.in_netns() && !self.netns_alive(ep) {
                 self.forget(ep, &mut report, "its namespace is gone");
             } else if ep.state == EndpointState::Detaching {
                 self.forget(ep, &mut report, "a detach was interrupted");

@@ -237,6 +237,7 @@ impl EndpointOpts {
             name: self.name.clone(),
             publish: self.publish.clone(),
             unprivileged_port_start: self.unprivileged_port_start,
+            owner: None,
         }
     }
 }

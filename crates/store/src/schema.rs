@@ -15,8 +15,10 @@
 //! `holdings` is what endpoints hold, each row (scope, key) -> owner (an endpoint
 //! id): IP addresses (scope: the network's id, 64 hex digits; key: the address),
 //! published host ports (scope `port/tcp/8080`; key: the host address, '' for all)
-//! and an index of each namespace's endpoints (scope `netns/ST_DEV:ST_INO`; key: the
-//! endpoint's id), written by `put_endpoint`. Deleting an endpoint deletes all its
+//! an index of each namespace's endpoints (scope `netns/ST_DEV:ST_INO`; key: the
+//! endpoint's id), each network's MACs (scope `mac/NETWORK_ID`; key: the MAC) and the
+//! callers' keys (scope `owner/cni/NETWORK` or `owner/docker/NETWORK_ID`; key:
+//! `CONTAINER/IFNAME` or Docker's endpoint id), written by `put_endpoint`. Deleting an endpoint deletes all its
 //! rows (one indexed delete by owner). An etcd store keeps the same rows as keys.
 
 use crate::txn::{self, store_error, Backoff, Kind};
@@ -110,6 +112,12 @@ const MIGRATIONS: &[&str] = &[
                 OR (json_extract(o.json, '$.created') = json_extract(endpoints.json, '$.created')
                     AND o.id < endpoints.id))))
      WHERE json_extract(json, '$.route_metric') IS NULL;",
+    // 5: an endpoint's MAC is held in its network (`mac/NETWORK_ID`, the MAC as key),
+    // so a second endpoint with the same MAC on one network is refused; owners
+    // (`owner/cni/NETWORK`, `owner/docker/NETWORK_ID`) are new and none exist yet.
+    "INSERT OR IGNORE INTO holdings (scope, key, owner)
+         SELECT 'mac/' || network_id, json_extract(json, '$.mac'), id FROM endpoints
+         WHERE json_extract(json, '$.mac') IS NOT NULL;",
 ];
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).

@@ -4,7 +4,8 @@
 
 use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
-use lanyard_core::model::{Endpoint, Network, PortMapping};
+use lanyard_core::model::{Endpoint, MacAddr, Network, PortMapping};
+use lanyard_core::owner::{Owner, OwnerScope};
 use lanyard_core::store::{is_full_id, Tx};
 use lanyard_core::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -181,6 +182,12 @@ fn host_ip_key(m: &PortMapping) -> String {
     m.host_ip.map(|a| a.to_string()).unwrap_or_default()
 }
 
+/// The `holdings.scope` under which the MACs of one network's endpoints are held:
+/// `mac/NETWORK_ID`, the MAC as `key`.
+fn mac_scope(network_id: &str) -> String {
+    format!("mac/{network_id}")
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -265,8 +272,40 @@ impl Tx for SqliteTx<'_> {
             params![e.id, name, e.network_id, json],
             what,
         )?;
-        // The endpoint's entry in its namespace's index (gone with the endpoint).
-        self.exec(HOLD, params![netns_scope(e.netns_inode), e.id, e.id], what)
+        // Owner and MAC: each held by one endpoint only (the first put of an
+        // endpoint writes them; a later put that keeps them writes no page).
+        let mut unique = vec![];
+        if let Some(o) = &e.owner {
+            unique.push((o.scope().holding_scope(), o.key(), "owner"));
+        }
+        if let Some(m) = &e.mac {
+            unique.push((mac_scope(&e.network_id), m.to_string(), "MAC"));
+        }
+        for (scope, key, kind) in unique {
+            let held = self.get_opt(
+                "SELECT owner FROM holdings WHERE scope = ?1 AND key = ?2",
+                params![scope, key],
+                what,
+            )?;
+            if let Some(holder) = held.filter(|h| *h != e.id) {
+                return Err(Error::Conflict(format!(
+                    "{kind} {key} is already held by endpoint {}",
+                    short(&holder)
+                )));
+            }
+            self.exec(HOLD, params![scope, key, e.id], what)?;
+        }
+        // The endpoint's entry in its namespace's index (gone with the endpoint, or
+        // when it leaves the namespace: `unplug`).
+        if e.in_netns() {
+            self.exec(HOLD, params![netns_scope(e.netns_inode), e.id, e.id], what)
+        } else {
+            self.exec(
+                "DELETE FROM holdings WHERE owner = ?1 AND scope LIKE 'netns/%'",
+                [&e.id],
+                what,
+            )
+        }
     }
 
     fn delete_endpoint(&mut self, id: &str) -> Result<()> {
@@ -301,6 +340,42 @@ impl Tx for SqliteTx<'_> {
         Ok(eps)
     }
 
+    fn endpoint_by_owner(&self, owner: &Owner) -> Result<Option<Endpoint>> {
+        let what = || format!("looking up the endpoint of {owner}");
+        let Some(id) = self.get_opt(
+            "SELECT owner FROM holdings WHERE scope = ?1 AND key = ?2",
+            params![owner.scope().holding_scope(), owner.key()],
+            what,
+        )?
+        else {
+            return Ok(None);
+        };
+        let Some(json) = self.get_opt(ENDPOINTS.by_id, [&id], what)? else {
+            return Ok(None);
+        };
+        let e = self.endpoint_from(&(id, json))?;
+        // A row left by an earlier owner of the same id (the engine never changes
+        // an endpoint's owner) is not this owner's.
+        Ok(e.owner.as_ref().is_some_and(|o| o == owner).then_some(e))
+    }
+
+    fn owned(&self, scope: &OwnerScope) -> Result<Vec<(String, String)>> {
+        let scope = scope.holding_scope();
+        self.rows(
+            "SELECT key, owner FROM holdings WHERE scope = ?1 ORDER BY key",
+            [&scope],
+            || format!("listing the endpoints of {scope}"),
+        )
+    }
+
+    fn mac_holder(&self, network_id: &str, mac: &MacAddr) -> Result<Option<String>> {
+        self.get_opt(
+            "SELECT owner FROM holdings WHERE scope = ?1 AND key = ?2",
+            params![mac_scope(network_id), mac.to_string()],
+            || format!("looking up MAC {mac} in network {network_id}"),
+        )
+    }
+
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
         self.get_opt(
             "SELECT owner FROM holdings WHERE scope = ?1 AND key = ?2",
@@ -318,7 +393,8 @@ impl Tx for SqliteTx<'_> {
     fn release_addresses(&mut self, owner: &str) -> Result<()> {
         // Not the namespace index entry of an endpoint: that goes with the endpoint.
         self.exec(
-            "DELETE FROM holdings WHERE owner = ?1 AND scope NOT LIKE 'netns/%'",
+            "DELETE FROM holdings WHERE owner = ?1 AND scope NOT LIKE 'netns/%'
+                 AND scope NOT LIKE 'owner/%' AND scope NOT LIKE 'mac/%'",
             [owner],
             || format!("releasing the addresses and ports of {owner}"),
         )

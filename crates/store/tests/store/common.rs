@@ -50,6 +50,9 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         route_metric: None,
         state: EndpointState::Active,
         created: 1_700_000_001,
+        owner: None,
+        node: None,
+        host_link: None,
     }
 }
 
