@@ -292,7 +292,10 @@ mod tests {
             endpoint_id: "e1".into(),
         };
         let j = serde_json::to_string(&o).unwrap();
-        assert_eq!(j, r#"{"kind":"docker","network_id":"n1","endpoint_id":"e1"}"#);
+        assert_eq!(
+            j,
+            r#"{"kind":"docker","network_id":"n1","endpoint_id":"e1"}"#
+        );
         assert_eq!(serde_json::from_str::<Owner>(&j).unwrap(), o);
     }
 }

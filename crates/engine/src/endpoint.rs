@@ -2,16 +2,12 @@
 //! mark active), detach (idempotent; the link is retired at once and deleted off the
 //! caller's path), list.
 
-use crate::alloc::{
-    check_wants, lasting_netns_path, parse_wants, record, Place, OWN_NETNS,
-};
+use crate::alloc::{check_wants, lasting_netns_path, parse_wants, record, Place, OWN_NETNS};
 use crate::lock::Mode;
 use crate::{new_id, nonce, Engine};
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
-use lanyard_core::model::{
-    AttachRequest, DetachRequest, Endpoint, EndpointState, Network,
-};
+use lanyard_core::model::{AttachRequest, DetachRequest, Endpoint, EndpointState, Network};
 use lanyard_core::name::IfName;
 use lanyard_core::op::{Netns, Op};
 use lanyard_core::plan;
@@ -43,7 +39,11 @@ pub(crate) fn excluded(net: &Network, host: &View) -> Vec<IpAddr> {
 /// What a repeated request with an owner that already has `ep` gets: `ep` itself when
 /// it is what was asked (same network; same namespace, if one is given) and done;
 /// else why not.
-pub(crate) fn repeat_of(ep: &Endpoint, net: &Network, ns_id: Option<(u64, u64)>) -> Result<Endpoint> {
+pub(crate) fn repeat_of(
+    ep: &Endpoint,
+    net: &Network,
+    ns_id: Option<(u64, u64)>,
+) -> Result<Endpoint> {
     let owner = ep.owner.as_ref().map(|o| o.to_string()).unwrap_or_default();
     if ep.network_id != net.id {
         return Err(Error::Conflict(format!(
@@ -64,7 +64,11 @@ pub(crate) fn repeat_of(ep: &Endpoint, net: &Network, ns_id: Option<(u64, u64)>)
         EndpointState::Pending | EndpointState::Detaching => Err(Error::TryAgain(format!(
             "endpoint {} of {owner} is being {}; try again",
             ep.short_id(),
-            if ep.state == EndpointState::Pending { "attached" } else { "detached" }
+            if ep.state == EndpointState::Pending {
+                "attached"
+            } else {
+                "detached"
+            }
         ))),
     }
 }
@@ -278,7 +282,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// Takes `ep`'s kernel side away, then forgets it or keeps it allocated (`then`).
     /// `net` is the endpoint's network, already read (`None`: the network is gone,
     /// only the record is left to forget).
-    pub(crate) fn unwire(&mut self, ep: &Endpoint, net: Option<&Network>, then: Then) -> Result<()> {
+    pub(crate) fn unwire(
+        &mut self,
+        ep: &Endpoint,
+        net: Option<&Network>,
+        then: Then,
+    ) -> Result<()> {
         let alive = ep.in_netns()
             && self
                 .kernel
@@ -381,8 +390,8 @@ mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::model::NetworkRequest;
-    use lanyard_core::store::Tx;
     use lanyard_core::store::mem::MemStore;
+    use lanyard_core::store::Tx;
 
     fn engine() -> Engine<MemStore, FakeKernel> {
         let mut k = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]);

@@ -21,7 +21,9 @@ use lanyard_core::kernel::Kernel;
 use lanyard_core::model::{DetachRequest, Driver, Endpoint, EndpointState, Network};
 use lanyard_core::name::IfName;
 use lanyard_core::op::Netns;
-use lanyard_core::owner::{AllocateRequest, CheckReport, EndpointRef, Owner, OwnerScope, PlugTarget};
+use lanyard_core::owner::{
+    AllocateRequest, CheckReport, EndpointRef, Owner, OwnerScope, PlugTarget,
+};
 use lanyard_core::plan;
 use lanyard_core::store::{Store, Tx};
 use lanyard_core::{Error, Result};
@@ -88,7 +90,13 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         // What to change in the record, decided from the kernel before the
         // transaction (namespace identity, names taken), checked again inside it.
         enum Where {
-            Netns(std::path::PathBuf, (u64, u64), Option<IfName>, Vec<IfName>, Option<u16>),
+            Netns(
+                std::path::PathBuf,
+                (u64, u64),
+                Option<IfName>,
+                Vec<IfName>,
+                Option<u16>,
+            ),
             Host(IfName),
         }
         let target = match to {
@@ -298,7 +306,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         match ep.state {
             EndpointState::Active => {}
             EndpointState::Allocated => return Ok(report),
-            s => problem(format!("endpoint is {s:?}, not active: `lanyard gc` finishes it")),
+            s => problem(format!(
+                "endpoint is {s:?}, not active: `lanyard gc` finishes it"
+            )),
         }
         let (ns, name) = if let Some(h) = &ep.host_link {
             (Netns::Host, h.clone())
@@ -319,12 +329,16 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         };
         if let (Some(want), Some(have)) = (ep.mac, link.mac) {
             if want != have {
-                problem(format!("interface {name} has MAC {have}, the record {want}"));
+                problem(format!(
+                    "interface {name} has MAC {have}, the record {want}"
+                ));
             }
         }
         if let (Some(want), have) = (net.mtu, link.mtu) {
             if want != have {
-                problem(format!("interface {name} has MTU {have}, the network {want}"));
+                problem(format!(
+                    "interface {name} has MTU {have}, the network {want}"
+                ));
             }
         }
         if !link.up {
