@@ -386,14 +386,14 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::model::NetworkRequest;
     use lanyard_core::store::mem::MemStore;
     use lanyard_core::store::Tx;
 
-    fn engine() -> Engine<MemStore, FakeKernel> {
+    pub(crate) fn engine() -> Engine<MemStore, FakeKernel> {
         let mut k = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]);
         k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
         k.namespaces.push(("/run/netns/c2".into(), (1, 11)));
@@ -427,7 +427,7 @@ mod tests {
     }
 
     /// A bridge network `name` on 203.0.113.0/24 beside `lan`.
-    fn add_bridge(e: &mut Engine<MemStore, FakeKernel>, name: &str) {
+    pub(crate) fn add_bridge(e: &mut Engine<MemStore, FakeKernel>, name: &str) {
         e.create_network(&NetworkRequest {
             name: name.into(),
             subnets: vec!["203.0.113.0/24".into()],
@@ -445,13 +445,13 @@ mod tests {
     }
 
     /// Another process's transaction, run on the store before this one's first write.
-    type Hook = Box<dyn FnOnce(&MemStore)>;
+    pub(crate) type Hook = Box<dyn FnOnce(&MemStore)>;
 
     /// A store whose first write lets `hook` commit on the inner store first:
     /// another process's transaction landing between this one's reads and its write.
-    struct Interleaved {
-        inner: MemStore,
-        hook: std::cell::RefCell<Option<Hook>>,
+    pub(crate) struct Interleaved {
+        pub(crate) inner: MemStore,
+        pub(crate) hook: std::cell::RefCell<Option<Hook>>,
     }
 
     impl Store for Interleaved {

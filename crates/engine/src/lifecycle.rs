@@ -438,3 +438,309 @@ fn rehold(tx: &mut dyn Tx, ep: &Endpoint) -> Result<()> {
     }
     tx.put_endpoint(ep)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::tests::{add_bridge, engine, Interleaved};
+    use lanyard_core::model::AttachRequest;
+    use lanyard_core::op::Op;
+    use lanyard_core::store::mem::MemStore;
+
+    fn cni(container: &str) -> Owner {
+        Owner::Cni {
+            network: "lan".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn docker(ep: &str) -> Owner {
+        Owner::Docker {
+            network_id: "d0".into(),
+            endpoint_id: ep.into(),
+        }
+    }
+
+    fn alloc(owner: Option<Owner>) -> AllocateRequest {
+        AllocateRequest {
+            network: "lan".into(),
+            owner,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn allocate_holds_addresses_and_a_mac_without_a_link_and_repeats_by_owner() {
+        let mut e = engine();
+        let before = e.kernel.applied.len();
+        let a = e.allocate(&alloc(Some(docker("e1")))).unwrap();
+        assert_eq!(a.state, EndpointState::Allocated);
+        assert!(!a.in_netns());
+        assert!(a.mac.is_some(), "the MAC is known before any link");
+        assert_eq!(a.addresses.len(), 2);
+        assert_eq!(e.kernel.applied.len(), before, "no kernel step at allocation");
+        // Docker retries CreateEndpoint: the same endpoint, nothing more held.
+        let again = e.allocate(&alloc(Some(docker("e1")))).unwrap();
+        assert_eq!(again.id, a.id);
+        assert_eq!(e.endpoints().unwrap().len(), 1);
+        let other = e.allocate(&alloc(Some(docker("e2")))).unwrap();
+        assert_ne!(other.addresses, a.addresses);
+        let by_owner = e
+            .find_endpoint(&EndpointRef::Owner(docker("e2")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_owner.id, other.id);
+        let scope = OwnerScope::Docker {
+            network_id: "d0".into(),
+        };
+        assert_eq!(e.owned_endpoints(&scope).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn plug_host_side_makes_only_the_link_under_the_temporary_name_and_unplug_keeps_the_allocation(
+    ) {
+        let mut e = engine();
+        let a = e.allocate(&alloc(Some(docker("e1")))).unwrap();
+        let r = EndpointRef::Owner(docker("e1"));
+        let to = PlugTarget::Host {
+            name: "lyh-test".into(),
+        };
+        let before = e.kernel.applied.len();
+        let p = e.plug(&r, &to).unwrap();
+        assert_eq!(p.state, EndpointState::Active);
+        assert_eq!(p.host_link.as_ref().map(|n| n.as_str()), Some("lyh-test"));
+        let made: Vec<&Op> = e.kernel.applied[before..].iter().collect();
+        assert!(made.iter().any(|o| matches!(o, Op::CreateMacvlan { netns: Netns::Host, name, mac, .. } if name.as_str() == "lyh-test" && *mac == a.mac)));
+        assert!(
+            !made.iter().any(|o| matches!(o, Op::AddAddress { .. })),
+            "the caller addresses the link itself"
+        );
+        // Join again (a retry): the same endpoint, no second link.
+        let n = e.kernel.applied.len();
+        assert_eq!(e.plug(&r, &to).unwrap().id, p.id);
+        assert_eq!(e.kernel.applied.len(), n);
+        // Into a namespace while plugged host-side: a conflict.
+        let ns = PlugTarget::Netns {
+            netns: "/run/netns/c1".into(),
+            ifname: None,
+            unprivileged_port_start: None,
+        };
+        assert!(matches!(e.plug(&r, &ns), Err(Error::Conflict(_))));
+        // Leave: the link goes, the addresses stay held.
+        e.kernel.host.links.push(lanyard_core::kernel::LinkInfo {
+            index: 77,
+            name: "lyh-test".into(),
+            kind: Some("macvlan".into()),
+            mac: a.mac,
+            mtu: 1500,
+            up: false,
+            lower_up: false,
+            parent: Some(2),
+            master: None,
+        });
+        let u = e.unplug(&r).unwrap().unwrap();
+        assert_eq!(u.state, EndpointState::Allocated);
+        assert_eq!(u.addresses, a.addresses);
+        assert!(e.kernel.applied[n..]
+            .iter()
+            .any(|o| matches!(o, Op::DeleteLink { name, .. } if name.as_str() == "lyh-test")));
+        // Plug again, into a namespace this time.
+        let p = e.plug(&r, &ns).unwrap();
+        assert!(p.in_netns());
+        assert_eq!(p.ifname.as_str(), "eth0");
+        assert_eq!(p.addresses, a.addresses);
+        // Release: gone, addresses free, a second release is fine.
+        assert!(e.release(&r).unwrap().is_some());
+        assert!(e.release(&r).unwrap().is_none());
+        assert!(e.endpoints().unwrap().is_empty());
+        let again = e
+            .allocate(&AllocateRequest {
+                ip: Some(a.addresses[0].addr().to_string()),
+                ..alloc(None)
+            })
+            .expect("the address is free again");
+        assert_eq!(again.addresses[0], a.addresses[0]);
+    }
+
+    #[test]
+    fn attach_with_an_owner_is_idempotent_and_detach_by_owner_finds_it() {
+        let mut e = engine();
+        let req = AttachRequest {
+            network: "lan".into(),
+            netns: "/run/netns/c1".into(),
+            ifname: Some("eth0".into()),
+            owner: Some(cni("c1")),
+            ..Default::default()
+        };
+        let first = e.attach(&req).unwrap();
+        let n = e.kernel.applied.len();
+        let second = e.attach(&req).unwrap();
+        assert_eq!(first.id, second.id);
+        assert_eq!(e.kernel.applied.len(), n, "a repeated ADD changes nothing");
+        // The same owner in another namespace: a conflict, nothing recorded.
+        let elsewhere = AttachRequest {
+            netns: "/run/netns/c2".into(),
+            ..req.clone()
+        };
+        assert!(matches!(e.attach(&elsewhere), Err(Error::Conflict(_))));
+        assert_eq!(e.endpoints().unwrap().len(), 1);
+        let gone = e.detach(&DetachRequest::Owner(cni("c1"))).unwrap();
+        assert_eq!(gone.map(|g| g.id), Some(first.id));
+        assert!(e.detach(&DetachRequest::Owner(cni("c1"))).unwrap().is_none());
+    }
+
+    #[test]
+    fn gc_by_valid_set_releases_only_the_invalid_ones_of_its_scope() {
+        let mut e = engine();
+        for c in ["c1", "c2"] {
+            e.attach(&AttachRequest {
+                network: "lan".into(),
+                netns: format!("/run/netns/{c}").into(),
+                owner: Some(cni(c)),
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let docker_ep = e.allocate(&alloc(Some(docker("e1")))).unwrap();
+        let freed = e
+            .gc_owned(
+                &OwnerScope::Cni {
+                    network: "lan".into(),
+                },
+                &[cni("c2")],
+            )
+            .unwrap();
+        assert_eq!(freed.len(), 1);
+        assert_eq!(freed[0].owner, Some(cni("c1")));
+        let left: Vec<_> = e.endpoints().unwrap().into_iter().map(|e| e.owner).collect();
+        assert!(left.contains(&Some(cni("c2"))));
+        assert!(left.contains(&docker_ep.owner), "another scope is untouched");
+        assert_eq!(left.len(), 2);
+    }
+
+    #[test]
+    fn another_hosts_endpoints_are_never_gc_ed_or_released_by_valid_set() {
+        let mut e = engine().with_node("a");
+        e.attach(&AttachRequest {
+            network: "lan".into(),
+            netns: "/run/netns/c1".into(),
+            owner: Some(cni("c1")),
+            ..Default::default()
+        })
+        .unwrap();
+        // The same store seen from host b, where c1's namespace does not exist.
+        let mut b = Engine::new(e.store, e.kernel, e.config).with_node("b");
+        b.kernel.namespaces.clear();
+        let report = b.gc().unwrap();
+        assert!(report.removed.is_empty(), "{report:?}");
+        let scope = OwnerScope::Cni {
+            network: "lan".into(),
+        };
+        assert!(b.gc_owned(&scope, &[]).unwrap().is_empty());
+        assert_eq!(b.endpoints().unwrap().len(), 1);
+        assert_eq!(b.endpoints().unwrap()[0].node.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_mac_already_on_the_network_is_refused_naming_mac() {
+        let mut e = engine();
+        let a = e.allocate(&alloc(None)).unwrap();
+        let mac = a.mac.unwrap().to_string();
+        let err = e
+            .allocate(&AllocateRequest {
+                mac: Some(mac.clone()),
+                ..alloc(None)
+            })
+            .unwrap_err();
+        assert!(matches!(&err, Error::Conflict(m) if m.contains("--mac")), "{err}");
+        assert_eq!(e.endpoints().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn publish_and_unpublish_change_the_ports_of_a_plugged_bridge_endpoint() {
+        let mut e = engine();
+        add_bridge(&mut e, "br");
+        let ep = e
+            .attach(&AttachRequest {
+                network: "br".into(),
+                netns: "/run/netns/c1".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let r = EndpointRef::Key(ep.id.clone());
+        let n = e.kernel.applied.len();
+        let p = e.publish(&r, &["8080:80".into()]).unwrap();
+        assert_eq!(p.ports.len(), 1);
+        let added = &e.kernel.applied[n..];
+        assert!(added.iter().any(|o| matches!(o, Op::Nft { script, .. } if script.contains("add element") && script.contains("8080"))), "{added:?}");
+        // Another endpoint cannot take the port.
+        let other = e
+            .allocate(&AllocateRequest {
+                network: "br".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let clash = e.publish(&EndpointRef::Key(other.id.clone()), &["8080:80".into()]);
+        assert!(matches!(clash, Err(Error::Conflict(_))));
+        // A macvlan endpoint publishes nothing.
+        let mv = e.allocate(&alloc(None)).unwrap();
+        assert!(matches!(
+            e.publish(&EndpointRef::Key(mv.id), &["81:80".into()]),
+            Err(Error::Invalid { .. })
+        ));
+        let n = e.kernel.applied.len();
+        let u = e.unpublish(&r, &[]).unwrap();
+        assert!(u.ports.is_empty());
+        assert!(e.kernel.applied[n..].iter().any(|o| matches!(o, Op::Nft { script, .. } if script.contains("delete element") && script.contains("8080"))));
+        // The port is free again; the address stays held.
+        e.publish(&EndpointRef::Key(other.id), &["8080:80".into()])
+            .unwrap();
+        let held = e
+            .store
+            .read(&mut |tx| tx.address_owner(&ep.network_id, ep.addresses[0].addr()))
+            .unwrap();
+        assert_eq!(held, Some(ep.id));
+    }
+
+    #[test]
+    fn two_plugs_of_one_endpoint_interleaved_wire_it_once() {
+        let mut first = engine();
+        let a = first.allocate(&alloc(Some(docker("e1")))).unwrap();
+        first.kernel.applied.clear();
+        let id = a.id.clone();
+        // Another process plugs it between this plug's reads and its transaction.
+        let mut e = Engine::new(
+            Interleaved {
+                inner: first.store,
+                hook: std::cell::RefCell::new(Some(Box::new(move |s: &MemStore| {
+                    s.write(&mut |tx| {
+                        let mut ep = tx.endpoint(&id)?.expect("allocated");
+                        ep.state = EndpointState::Pending;
+                        ep.host_link = Some(IfName::new("lyh-other")?);
+                        tx.put_endpoint(&ep)
+                    })
+                    .unwrap()
+                }))),
+            },
+            std::mem::take(&mut first.kernel),
+            first.config,
+        );
+        let err = e
+            .plug(
+                &EndpointRef::Key(a.id.clone()),
+                &PlugTarget::Host {
+                    name: "lyh-mine".into(),
+                },
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::TryAgain(_)), "{err}");
+        assert!(
+            !e.kernel
+                .applied
+                .iter()
+                .any(|o| matches!(o, Op::CreateMacvlan { .. })),
+            "nothing wired by the plug that lost"
+        );
+    }
+}
