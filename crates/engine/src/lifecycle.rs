@@ -479,7 +479,11 @@ mod tests {
         assert!(!a.in_netns());
         assert!(a.mac.is_some(), "the MAC is known before any link");
         assert_eq!(a.addresses.len(), 2);
-        assert_eq!(e.kernel.applied.len(), before, "no kernel step at allocation");
+        assert_eq!(
+            e.kernel.applied.len(),
+            before,
+            "no kernel step at allocation"
+        );
         // Docker retries CreateEndpoint: the same endpoint, nothing more held.
         let again = e.allocate(&alloc(Some(docker("e1")))).unwrap();
         assert_eq!(again.id, a.id);
@@ -498,8 +502,8 @@ mod tests {
     }
 
     #[test]
-    fn plug_host_side_makes_only_the_link_under_the_temporary_name_and_unplug_keeps_the_allocation(
-    ) {
+    fn plug_host_side_makes_only_the_link_under_the_temporary_name_and_unplug_keeps_the_allocation()
+    {
         let mut e = engine();
         let a = e.allocate(&alloc(Some(docker("e1")))).unwrap();
         let r = EndpointRef::Owner(docker("e1"));
@@ -587,7 +591,10 @@ mod tests {
         assert_eq!(e.endpoints().unwrap().len(), 1);
         let gone = e.detach(&DetachRequest::Owner(cni("c1"))).unwrap();
         assert_eq!(gone.map(|g| g.id), Some(first.id));
-        assert!(e.detach(&DetachRequest::Owner(cni("c1"))).unwrap().is_none());
+        assert!(e
+            .detach(&DetachRequest::Owner(cni("c1")))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -613,9 +620,17 @@ mod tests {
             .unwrap();
         assert_eq!(freed.len(), 1);
         assert_eq!(freed[0].owner, Some(cni("c1")));
-        let left: Vec<_> = e.endpoints().unwrap().into_iter().map(|e| e.owner).collect();
+        let left: Vec<_> = e
+            .endpoints()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.owner)
+            .collect();
         assert!(left.contains(&Some(cni("c2"))));
-        assert!(left.contains(&docker_ep.owner), "another scope is untouched");
+        assert!(
+            left.contains(&docker_ep.owner),
+            "another scope is untouched"
+        );
         assert_eq!(left.len(), 2);
     }
 
@@ -653,7 +668,10 @@ mod tests {
                 ..alloc(None)
             })
             .unwrap_err();
-        assert!(matches!(&err, Error::Conflict(m) if m.contains("--mac")), "{err}");
+        assert!(
+            matches!(&err, Error::Conflict(m) if m.contains("--mac")),
+            "{err}"
+        );
         assert_eq!(e.endpoints().unwrap().len(), 1);
     }
 

@@ -27,6 +27,11 @@ pub struct Cli {
         value_name = "DIR"
     )]
     pub run_dir: PathBuf,
+    /// This host's name in a store several hosts share: every endpoint it records
+    /// carries it, and `gc`/`restore` touch only this host's (default: the
+    /// contents of /etc/machine-id, which a host rename does not change).
+    #[arg(long, global = true, env = "LANYARD_NODE", value_name = "NAME")]
+    pub node: Option<String>,
     /// Configuration file (default address pools).
     #[arg(long, global = true, env = "LANYARD_CONFIG", default_value = lanyard_core::config::DEFAULT_PATH, value_name = "FILE")]
     pub config: PathBuf,
@@ -225,6 +230,19 @@ pub struct EndpointOpts {
 }
 
 impl EndpointOpts {
+    /// The engine's request for allocating an endpoint of `network`.
+    pub fn allocation(&self, network: &str) -> lanyard_core::owner::AllocateRequest {
+        lanyard_core::owner::AllocateRequest {
+            network: network.to_string(),
+            owner: None,
+            name: self.name.clone(),
+            ip: self.ip.clone(),
+            ip6: self.ip6.clone(),
+            mac: self.mac.clone(),
+            publish: self.publish.clone(),
+        }
+    }
+
     /// The engine's request for attaching `netns` to `network` with these options.
     pub fn request(&self, network: &str, netns: PathBuf, ifname: Option<String>) -> AttachRequest {
         AttachRequest {
@@ -286,6 +304,65 @@ pub enum EndpointCmd {
     },
     /// Show one endpoint.
     Inspect {
+        /// Endpoint name or id.
+        endpoint: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allocate an endpoint: addresses, MAC and ports held, no link yet (`plug` it).
+    Create {
+        /// Network name or id.
+        network: String,
+        #[command(flatten)]
+        opts: EndpointOpts,
+        /// Print JSON instead of the id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plug an allocated endpoint into a namespace.
+    Plug {
+        /// Endpoint name or id.
+        endpoint: String,
+        #[command(flatten)]
+        ns: NetnsArgs,
+        /// Interface name inside (default: the next free ethN).
+        #[arg(long)]
+        ifname: Option<String>,
+        /// Print JSON instead of the id.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take an endpoint's link away, keeping its addresses, MAC and ports.
+    Unplug {
+        /// Endpoint name or id.
+        endpoint: String,
+    },
+    /// Release an endpoint: unplug it if plugged, free what it holds; idempotent.
+    #[command(alias = "remove")]
+    Rm {
+        /// Endpoint name or id.
+        endpoint: String,
+    },
+    /// Publish more ports of an endpoint (bridge networks), live.
+    Publish {
+        /// Endpoint name or id.
+        endpoint: String,
+        /// `[HOSTIP:]HOSTPORT[-END]:PORT[-END][/tcp|/udp]` (repeatable).
+        #[arg(short = 'p', long = "publish", value_name = "SPEC", required = true)]
+        publish: Vec<String>,
+    },
+    /// Stop publishing ports of an endpoint (all of them without -p).
+    Unpublish {
+        /// Endpoint name or id.
+        endpoint: String,
+        /// The specs to stop publishing (repeatable).
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
+    },
+    /// Compare an endpoint's link, addresses and routes with its record; exit 1 on a
+    /// difference.
+    Check {
         /// Endpoint name or id.
         endpoint: String,
         /// Print JSON instead of text.

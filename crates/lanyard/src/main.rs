@@ -59,7 +59,20 @@ fn open(cli: &Cli) -> Result<Lanyard> {
             ))
         }
     };
-    Ok(Engine::new(store, kernel, config).with_run_dir(&cli.run_dir))
+    let engine = Engine::new(store, kernel, config).with_run_dir(&cli.run_dir);
+    Ok(match node(cli) {
+        Some(n) => engine.with_node(&n),
+        None => engine,
+    })
+}
+
+/// This host's node name: `--node`, else /etc/machine-id (stable across host
+/// renames), else none (records then count as this host's everywhere).
+fn node(cli: &Cli) -> Option<String> {
+    cli.node.clone().or_else(|| {
+        let id = std::fs::read_to_string("/etc/machine-id").ok()?;
+        Some(id.trim().to_string()).filter(|s| !s.is_empty())
+    })
 }
 
 fn main() {
@@ -163,6 +176,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 output::endpoint_detail(&ep);
             }
         }
+        Command::Endpoint(cmd) => return endpoint(engine, cli, cmd),
         Command::Run(r) => return run::run(engine, r),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
         Command::Gc(f) => {
@@ -173,6 +187,84 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
         }
         Command::Completions { .. } | Command::Man | Command::Daemon(_) => {
             unreachable!("handled above")
+        }
+    }
+    Ok(0)
+}
+
+/// The split lifecycle's verbs (`lanyard endpoint create/plug/unplug/rm/publish/
+/// unpublish/check`).
+fn endpoint(engine: &mut Lanyard, cli: &Cli, cmd: &EndpointCmd) -> Result<i32> {
+    use lanyard_core::owner::{EndpointRef, PlugTarget};
+    let key = |k: &str| EndpointRef::Key(k.to_string());
+    let print = |ep: &lanyard_core::model::Endpoint, json: bool| {
+        if json {
+            output::json(ep)
+        } else {
+            println!("{}", ep.id);
+            Ok(())
+        }
+    };
+    match cmd {
+        EndpointCmd::Ls { .. } | EndpointCmd::Inspect { .. } => unreachable!("handled in verb"),
+        EndpointCmd::Create {
+            network,
+            opts,
+            json,
+        } => {
+            if opts.unprivileged_port_start.is_some() {
+                return Err(Error::invalid(
+                    "--unprivileged-port-start",
+                    "",
+                    "is a namespace setting: give it to `endpoint plug` or `attach`",
+                ));
+            }
+            print(&engine.allocate(&opts.allocation(network))?, *json)?;
+        }
+        EndpointCmd::Plug {
+            endpoint,
+            ns,
+            ifname,
+            json,
+        } => {
+            let netns = ns
+                .path()
+                .ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
+            let to = PlugTarget::Netns {
+                netns,
+                ifname: ifname.clone(),
+                unprivileged_port_start: None,
+            };
+            let ep = engine.plug(&key(endpoint), &to)?;
+            daemon::notify(cli, Change::Added, &ep);
+            print(&ep, *json)?;
+        }
+        EndpointCmd::Unplug { endpoint } => {
+            if engine.unplug(&key(endpoint))?.is_none() {
+                return Err(Error::not_found("endpoint", endpoint));
+            }
+        }
+        EndpointCmd::Rm { endpoint } => {
+            if let Some(ep) = engine.release(&key(endpoint))? {
+                daemon::notify(cli, Change::Removed, &ep);
+            }
+        }
+        EndpointCmd::Publish { endpoint, publish } => {
+            engine.publish(&key(endpoint), publish)?;
+        }
+        EndpointCmd::Unpublish { endpoint, publish } => {
+            engine.unpublish(&key(endpoint), publish)?;
+        }
+        EndpointCmd::Check { endpoint, json } => {
+            let r = engine.check(&key(endpoint))?;
+            if *json {
+                output::json(&r)?;
+            } else {
+                for p in &r.problems {
+                    println!("{p}");
+                }
+            }
+            return Ok(if r.ok() { 0 } else { 1 });
         }
     }
     Ok(0)

@@ -138,13 +138,21 @@ pub fn endpoint_table(eps: &[Endpoint]) {
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| "-".into()),
                     e.network.to_string(),
-                    e.ifname.to_string(),
+                    match (&e.host_link, e.in_netns()) {
+                        (Some(h), _) => h.to_string(),
+                        (None, true) => e.ifname.to_string(),
+                        (None, false) => "-".into(),
+                    },
                     e.addresses
                         .iter()
                         .map(|a| a.to_string())
                         .collect::<Vec<_>>()
                         .join(","),
-                    e.netns.display().to_string(),
+                    if e.in_netns() {
+                        e.netns.display().to_string()
+                    } else {
+                        "-".into()
+                    },
                     format!("{:?}", e.state).to_lowercase(),
                 ]
             })
@@ -159,8 +167,19 @@ pub fn endpoint_detail(e: &Endpoint) {
         println!("Name:      {n}");
     }
     println!("Network:   {}", e.network);
-    println!("Netns:     {}", e.netns.display());
-    println!("Interface: {}", e.ifname);
+    if e.in_netns() {
+        println!("Netns:     {}", e.netns.display());
+        println!("Interface: {}", e.ifname);
+    }
+    if let Some(h) = &e.host_link {
+        println!("Host link: {h} (plugged host-side)");
+    }
+    if let Some(o) = &e.owner {
+        println!("Owner:     {o}");
+    }
+    if let Some(n) = &e.node {
+        println!("Node:      {n}");
+    }
     if let Some(h) = &e.host_ifname {
         println!("Host side: {h}");
     }

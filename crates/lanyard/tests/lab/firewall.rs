@@ -53,7 +53,7 @@ fn wait_listening(ns: &Ns, port: u16, udp: bool) {
 }
 
 /// TCP servers on `port` in `ns`, IPv4 and IPv6, answering `peer=<client>`.
-fn serve_tcp(ns: &Ns, port: u16) -> Vec<Bg> {
+pub(crate) fn serve_tcp(ns: &Ns, port: u16) -> Vec<Bg> {
     let v4 = ns.spawn(&[
         "socat",
         &format!("TCP4-LISTEN:{port},fork,reuseaddr"),
@@ -87,7 +87,7 @@ fn parse_peer(out: &str) -> Option<IpAddr> {
 
 /// Connects from `from` to `addr:port` over TCP; the client address the server saw,
 /// or None if the connection failed (refused, no answer within 2 s).
-fn tcp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
+pub(crate) fn tcp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
     let out = from.exec(&[
         "socat",
         "-T2",

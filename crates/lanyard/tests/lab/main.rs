@@ -11,6 +11,7 @@ mod daemon;
 mod firewall;
 mod harness;
 mod kernel_vm;
+mod lifecycle;
 mod network;
 mod smoke;
 mod store_safety;
