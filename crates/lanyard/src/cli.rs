@@ -3,6 +3,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use lanyard_core::model::AttachRequest;
+use lanyard_core::Error;
 use std::path::PathBuf;
 
 /// Container networks on your real LAN.
@@ -202,6 +203,17 @@ impl NetnsArgs {
         self.netns
             .clone()
             .or_else(|| self.pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))))
+    }
+
+    /// `e` in the words the user chose: with `--pid P`, an error about the
+    /// `--netns /proc/P/ns/net` it stands for names `--pid P`.
+    pub fn blame(&self, e: Error) -> Error {
+        match (self.pid, e) {
+            (Some(p), Error::Invalid { field, reason, .. }) if field == "--netns" => {
+                Error::invalid("--pid", p, format!("/proc/{p}/ns/net: {reason}"))
+            }
+            (_, e) => e,
+        }
     }
 }
 

@@ -140,7 +140,9 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 .ns
                 .path()
                 .ok_or_else(|| Error::invalid("--netns", "", "give --netns PATH or --pid PID"))?;
-            let ep = engine.attach(&a.opts.request(&a.network, netns, a.ifname.clone()))?;
+            let ep = engine
+                .attach(&a.opts.request(&a.network, netns, a.ifname.clone()))
+                .map_err(|e| a.ns.blame(e))?;
             daemon::notify(cli, Change::Added, &ep);
             if a.json {
                 output::json(&ep)?;
@@ -156,7 +158,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 },
                 None => DetachRequest::Endpoint(d.target.clone()),
             };
-            if let Some(ep) = engine.detach(&req)? {
+            if let Some(ep) = engine.detach(&req).map_err(|e| d.ns.blame(e))? {
                 daemon::notify(cli, Change::Removed, &ep);
             }
         }
@@ -332,17 +334,20 @@ fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
             }
         }
         NetworkCmd::Rm { networks } => {
-            let mut first_err = None;
+            // Each failure printed once, in order: the last one by main, which also
+            // takes its exit code.
+            let mut last_err: Option<Error> = None;
             for key in networks {
                 match engine.remove_network(key) {
                     Ok(n) => println!("{}", n.name),
                     Err(e) => {
-                        eprintln!("lanyard: {e}");
-                        first_err.get_or_insert(e);
+                        if let Some(earlier) = last_err.replace(e) {
+                            eprintln!("lanyard: {earlier}");
+                        }
                     }
                 }
             }
-            if let Some(e) = first_err {
+            if let Some(e) = last_err {
                 return Err(e);
             }
         }

@@ -12,6 +12,7 @@ mod firewall;
 mod harness;
 mod kernel_vm;
 mod lifecycle;
+mod messages;
 mod network;
 mod smoke;
 mod store_safety;
