@@ -396,6 +396,16 @@ pub struct RunArgs {
     /// Run the command as this user (NAME, UID or UID:GID).
     #[arg(long, short = 'u')]
     pub user: Option<String>,
+    /// Add a capability to Docker's default set (repeatable; NET_ADMIN, ALL, …);
+    /// with --user it stays effective.
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from Docker's default set (repeatable; ALL drops all).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Give the command every capability.
+    #[arg(long)]
+    pub privileged: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -8,6 +8,7 @@
 //! hang up; `lanyard run` gives its command the default back), opens /dev/null on a
 //! closed fd 0-2, and turns a panic into exit status 101.
 
+mod caps;
 mod cli;
 mod daemon;
 mod log;

@@ -94,6 +94,14 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
         }
     };
     let user = args.user.as_deref().map(resolve_user).transpose()?;
+    let held = rustix::thread::capabilities(None)
+        .map_err(|e| Error::Other(format!("reading this process's capabilities: {e}")))?
+        .permitted;
+    let caps = crate::caps::compute_within(held, args.privileged, &args.cap_add, &args.cap_drop)?;
+    let ambient = match user {
+        Some((uid, _)) if uid != 0 => crate::caps::ambient(caps, &args.cap_add),
+        _ => rustix::thread::CapabilitySet::empty(),
+    };
     let argv: Vec<CString> = args
         .command
         .iter()
@@ -125,14 +133,25 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     let join_fd = join.as_ref().map(std::os::fd::AsRawFd::as_raw_fd);
 
     // SAFETY: this process is single-threaded here; the child only makes
-    // async-signal-safe calls (unshare, setns, read, write, set*id, signal, execvp, _exit).
+    // async-signal-safe calls (unshare, setns, read, write, set*id, prctl, capset,
+    // signal, execvp, _exit).
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(os_err("fork"));
     }
     if pid == 0 {
         // SAFETY: child side, see above.
-        unsafe { child(fresh, join_fd, ready[1], go[0], user, &ptrs) }
+        unsafe {
+            child(
+                fresh,
+                join_fd,
+                ready[1],
+                go[0],
+                user,
+                (caps, ambient),
+                &ptrs,
+            )
+        }
     }
     CHILD.store(pid, Ordering::SeqCst);
     // SAFETY: closing our copies of the child's pipe ends.
@@ -239,6 +258,7 @@ unsafe fn child(
     ready: i32,
     go: i32,
     user: Option<(u32, u32)>,
+    (caps, ambient): (rustix::thread::CapabilitySet, rustix::thread::CapabilitySet),
     argv: &[*const libc::c_char],
 ) -> ! {
     // SAFETY: the caller guarantees we are a fresh child; all calls are async-signal-safe.
@@ -257,6 +277,12 @@ unsafe fn child(
         if ok == 0 || libc::read(go, b.as_mut_ptr().cast(), 1) != 1 || b[0] != 1 {
             libc::_exit(125);
         }
+        let non_root = user.is_some_and(|(uid, _)| uid != 0);
+        if crate::caps::before_user_switch(caps, non_root).is_err() {
+            let msg = b"lanyard run: cannot limit the capability bounding set\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(125);
+        }
         if let Some((uid, gid)) = user {
             let groups = [gid];
             if libc::setgroups(1, groups.as_ptr()) != 0
@@ -267,6 +293,11 @@ unsafe fn child(
                 libc::write(2, msg.as_ptr().cast(), msg.len());
                 libc::_exit(125);
             }
+        }
+        if crate::caps::apply(caps, ambient).is_err() {
+            let msg = b"lanyard run: cannot set the command's capabilities\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(125);
         }
         // lanyard ignores SIGPIPE; an ignored signal survives exec, a handler does not.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);

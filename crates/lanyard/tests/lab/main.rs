@@ -14,5 +14,6 @@ mod kernel_vm;
 mod lifecycle;
 mod messages;
 mod network;
+mod run_caps;
 mod smoke;
 mod store_safety;
