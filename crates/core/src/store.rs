@@ -73,6 +73,33 @@ pub trait Tx {
     fn meta(&self, key: &str) -> Result<Option<String>>;
     /// Sets a fact; `None` deletes it.
     fn set_meta(&mut self, key: &str, value: Option<&str>) -> Result<()>;
+
+    /// Records whose stored form cannot be read (a damaged row): `networks`,
+    /// `endpoints` and `endpoints_in_netns` leave them out, so one bad row blocks no
+    /// listing; the verbs that must not guess (gc, network create/rm) ask here. A
+    /// store that keeps typed values has none.
+    fn unreadable(&self) -> Result<Vec<Unreadable>> {
+        Ok(Vec::new())
+    }
+    /// Deletes the endpoint record `key` (full id, name or unique id prefix) with
+    /// what it holds, if it cannot be read; its id. `None` when it reads fine or is
+    /// not there.
+    fn forget_unreadable_endpoint(&mut self, _key: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+/// A stored record that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// `network` or `endpoint`.
+    pub kind: &'static str,
+    /// Its id.
+    pub id: String,
+    /// An endpoint's network id (kept beside the record), if any.
+    pub network_id: Option<String>,
+    /// Why it cannot be read.
+    pub why: String,
 }
 
 /// A durable store.

@@ -232,9 +232,20 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         // leaves a record `gc` finishes, its addresses still held.
         let found = self.store.write(&mut |tx| {
             let found = match req {
-                DetachRequest::Endpoint(key) => match tx.endpoint(key)? {
-                    Some(ep) => Some((tx.network(&ep.network_id)?, ep)),
-                    None => None,
+                DetachRequest::Endpoint(key) => match tx.endpoint(key) {
+                    Ok(Some(ep)) => Some((tx.network(&ep.network_id)?, ep)),
+                    Ok(None) => None,
+                    // A record that cannot be read: forgotten with what it holds.
+                    Err(e) => match tx.forget_unreadable_endpoint(key)? {
+                        Some(id) => {
+                            tracing::warn!(
+                                "forgot endpoint record {id}, which was unreadable; \
+                                 its links, if any, were left"
+                            );
+                            None
+                        }
+                        None => return Err(e),
+                    },
                 },
                 DetachRequest::Owner(owner) => match tx.endpoint_by_owner(owner)? {
                     Some(ep) => Some((tx.network(&ep.network_id)?, ep)),

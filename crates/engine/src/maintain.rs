@@ -10,7 +10,7 @@ use lanyard_core::kernel::{is_tombstone, Kernel};
 use lanyard_core::model::{Endpoint, EndpointState, Network};
 use lanyard_core::op::{Netns, Op};
 use lanyard_core::plan;
-use lanyard_core::store::Store;
+use lanyard_core::store::{Store, Unreadable};
 use lanyard_core::Result;
 use serde::Serialize;
 
@@ -44,9 +44,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let _lock = self.lock(Mode::Exclusive)?;
         self.check_store()?;
         let mut report = Report::default();
-        let (networks, endpoints) = self
+        let (networks, endpoints, bad) = self
             .store
-            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?, tx.unreadable()?)))?;
+        report_unreadable(&bad, &mut report);
         self.ensure_networks(&networks, &mut report)?;
         for ep in &endpoints {
             // Another host's endpoint (a shared store) is that host's to restore.
@@ -197,15 +198,18 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         }
     }
 
-    /// `gc`: forgets endpoints whose namespace is gone (freeing their addresses),
+    /// `gc`: reports records it cannot read, forgets endpoints whose namespace is gone (freeing their addresses),
     /// removes pending records a crash left, deletes tombstones and orphaned links.
     pub fn gc(&mut self) -> Result<Report> {
         let _lock = self.lock(Mode::Exclusive)?;
         self.check_store()?;
         let mut report = Report::default();
-        let (networks, endpoints) = self
+        let (networks, endpoints, bad) = self
             .store
-            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?, tx.unreadable()?)))?;
+        report_unreadable(&bad, &mut report);
+        // A `lyv-` veth may be an unreadable endpoint's: none is taken for a stray.
+        let all_endpoints_known = !bad.iter().any(|u| u.kind == "endpoint");
         for ep in &endpoints {
             if !self.is_local(ep) {
                 // Another host's: its gc (or `gc --host`) decides.
@@ -245,8 +249,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         for l in &host.links {
             let kind = l.kind.as_deref();
             let endpoint_kind = matches!(kind, Some("macvlan" | "ipvlan" | "veth"));
-            let stray_veth =
-                l.name.starts_with("lyv-") && kind == Some("veth") && !live_veths.contains(&l.name);
+            let stray_veth = all_endpoints_known
+                && l.name.starts_with("lyv-")
+                && kind == Some("veth")
+                && !live_veths.contains(&l.name);
             if (is_tombstone(&l.name) && endpoint_kind) || stray_veth {
                 if let Ok(name) = lanyard_core::name::IfName::new(&l.name) {
                     ops.push(Op::DeleteLink {
@@ -295,6 +301,25 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             report.errors.push(e.to_string());
         }
         Ok(report)
+    }
+}
+
+/// Each record that cannot be read, as an error with the way out. An endpoint's keeps
+/// its addresses held (its link may be live) until `detach ID` forgets it.
+fn report_unreadable(bad: &[Unreadable], report: &mut Report) {
+    for u in bad {
+        report.errors.push(match u.kind {
+            "endpoint" => format!(
+                "endpoint record {} is unreadable ({}): left alone, its addresses held; \
+                 `lanyard detach {}` forgets it (its links, if any, stay: check its container first)",
+                u.id, u.why, u.id
+            ),
+            _ => format!(
+                "{} record {} is unreadable ({}): network create and rm stop until state.db is \
+                 restored from a backup or the row deleted",
+                u.kind, u.id, u.why
+            ),
+        });
     }
 }
 

@@ -173,6 +173,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let config = self.config.clone();
         let net = self.store.write(&mut |tx| {
             let others = tx.networks()?;
+            refuse_unreadable(tx, None)?;
             if others.iter().any(|o| o.name == net.name) {
                 return Err(Error::Conflict(format!(
                     "network {} already exists",
@@ -284,6 +285,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             let net = tx
                 .network(key)?
                 .ok_or_else(|| Error::not_found("network", key))?;
+            refuse_unreadable(tx, Some(&net.id))?;
             let eps: Vec<String> = tx
                 .endpoints()?
                 .into_iter()
@@ -356,6 +358,23 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         }
         Ok(removed)
     }
+}
+
+/// A network record that cannot be read hides its subnets, bridge and parent (create
+/// could overlap it, rm take a shared shim); an endpoint record of network `net_id`
+/// that cannot be read may be live on it. Either stops the verb.
+fn refuse_unreadable(tx: &dyn lanyard_core::store::Tx, net_id: Option<&str>) -> Result<()> {
+    let bad = tx.unreadable()?;
+    let Some(u) = bad
+        .iter()
+        .find(|u| u.kind == "network" || (net_id.is_some() && u.network_id.as_deref() == net_id))
+    else {
+        return Ok(());
+    };
+    Err(Error::Conflict(format!(
+        "{} record {} is unreadable ({}); `lanyard gc` says how to clear it",
+        u.kind, u.id, u.why
+    )))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
 use lanyard_core::model::{Endpoint, MacAddr, Network, PortMapping};
 use lanyard_core::owner::{Owner, OwnerScope};
-use lanyard_core::store::{is_full_id, Tx};
+use lanyard_core::store::{is_full_id, Tx, Unreadable};
 use lanyard_core::{Error, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::cell::Cell;
@@ -82,6 +82,13 @@ impl<'c> SqliteTx<'c> {
 
     fn endpoint_from(&self, (id, json): &(String, String)) -> Result<Endpoint> {
         serde_json::from_str(json).map_err(|e| self.unreadable("endpoint", id, e))
+    }
+
+    /// `r`, or `None` with a warning: one damaged row must not hide the others
+    /// from a listing ([`Tx::unreadable`] names it).
+    fn lenient<T>(r: Result<T>) -> Option<T> {
+        r.map_err(|e| tracing::warn!("{e}; left out (`lanyard gc` reports it)"))
+            .ok()
     }
 
     fn encoded(&self, kind: &str, id: &str, v: serde_json::Result<String>) -> Result<String> {
@@ -202,7 +209,10 @@ impl Tx for SqliteTx<'_> {
         let rows = self.rows("SELECT id, json FROM networks ORDER BY name", [], || {
             "listing networks".into()
         })?;
-        rows.iter().map(|r| self.network_from(r)).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|r| Self::lenient(self.network_from(r)))
+            .collect())
     }
 
     fn network(&self, name_or_id: &str) -> Result<Option<Network>> {
@@ -244,7 +254,10 @@ impl Tx for SqliteTx<'_> {
         let rows = self.rows("SELECT id, json FROM endpoints ORDER BY id", [], || {
             "listing endpoints".into()
         })?;
-        rows.iter().map(|r| self.endpoint_from(r)).collect()
+        Ok(rows
+            .iter()
+            .filter_map(|r| Self::lenient(self.endpoint_from(r)))
+            .collect())
     }
 
     fn endpoint(&self, name_or_id: &str) -> Result<Option<Endpoint>> {
@@ -330,7 +343,9 @@ impl Tx for SqliteTx<'_> {
             let Some(json) = self.get_opt(ENDPOINTS.by_id, [&id], what)? else {
                 continue; // cannot happen: a delete removes both in one transaction
             };
-            let e = self.endpoint_from(&(id, json))?;
+            let Some(e) = Self::lenient(self.endpoint_from(&(id, json))) else {
+                continue;
+            };
             // An entry from an earlier put of the same id with another namespace
             // (the engine never does that) is left over until the delete: skip it.
             if e.netns_inode == netns_inode {
@@ -467,5 +482,52 @@ impl Tx for SqliteTx<'_> {
             ),
             None => self.exec("DELETE FROM meta WHERE key = ?1", [key], what),
         }
+    }
+
+    fn unreadable(&self) -> Result<Vec<Unreadable>> {
+        let mut bad = vec![];
+        let what = || "looking for unreadable records".to_string();
+        for (id, json) in self.rows("SELECT id, json FROM networks ORDER BY id", [], what)? {
+            if let Err(e) = serde_json::from_str::<Network>(&json) {
+                bad.push(Unreadable {
+                    kind: "network",
+                    id,
+                    network_id: None,
+                    why: e.to_string(),
+                });
+            }
+        }
+        let sql = "SELECT id, network_id || ' ' || json FROM endpoints ORDER BY id";
+        for (id, row) in self.rows(sql, [], what)? {
+            let (network_id, json) = row.split_once(' ').unwrap_or(("", &row));
+            if let Err(e) = serde_json::from_str::<Endpoint>(json) {
+                bad.push(Unreadable {
+                    kind: "endpoint",
+                    id,
+                    network_id: Some(network_id.to_string()),
+                    why: e.to_string(),
+                });
+            }
+        }
+        Ok(bad)
+    }
+
+    fn forget_unreadable_endpoint(&mut self, key: &str) -> Result<Option<String>> {
+        let Some((found, json)) = self.lookup(&ENDPOINTS, key)? else {
+            return Ok(None);
+        };
+        if serde_json::from_str::<Endpoint>(&json).is_ok() {
+            return Ok(None);
+        }
+        // `lookup` answers with the key itself when it matched exactly (an id or a name).
+        let id = self
+            .get_opt(
+                "SELECT id FROM endpoints WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC",
+                [&found],
+                || format!("forgetting endpoint {found}"),
+            )?
+            .unwrap_or(found);
+        self.delete_endpoint(&id)?;
+        Ok(Some(id))
     }
 }

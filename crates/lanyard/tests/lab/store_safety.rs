@@ -49,3 +49,68 @@ fn a_removed_state_dir_stops_gc_and_restore_until_adopted() {
     std::fs::remove_dir_all(lab.state_dir()).unwrap();
     refused_and_untouched(&lab, &live);
 }
+
+/// `UPDATE table SET json = '{' WHERE id = ID` on the lab's state.db: a damaged row.
+fn damage_row(lab: &Lab, table: &str, id: &str) {
+    let db = lab.state_dir().join("state.db");
+    let sql = format!("UPDATE {table} SET json = '{{' WHERE id = '{id}';");
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(&sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn one_unreadable_endpoint_row_blocks_no_listing_and_detach_forgets_it() {
+    let lab = lab!();
+    let (veth1, c1) = live_endpoint(&lab);
+    let c2 = lab.netns("c2");
+    let ep2 = lab.attach("br", &c2, &[]);
+    let (id2, veth2) = (
+        ep2["id"].as_str().unwrap().to_string(),
+        ep2["host_ifname"].as_str().unwrap().to_string(),
+    );
+    damage_row(&lab, "endpoints", &id2);
+
+    // Listing skips it and says so.
+    let out = lab.lanyard(&["endpoint", "ls", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let eps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eps.as_array().unwrap().len(), 1, "{eps}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&id2),
+        "{out:?}"
+    );
+    lab.lanyard_ok(&["network", "ls"]);
+    lab.lanyard_ok(&["network", "create", "other", "--subnet", "198.51.100.0/24"]);
+    // gc reports it, keeps going, and takes its veth for no stray.
+    let err = lab.lanyard_fails(&["gc"], exit::ERROR);
+    assert!(
+        err.contains(&id2) && err.contains("lanyard detach"),
+        "{err}"
+    );
+    let links = lab.host().links();
+    assert!(
+        links.contains(&veth1) && links.contains(&veth2),
+        "{links:?}"
+    );
+    assert!(c2.links().contains("eth0"));
+    // Its network cannot be removed from under it.
+    let err = lab.lanyard_fails(&["network", "rm", "br"], exit::CONFLICT);
+    assert!(err.contains(&id2), "{err}");
+    // `detach ID` forgets it; then gc is clean (and takes the veth nobody records).
+    lab.lanyard_ok(&["detach", &id2[..12]]);
+    lab.lanyard_ok(&["gc"]);
+    assert!(!lab.host().links().contains(&veth2));
+    assert!(c1.links().contains("eth0"));
+    // Its address is free again.
+    let addr = ep2["addresses"][0]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    lab.attach("br", &lab.netns("c3"), &["--ip", addr]);
+}

@@ -6,6 +6,7 @@
 //! and an environment variable that selects the child's part.
 
 mod common;
+mod damaged;
 mod file;
 mod objects;
 mod processes;
