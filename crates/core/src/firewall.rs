@@ -29,10 +29,12 @@
 //!   `net.ipv4.conf.<bridge>.route_localnet=1`, which the engine sets;
 //!   egress: a packet from a bridge subnet leaving through a non-lanyard interface is
 //!   SNATed to the network's `snat_source` (`snat4`/`snat6`) or masqueraded (`masq4`/`masq6`).
-//!   Internal networks are in neither.
+//!   Internal networks are in neither, nor are routed ones (`-o gateway_mode=routed`).
 //! - `forward` (filter): routed traffic within one bridge is accepted
 //!   (`same_bridge`); anything else from or to an internal bridge is dropped; DNATed
-//!   traffic is accepted (a published port is public, also to other networks); into a
+//!   traffic is accepted (a published port is public, also to other networks); from a
+//!   non-lanyard interface (the LAN) to a routed network's subnet (`routed4`/`routed6`)
+//!   is accepted (no NAT: the LAN reaches its endpoints by their addresses); into a
 //!   lanyard bridge only replies pass (`ct state established,related`): a LAN host
 //!   that routes a bridge subnet via this host reaches no unpublished port, and
 //!   another lanyard bridge reaches nothing (isolation), as with Docker 28. Traffic
@@ -79,6 +81,8 @@ const INET_TABLE: &str = r#"table inet lanyard {
 	set masq6 { type ipv6_addr; flags interval; }
 	map snat4 { type ipv4_addr : ipv4_addr; flags interval; }
 	map snat6 { type ipv6_addr : ipv6_addr; flags interval; }
+	set routed4 { type ifname . ipv4_addr; flags interval; }
+	set routed6 { type ifname . ipv6_addr; flags interval; }
 	map dnat4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 	map dnat4_any { type inet_proto . inet_service : ipv4_addr . inet_service; }
 	map dnat6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
@@ -118,6 +122,8 @@ const INET_TABLE: &str = r#"table inet lanyard {
 		iifname @internal counter drop
 		oifname @internal counter drop
 		ct status dnat accept
+		iifname != @bridges oifname . ip daddr @routed4 accept
+		iifname != @bridges oifname . ip6 daddr @routed6 accept
 		oifname @bridges ct state established,related accept
 		oifname @bridges counter drop
 	}
@@ -167,6 +173,11 @@ pub enum NftSet {
     Snat4,
     /// `inet snat6`: IPv6 subnet → egress source address.
     Snat6,
+    /// `inet routed4`: `bridge . IPv4 subnet` of a routed network (no NAT): the LAN
+    /// reaches its endpoints directly.
+    Routed4,
+    /// `inet routed6`: as `routed4`, IPv6.
+    Routed6,
     /// `inet dnat4`: `host address . proto . port : endpoint address . port`.
     Dnat4,
     /// `inet dnat4_any`: `proto . port : endpoint address . port`, any host address.
@@ -210,6 +221,8 @@ impl NftSet {
             NftSet::Masq6 => "masq6",
             NftSet::Snat4 => "snat4",
             NftSet::Snat6 => "snat6",
+            NftSet::Routed4 => "routed4",
+            NftSet::Routed6 => "routed6",
             NftSet::Dnat4 => "dnat4",
             NftSet::Dnat4Any => "dnat4_any",
             NftSet::Dnat6 => "dnat6",
@@ -269,6 +282,8 @@ pub struct BridgeNet {
     subnets: Vec<IpNet>,
     internal: bool,
     snat_source: Option<IpAddr>,
+    /// Routed (no NAT) for IPv4, IPv6.
+    routed: (bool, bool),
 }
 
 /// One endpoint of a bridge network: the host side of its veth, the MAC and addresses
@@ -336,7 +351,16 @@ impl BridgeNet {
             subnets,
             internal,
             snat_source,
+            routed: (false, false),
         })
+    }
+
+    /// Makes the network routed for IPv4 and/or IPv6 (`-o gateway_mode=routed`): its
+    /// subnets of that family are not NATed, and the LAN reaches its endpoints by
+    /// their own addresses (no other lanyard bridge does).
+    pub fn with_routed(mut self, v4: bool, v6: bool) -> Self {
+        self.routed = (v4, v6);
+        self
     }
 
     /// The firewall view of a stored bridge network.
@@ -362,6 +386,7 @@ impl BridgeNet {
             net.internal,
             net.snat_source,
         )
+        .map(|b| b.with_routed(net.routed_v4, net.routed_v6))
     }
 
     /// The network's name.
@@ -391,6 +416,11 @@ impl BridgeNet {
             let nets = if v4 { NftSet::Nets4 } else { NftSet::Nets6 };
             out.push(Element::new(nets, format!("{br} . {net}")));
             if self.internal {
+                continue;
+            }
+            if (v4 && self.routed.0) || (!v4 && self.routed.1) {
+                let set = if v4 { NftSet::Routed4 } else { NftSet::Routed6 };
+                out.push(Element::new(set, format!("{br} . {net}")));
                 continue;
             }
             match self.snat_source.filter(|s| s.is_ipv4() == v4) {
@@ -872,6 +902,34 @@ mod tests {
         );
         assert!(t.contains(&"masq6 2001:db8:3::/64".to_string()), "{t:?}");
         assert!(!t.iter().any(|e| e.starts_with("masq4")), "{t:?}");
+    }
+
+    #[test]
+    fn a_routed_family_is_neither_masqueraded_nor_closed_to_the_lan() {
+        let n = net(
+            "direct",
+            "lyb-direct",
+            &["10.88.5.0/24", "2001:db8:5::/64"],
+            false,
+            None,
+        )
+        .with_routed(true, false);
+        let t = texts(&n.elements());
+        assert!(
+            t.contains(&"routed4 \"lyb-direct\" . 10.88.5.0/24".to_string()),
+            "{t:?}"
+        );
+        assert!(!t.iter().any(|e| e.starts_with("masq4")), "{t:?}");
+        assert!(t.contains(&"masq6 2001:db8:5::/64".to_string()), "{t:?}");
+        assert!(!t.iter().any(|e| e.starts_with("routed6")), "{t:?}");
+        // Internal wins: no routed elements.
+        let i = net("i", "lyb-i", &["10.88.6.0/24"], true, None).with_routed(true, true);
+        assert!(!texts(&i.elements()).iter().any(|e| e.starts_with("routed")));
+        // The LAN's way in comes after the internal drops and before the bridge drop.
+        let s = ruleset(&FirewallInput::default());
+        let pos = |r: &str| s.find(r).unwrap();
+        assert!(pos("oifname @internal counter drop") < pos("@routed4 accept"));
+        assert!(pos("@routed6 accept") < pos("oifname @bridges counter drop"));
     }
 
     #[test]

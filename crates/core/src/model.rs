@@ -219,6 +219,13 @@ pub struct Network {
     /// network on it; a VLAN link the administrator made is never removed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub owns_vlan: bool,
+    /// IPv4 is routed, not NATed (`-o gateway_mode=routed` or Docker's
+    /// `com.docker.network.bridge.gateway_mode_ipv4=routed`; bridge networks).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routed_v4: bool,
+    /// IPv6 is routed, not NATed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routed_v6: bool,
 }
 
 impl Network {

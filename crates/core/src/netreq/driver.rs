@@ -21,6 +21,8 @@ pub(super) struct Links {
     pub host_access: bool,
     pub snat_source: Option<IpAddr>,
     pub bridge: Option<IfName>,
+    /// Routed, not NATed: (IPv4, IPv6).
+    pub routed: (bool, bool),
 }
 
 /// Parses the options in a fixed order (parent, modes, mtu, host access, SNAT,
@@ -72,6 +74,16 @@ pub(super) fn parse(driver: Driver, options: &BTreeMap<String, String>, id: &str
         }
         _ => None,
     };
+    let routed = parse_gateway_modes(driver, options)?;
+    if let (Some(s), true) = (snat_source, routed.0 || routed.1) {
+        if (s.is_ipv4() && routed.0) || (s.is_ipv6() && routed.1) {
+            return Err(Error::invalid(
+                "-o snat_source",
+                s,
+                "the network is routed for this family (gateway_mode=routed): nothing is translated",
+            ));
+        }
+    }
     Ok(Links {
         parent,
         macvlan_mode,
@@ -80,7 +92,33 @@ pub(super) fn parse(driver: Driver, options: &BTreeMap<String, String>, id: &str
         host_access: driver.needs_parent() && host_access,
         snat_source,
         bridge,
+        routed,
     })
+}
+
+/// `-o gateway_mode=nat|routed` (both families), or Docker's per-family
+/// `com.docker.network.bridge.gateway_mode_ipv4/ipv6` (which win for their family):
+/// whether IPv4 and IPv6 are routed rather than NATed. Bridge networks only.
+fn parse_gateway_modes(driver: Driver, options: &BTreeMap<String, String>) -> Result<(bool, bool)> {
+    let mode = |field: &str, key: &str| -> Result<Option<bool>> {
+        match options.get(key).map(String::as_str) {
+            None => Ok(None),
+            Some(v) if driver != Driver::Bridge => Err(only_for(field, v, "bridge", driver)),
+            Some("routed") => Ok(Some(true)),
+            Some("nat") => Ok(Some(false)),
+            Some(v) => Err(Error::invalid(field, v, "use nat or routed")),
+        }
+    };
+    let both = mode("-o gateway_mode", "gateway_mode")?.unwrap_or(false);
+    let v4 = mode(
+        "-o com.docker.network.bridge.gateway_mode_ipv4",
+        "com.docker.network.bridge.gateway_mode_ipv4",
+    )?;
+    let v6 = mode(
+        "-o com.docker.network.bridge.gateway_mode_ipv6",
+        "com.docker.network.bridge.gateway_mode_ipv6",
+    )?;
+    Ok((v4.unwrap_or(both), v6.unwrap_or(both)))
 }
 
 /// `-o parent`: required by macvlan and ipvlan, refused by the others.
@@ -164,6 +202,33 @@ mod tests {
     }
 
     #[test]
+    fn gateway_mode_sets_both_families_and_dockers_spelling_one() {
+        let routed = |opts: &[&str]| links("bridge", opts).unwrap().routed;
+        assert_eq!(routed(&[]), (false, false));
+        assert_eq!(routed(&["gateway_mode=routed"]), (true, true));
+        assert_eq!(
+            routed(&["com.docker.network.bridge.gateway_mode_ipv4=routed"]),
+            (true, false)
+        );
+        assert_eq!(
+            routed(&[
+                "gateway_mode=routed",
+                "com.docker.network.bridge.gateway_mode_ipv6=nat"
+            ]),
+            (true, false)
+        );
+        // A v6 SNAT source beside a routed v4 is fine.
+        assert!(links(
+            "bridge",
+            &[
+                "com.docker.network.bridge.gateway_mode_ipv4=routed",
+                "snat_source=2001:db8::9"
+            ]
+        )
+        .is_ok());
+    }
+
+    #[test]
     fn every_bad_option_names_itself() {
         let cases: &[(&str, &[&str], &str)] = &[
             ("macvlan", &[], "-o parent"),
@@ -208,6 +273,22 @@ mod tests {
                 "-o host_access",
             ),
             ("bridge", &["snat_source=host"], "-o snat_source"),
+            ("bridge", &["gateway_mode=direct"], "-o gateway_mode"),
+            (
+                "macvlan",
+                &["parent=eth0", "gateway_mode=routed"],
+                "-o gateway_mode",
+            ),
+            (
+                "bridge",
+                &["com.docker.network.bridge.gateway_mode_ipv6=nat-unprotected"],
+                "-o com.docker.network.bridge.gateway_mode_ipv6",
+            ),
+            (
+                "bridge",
+                &["gateway_mode=routed", "snat_source=192.0.2.9"],
+                "-o snat_source",
+            ),
             (
                 "macvlan",
                 &["parent=eth0", "snat_source=192.0.2.1"],

@@ -78,6 +78,8 @@ impl NetworkRequest {
             options,
             created,
             owns_vlan: false,
+            routed_v4: links.routed.0,
+            routed_v6: links.routed.1,
         })
     }
 }

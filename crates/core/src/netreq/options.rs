@@ -14,6 +14,9 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "host_access",
     "snat_source",
     "bridge_name",
+    "gateway_mode",
+    "com.docker.network.bridge.gateway_mode_ipv4",
+    "com.docker.network.bridge.gateway_mode_ipv6",
 ];
 
 /// Splits `KEY=VALUE` (a non-empty key), naming `field` on error.

@@ -1005,3 +1005,102 @@ fn an_ipv6_bridge_network_keeps_the_uplinks_router_advertisements_working() {
         .expect("a bridge");
     assert_eq!(accept_ra(br), "1", "bridge {br}");
 }
+
+#[test]
+fn a_routed_network_is_reached_and_left_by_real_addresses_while_a_nat_one_stays_closed() {
+    let lab = lab!();
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "direct",
+        "-o",
+        "gateway_mode=routed",
+        "--subnet",
+        "203.0.113.0/24",
+        "--ipv6",
+        "--subnet",
+        "2001:db8:5::/64",
+    ]);
+    // Docker's spelling, IPv4 only; and an internal routed network.
+    lab.lanyard_ok(&["network", "create", "nat", "--subnet", "10.78.0.0/24"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "closed",
+        "--internal",
+        "-o",
+        "com.docker.network.bridge.gateway_mode_ipv4=routed",
+        "--subnet",
+        "10.77.0.0/24",
+    ]);
+    let (c1, c2, c3) = (lab.netns("c1"), lab.netns("c2"), lab.netns("c3"));
+    let e1 = lab.attach("direct", &c1, &["-p", "8080:80"]);
+    let e2 = lab.attach("nat", &c2, &[]);
+    let e3 = lab.attach("closed", &c3, &[]);
+    let _servers: Vec<Bg> = [(&c1, 81), (&c1, 80), (&c2, 81), (&c3, 81)]
+        .into_iter()
+        .flat_map(|(ns, p)| serve_tcp(ns, p))
+        .collect();
+    let (lan, host) = (lab.lan(), lab.host());
+    for net in ["203.0.113.0/24", "10.78.0.0/24", "10.77.0.0/24"] {
+        lan.ip(&["route", "add", net, "via", addr::HOST_V4]);
+    }
+    lan.ip(&[
+        "-6",
+        "route",
+        "add",
+        "2001:db8:5::/64",
+        "via",
+        addr::HOST_V6,
+    ]);
+    let router = ip(addr::ROUTER_V4);
+    let (a1, a1v6) = (addr_of(&e1, false), addr_of(&e1, true));
+    assert_eq!(
+        tcp_peer(&lan, &a1, 81),
+        Some(router),
+        "LAN -> routed, unpublished"
+    );
+    // The bridge's own IPv6 addresses may still be in DAD: wait until it forwards.
+    assert!(
+        lan.ping_within(&a1v6, Duration::from_secs(5)),
+        "LAN -> {a1v6}"
+    );
+    let seen = tcp_peer(&lan, &a1v6, 81);
+    assert!(
+        seen.is_some_and(|p| p.is_ipv6() && p != ip(addr::HOST_V6)),
+        "LAN -> routed over IPv6: the server saw {seen:?}"
+    );
+    assert_eq!(
+        tcp_peer(&lan, addr::HOST_V4, 8080),
+        Some(router),
+        "published ports still work"
+    );
+    assert_eq!(
+        tcp_peer(&lan, &addr_of(&e2, false), 81),
+        None,
+        "NAT network: closed"
+    );
+    assert_eq!(
+        tcp_peer(&lan, &addr_of(&e3, false), 81),
+        None,
+        "internal: isolated"
+    );
+    assert_eq!(
+        tcp_peer(&c2, &a1, 81),
+        None,
+        "another lanyard bridge: isolated"
+    );
+    // Leaving: the LAN sees the endpoint's own address, not the host's.
+    let _lan_server = serve_tcp(&lan, 9000);
+    assert_eq!(
+        tcp_peer(&c1, addr::ROUTER_V4, 9000),
+        Some(ip(&a1)),
+        "no NAT out"
+    );
+    assert_eq!(
+        tcp_peer(&c2, addr::ROUTER_V4, 9000),
+        Some(ip(addr::HOST_V4)),
+        "the NAT network is masqueraded"
+    );
+    assert!(host.ping(&a1));
+}
