@@ -201,9 +201,9 @@ mod tests {
         assert_eq!(inet.chains.get("prerouting"), Some(&1));
         assert_eq!(inet.chains.get("published"), Some(&4));
         assert_eq!(inet.chains.get("postrouting"), Some(&7));
-        assert_eq!(inet.chains.get("forward"), Some(&6));
+        assert_eq!(inet.chains.get("forward"), Some(&8));
         assert!(inet.sets.contains("dnat4_any") && inet.sets.contains("bridges"));
-        assert_eq!(inet.sets.len(), 13);
+        assert_eq!(inet.sets.len(), 15);
         let bridge = &t[1].shape;
         assert_eq!(bridge.chains.get("prerouting"), Some(&9));
         assert_eq!(bridge.sets.len(), 5);
