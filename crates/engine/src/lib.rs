@@ -35,6 +35,8 @@ pub struct Engine<S: Store, K: Kernel> {
     pub locks: lock::Locks,
     /// This host's name in a store several hosts share ([`Engine::with_node`]).
     pub node: Option<String>,
+    /// Where the store lives, for its marker ([`Engine::with_state_dir`]).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
@@ -46,6 +48,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             config,
             locks: lock::Locks::none(),
             node: None,
+            state_dir: None,
         }
     }
 
@@ -70,6 +73,14 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// front end that runs beside others sets it (the CLI, the daemon).
     pub fn with_run_dir(mut self, run_dir: &std::path::Path) -> Self {
         self.locks = lock::Locks::in_dir(run_dir);
+        self
+    }
+
+    /// Keeps a marker of the store's id in `state_dir` (beside a SQLite store's
+    /// `state.db`), which outlives a reboot: a store lost or replaced before one is
+    /// then told apart too (identity.rs).
+    pub fn with_state_dir(mut self, state_dir: &std::path::Path) -> Self {
+        self.state_dir = Some(state_dir.to_path_buf());
         self
     }
 

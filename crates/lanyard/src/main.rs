@@ -60,7 +60,9 @@ fn open(cli: &Cli) -> Result<Lanyard> {
             ))
         }
     };
-    let engine = Engine::new(store, kernel, config).with_run_dir(&cli.run_dir);
+    let engine = Engine::new(store, kernel, config)
+        .with_run_dir(&cli.run_dir)
+        .with_state_dir(&cli.state_dir);
     Ok(match node(cli) {
         Some(n) => engine.with_node(&n),
         None => engine,

@@ -114,3 +114,120 @@ fn one_unreadable_endpoint_row_blocks_no_listing_and_detach_forgets_it() {
         .unwrap();
     lab.attach("br", &lab.netns("c3"), &["--ip", addr]);
 }
+
+/// `sqlite3 DB SQL`, which must succeed.
+fn sqlite(db: &std::path::Path, sql: &str) {
+    let out = std::process::Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `state.db` replaced by `copy` (its WAL and shared memory gone).
+fn put_back(lab: &Lab, copy: &std::path::Path) {
+    let dir = lab.state_dir();
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    std::fs::copy(copy, dir.join("state.db")).unwrap();
+}
+
+#[test]
+fn an_older_copy_of_the_store_put_back_stops_gc_restore_and_create_until_adopted() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "old", "--subnet", "198.51.100.0/24"]);
+    lab.lanyard_ok(&["gc"]);
+    let copy = lab.dir().join("older.db");
+    sqlite(
+        &lab.state_dir().join("state.db"),
+        &format!("VACUUM INTO '{}'", copy.display()),
+    );
+    // Since the copy: a network with a live endpoint, and a gc that saw them.
+    let live = live_endpoint(&lab);
+    lab.lanyard_ok(&["gc"]);
+    put_back(&lab, &copy);
+    let err = lab.lanyard_fails(
+        &["network", "create", "x", "--subnet", "10.9.0.0/24"],
+        exit::CONFLICT,
+    );
+    assert!(err.contains("older state"), "{err}");
+    let err = lab.lanyard_fails(&["restore"], exit::CONFLICT);
+    assert!(err.contains("older state"), "{err}");
+    // Refused calls do not creep the store's generation up to the host's.
+    for _ in 0..3 {
+        let err = lab.lanyard_fails(&["gc"], exit::CONFLICT);
+        assert!(err.contains("--adopt-store"), "{err}");
+    }
+    let (veth, c1) = &live;
+    assert!(
+        lab.host().links().contains(veth),
+        "the live veth {veth} was deleted"
+    );
+    assert!(c1.links().contains("eth0"));
+    lab.lanyard_ok(&["gc", "--adopt-store"]);
+    lab.lanyard_ok(&["network", "create", "x", "--subnet", "10.9.0.0/24"]);
+}
+
+#[test]
+fn a_store_truncated_before_a_reboot_is_not_adopted_silently() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    lab.lanyard_ok(&["gc"]);
+    for f in ["state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(lab.state_dir().join(f));
+    }
+    std::fs::File::create(lab.state_dir().join("state.db")).unwrap();
+    // A reboot: the run dir (tmpfs) starts empty.
+    std::fs::remove_dir_all(lab.run_dir()).unwrap();
+    std::fs::create_dir(lab.run_dir()).unwrap();
+    let err = lab.lanyard_fails(&["gc"], exit::CONFLICT);
+    assert!(
+        err.contains("--adopt-store") && err.contains("new or empty"),
+        "{err}"
+    );
+    lab.lanyard_fails(
+        &["network", "create", "x", "--subnet", "10.9.0.0/24"],
+        exit::CONFLICT,
+    );
+    lab.lanyard_ok(&["gc", "--adopt-store"]);
+    lab.lanyard_ok(&["network", "create", "x", "--subnet", "10.9.0.0/24"]);
+}
+
+#[test]
+fn a_garbled_wal_that_sqlite_drops_stops_gc_until_adopted() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "old", "--subnet", "198.51.100.0/24"]);
+    lab.lanyard_ok(&["gc"]);
+    // All of it in state.db itself (SQLite does this every 100 pages); what follows
+    // is in the WAL alone.
+    sqlite(
+        &lab.state_dir().join("state.db"),
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+    );
+    let live = live_endpoint(&lab);
+    lab.lanyard_ok(&["gc"]);
+    let wal = lab.state_dir().join("state.db-wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    assert!(bytes.len() > 32 + 24 + 200, "no WAL to garble");
+    // The first frame's page (after the 32-byte WAL header and its 24-byte frame
+    // header): its checksum fails, and SQLite's recovery (the shared memory gone, as
+    // after a crash) drops it and every frame after it.
+    for b in &mut bytes[32 + 24 + 100..32 + 24 + 200] {
+        *b ^= 0xff;
+    }
+    std::fs::write(&wal, bytes).unwrap();
+    let _ = std::fs::remove_file(lab.state_dir().join("state.db-shm"));
+    let err = lab.lanyard_fails(&["gc"], exit::CONFLICT);
+    assert!(
+        err.contains("older state") && err.contains("--adopt-store"),
+        "{err}"
+    );
+    let (veth, c1) = &live;
+    assert!(
+        lab.host().links().contains(veth),
+        "the live veth {veth} was deleted"
+    );
+    assert!(c1.links().contains("eth0"));
+}
