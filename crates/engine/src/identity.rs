@@ -1,7 +1,7 @@
 //! Which store this host has been using: a store that was replaced, emptied, lost or
 //! set back to an older state while lanyard's links live on must not be taken as the
-//! truth by the verbs that delete what the store does not know (`gc`, `restore`) or
-//! hand out what it does not know is taken (`network create`).
+//! truth by the verbs that delete what the store does not know (`gc`, `restore`,
+//! `network rm`) or hand out what it does not know is taken (`network create`).
 //!
 //! Every store carries a random id (`meta` key `store_id`, set on first use) and a
 //! generation (`meta` key `generation`) that each of those verbs raises by one. The

@@ -278,6 +278,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// no other network shares.
     pub fn remove_network(&mut self, key: &str) -> Result<Network> {
         let _lock = self.lock(Mode::Exclusive)?;
+        // An older store may not know the endpoints that use the network now.
+        self.check_store()?;
         // Kernel first, record last: a crash or a failed step in between leaves the
         // network recorded, and `network rm` again (or `restore`) finishes it; gc
         // never has to guess which unrecorded links were lanyard's.

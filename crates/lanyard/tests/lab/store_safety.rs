@@ -135,17 +135,21 @@ fn put_back(lab: &Lab, copy: &std::path::Path) {
 }
 
 #[test]
-fn an_older_copy_of_the_store_put_back_stops_gc_restore_and_create_until_adopted() {
+fn an_older_copy_of_the_store_put_back_stops_gc_restore_create_and_rm_until_adopted() {
     let lab = lab!();
-    lab.lanyard_ok(&["network", "create", "old", "--subnet", "198.51.100.0/24"]);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     lab.lanyard_ok(&["gc"]);
     let copy = lab.dir().join("older.db");
     sqlite(
         &lab.state_dir().join("state.db"),
         &format!("VACUUM INTO '{}'", copy.display()),
     );
-    // Since the copy: a network with a live endpoint, and a gc that saw them.
-    let live = live_endpoint(&lab);
+    // Since the copy: a live endpoint on br, and a gc that saw it.
+    let c1 = lab.netns("c1");
+    let veth = lab.attach("br", &c1, &[])["host_ifname"]
+        .as_str()
+        .unwrap()
+        .to_string();
     lab.lanyard_ok(&["gc"]);
     put_back(&lab, &copy);
     let err = lab.lanyard_fails(
@@ -155,14 +159,16 @@ fn an_older_copy_of_the_store_put_back_stops_gc_restore_and_create_until_adopted
     assert!(err.contains("older state"), "{err}");
     let err = lab.lanyard_fails(&["restore"], exit::CONFLICT);
     assert!(err.contains("older state"), "{err}");
+    // br has no endpoint in the older copy: rm would take its bridge from c1.
+    let err = lab.lanyard_fails(&["network", "rm", "br"], exit::CONFLICT);
+    assert!(err.contains("older state"), "{err}");
     // Refused calls do not creep the store's generation up to the host's.
     for _ in 0..3 {
         let err = lab.lanyard_fails(&["gc"], exit::CONFLICT);
         assert!(err.contains("--adopt-store"), "{err}");
     }
-    let (veth, c1) = &live;
     assert!(
-        lab.host().links().contains(veth),
+        lab.host().links().contains(&veth),
         "the live veth {veth} was deleted"
     );
     assert!(c1.links().contains("eth0"));
