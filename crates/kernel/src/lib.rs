@@ -18,8 +18,11 @@
 //! - `error`: netlink errors and their translation to [`lanyard_core::Error`];
 //! - [`nft`]: nftables in-process through libnftables, loaded on first use;
 //! - [`nftwatch`]: nftables change events and table shapes over nfnetlink.
+//! - [`dhcp`]: DHCP and ARP probes on an endpoint's interface in its namespace
+//!   (packet sockets under `lanyard_dhcp`'s client).
 
 mod addr;
+pub mod dhcp;
 mod error;
 mod link;
 mod netlink;
