@@ -136,6 +136,8 @@ const BRIDGE_TABLE: &str = r#"table bridge lanyard {
 	set addr4 { type ifname . ether_addr . ipv4_addr; }
 	set addr6 { type ifname . ether_addr . ipv6_addr; }
 	set na6 { typeof iifname . ether saddr . @th,64,128; }
+	set behind4 { type ifname . ether_addr . ipv4_addr; flags interval; }
+	set behind6 { type ifname . ether_addr . ipv6_addr; flags interval; }
 
 	chain prerouting {
 		type filter hook prerouting priority filter; policy accept;
@@ -145,6 +147,8 @@ const BRIDGE_TABLE: &str = r#"table bridge lanyard {
 		iifname . ether saddr . ip saddr @addr4 accept
 		iifname . arp saddr ether . arp saddr ip @addr4 accept
 		iifname . ether saddr . ip6 saddr @addr6 accept
+		iifname . ether saddr . ip saddr @behind4 accept
+		iifname . ether saddr . ip6 saddr @behind6 accept
 		arp saddr ip 0.0.0.0 accept
 		ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept
 		counter drop
@@ -198,13 +202,24 @@ pub enum NftSet {
     /// Neighbour Advertisement's target (the address as a 128-bit number: the set is
     /// keyed by the raw target field).
     Na6,
+    /// `bridge behind4`: `port . MAC . IPv4 subnet` routed behind the port's endpoint
+    /// (`--route`): sources it forwards for.
+    Behind4,
+    /// `bridge behind6`: as `behind4`, IPv6.
+    Behind6,
 }
 
 impl NftSet {
     /// The family of the table holding it: `inet` or `bridge`.
     pub fn family(self) -> &'static str {
         match self {
-            NftSet::Ports | NftSet::Macs | NftSet::Addr4 | NftSet::Addr6 | NftSet::Na6 => "bridge",
+            NftSet::Ports
+            | NftSet::Macs
+            | NftSet::Addr4
+            | NftSet::Addr6
+            | NftSet::Na6
+            | NftSet::Behind4
+            | NftSet::Behind6 => "bridge",
             _ => "inet",
         }
     }
@@ -232,6 +247,8 @@ impl NftSet {
             NftSet::Addr4 => "addr4",
             NftSet::Addr6 => "addr6",
             NftSet::Na6 => "na6",
+            NftSet::Behind4 => "behind4",
+            NftSet::Behind6 => "behind6",
         }
     }
 }
@@ -294,6 +311,8 @@ pub struct BridgePort {
     mac: MacAddr,
     addresses: Vec<IpAddr>,
     ports: Vec<PortMapping>,
+    /// Subnets routed behind the endpoint: it may send from them too.
+    behind: Vec<IpNet>,
 }
 
 /// Everything [`ruleset`] renders.
@@ -536,6 +555,7 @@ impl BridgePort {
             mac,
             addresses,
             ports,
+            behind: vec![],
         })
     }
 
@@ -550,7 +570,10 @@ impl BridgePort {
             ));
         };
         let addresses = ep.addresses.iter().map(|a| a.addr()).collect();
-        Self::new(host.clone(), mac, addresses, ep.ports.clone())
+        Self::new(host.clone(), mac, addresses, ep.ports.clone()).map(|mut p| {
+            p.behind = ep.routes.clone();
+            p
+        })
     }
 
     /// Host side of the veth pair.
@@ -590,6 +613,14 @@ impl BridgePort {
         }
         for a in std::iter::once(&link_local).chain(v6.clone()) {
             out.push(Element::new(NftSet::Addr6, format!("{port} . {mac} . {a}")));
+        }
+        for net in &self.behind {
+            let set = if net.addr().is_ipv4() {
+                NftSet::Behind4
+            } else {
+                NftSet::Behind6
+            };
+            out.push(Element::new(set, format!("{port} . {mac} . {net}")));
         }
         for a in std::iter::once(&link_local).chain(v6) {
             if let IpAddr::V6(a) = a {

@@ -461,6 +461,11 @@ pub struct Endpoint {
     /// name in the host namespace, which the caller moves and renames itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_link: Option<IfName>,
+    /// Subnets behind the endpoint (`--route`: a VPN server's clients): the host
+    /// routes each to the endpoint's address of its family, through the shim or the
+    /// bridge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<IpNet>,
 }
 
 impl Endpoint {
@@ -507,6 +512,9 @@ pub struct AttachRequest {
     /// it made (CNI's ADD), one with another network or namespace is a conflict.
     #[serde(default)]
     pub owner: Option<crate::owner::Owner>,
+    /// `--route` CIDRs: subnets behind the endpoint the host routes to it.
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// Which endpoint to detach.

@@ -275,16 +275,24 @@ pub fn network_teardown(net: &Network, remaining: &[Network], host: &View) -> Ve
     ops
 }
 
-/// Host-side routes of one endpoint (shim routes for host access).
+/// The host link through which the host reaches a network's endpoints: the shim
+/// (macvlan, ipvlan with host access) or the bridge; none otherwise.
+pub fn host_way_in(net: &Network) -> Option<IfName> {
+    match (net.driver, &net.parent, &net.bridge) {
+        (Driver::Bridge, _, Some(br)) => Some(br.clone()),
+        (_, Some(parent), _) if uses_shim(net) => Some(shim_name(parent)),
+        _ => None,
+    }
+}
+
+/// Host-side routes of one endpoint: shim routes to its addresses (host access),
+/// then a route to each subnet behind it (`--route`) via its address of that family.
 pub fn endpoint_host_routes(net: &Network, ep: &Endpoint, host: &View) -> Vec<RouteSpec> {
-    let Some(parent) = net.parent.as_ref().filter(|_| uses_shim(net)) else {
-        return vec![];
-    };
-    let shim = shim_name(parent);
-    let host_addrs = host_addresses(host, parent);
-    ep.addresses
-        .iter()
-        .map(|a| {
+    let mut routes = vec![];
+    if let Some(parent) = net.parent.as_ref().filter(|_| uses_shim(net)) {
+        let shim = shim_name(parent);
+        let host_addrs = host_addresses(host, parent);
+        routes.extend(ep.addresses.iter().map(|a| {
             let src = host_addrs
                 .iter()
                 .find(|h| h.addr().is_ipv4() == a.addr().is_ipv4())
@@ -296,8 +304,26 @@ pub fn endpoint_host_routes(net: &Network, ep: &Endpoint, host: &View) -> Vec<Ro
                 src,
                 metric: None,
             }
-        })
-        .collect()
+        }));
+    }
+    if let Some(dev) = host_way_in(net) {
+        for r in &ep.routes {
+            if let Some(a) = ep
+                .addresses
+                .iter()
+                .find(|a| a.addr().is_ipv4() == r.addr().is_ipv4())
+            {
+                routes.push(RouteSpec {
+                    dst: *r,
+                    via: Some(a.addr()),
+                    dev: Some(dev.clone()),
+                    src: None,
+                    metric: None,
+                });
+            }
+        }
+    }
+    routes
 }
 
 /// Ops that wire `ep` into its namespace (default routes with its stored metric).
@@ -569,6 +595,7 @@ mod tests {
             owner: None,
             node: None,
             host_link: None,
+            routes: vec![],
         }
     }
 

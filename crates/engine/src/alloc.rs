@@ -52,6 +52,8 @@ pub(crate) struct Wants {
     pub name: Option<EndpointName>,
     pub ports: Vec<PortMapping>,
     pub owner: Option<Owner>,
+    /// Subnets behind the endpoint (`--route`).
+    pub routes: Vec<IpNet>,
 }
 
 /// Parses the raw fields of an allocation, naming the CLI's flag on error.
@@ -81,7 +83,89 @@ pub(crate) fn parse_wants(
         name: name.map(EndpointName::new).transpose()?,
         ports: parse_ports(publish)?,
         owner: owner.cloned(),
+        routes: vec![],
     })
+}
+
+/// `--route` CIDRs (normalised), none given twice.
+pub(crate) fn parse_routes(raw: &[String]) -> Result<Vec<IpNet>> {
+    let mut out: Vec<IpNet> = vec![];
+    for r in raw {
+        let net: IpNet = r
+            .parse()
+            .map_err(|_| Error::invalid("--route", r, "not a CIDR subnet (e.g. 10.1.1.0/24)"))?;
+        let net = net.trunc();
+        if net.prefix_len() == 0 {
+            return Err(Error::invalid(
+                "--route",
+                r,
+                "a default route cannot go behind an endpoint",
+            ));
+        }
+        if let Some(o) = out.iter().find(|o| o.contains(&net) || net.contains(*o)) {
+            return Err(Error::invalid(
+                "--route",
+                r,
+                format!("overlaps {o}, given before"),
+            ));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+/// Where `--route` subnets may go: the host needs a way in to the endpoint (a
+/// bridge, or the shim of a network with host access), and no subnet may overlap a
+/// lanyard network's or a host route (other than a default route).
+pub(crate) fn check_routes(
+    net: &Network,
+    routes: &[IpNet],
+    networks: &[Network],
+    host: &lanyard_core::kernel::View,
+) -> Result<()> {
+    let Some(first) = routes.first() else {
+        return Ok(());
+    };
+    if plan::host_way_in(net).is_none() {
+        return Err(Error::invalid(
+            "--route",
+            first,
+            format!(
+                "network {} gives the host no way to its endpoints (no bridge, no host-access \
+                 shim): nothing could route to the subnet",
+                net.name
+            ),
+        ));
+    }
+    for r in routes {
+        for n in networks {
+            if let Some(s) = n
+                .subnets
+                .iter()
+                .find(|s| s.subnet.contains(r) || r.contains(&s.subnet))
+            {
+                return Err(Error::invalid(
+                    "--route",
+                    r,
+                    format!("overlaps subnet {} of network {}", s.subnet, n.name),
+                ));
+            }
+        }
+        for hr in host.routes.iter().filter(|hr| hr.dst.prefix_len() > 0) {
+            if hr.dst.contains(r) || r.contains(&hr.dst) {
+                let dev = hr
+                    .oif
+                    .and_then(|i| host.link_by_index(i))
+                    .map_or("?".to_string(), |l| l.name.clone());
+                return Err(Error::invalid(
+                    "--route",
+                    r,
+                    format!("overlaps route {} dev {dev} of this host", hr.dst),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `-p` specs, none published twice in one request.
@@ -309,6 +393,17 @@ pub(crate) fn record(
         );
         gateways.extend(sc.gateway);
     }
+    if let Some(r) = w.routes.iter().find(|r| {
+        !addresses
+            .iter()
+            .any(|a: &IpNet| a.addr().is_ipv4() == r.addr().is_ipv4())
+    }) {
+        return Err(Error::invalid(
+            "--route",
+            r,
+            "the endpoint has no address of this family to route it to",
+        ));
+    }
     let mac = match (w.mac, net.driver) {
         (Some(m), _) => {
             // Two links with one MAC on one LAN segment steal each other's frames.
@@ -358,6 +453,7 @@ pub(crate) fn record(
         owner: w.owner.clone(),
         node: node.map(str::to_string),
         host_link: None,
+        routes: w.routes.clone(),
     };
     if let Some(place) = place {
         place_in(tx, net, &mut ep, place)?;

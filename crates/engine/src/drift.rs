@@ -205,8 +205,8 @@ mod tests {
         assert!(inet.sets.contains("dnat4_any") && inet.sets.contains("bridges"));
         assert_eq!(inet.sets.len(), 15);
         let bridge = &t[1].shape;
-        assert_eq!(bridge.chains.get("prerouting"), Some(&9));
-        assert_eq!(bridge.sets.len(), 5);
+        assert_eq!(bridge.chains.get("prerouting"), Some(&11));
+        assert_eq!(bridge.sets.len(), 7);
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! mark active), detach (idempotent; the link is retired at once and deleted off the
 //! caller's path), list.
 
-use crate::alloc::{check_wants, lasting_netns_path, parse_wants, record, Place, OWN_NETNS};
+use crate::alloc::{
+    check_routes, check_wants, lasting_netns_path, parse_routes, parse_wants, record, Place,
+    OWN_NETNS,
+};
 use crate::lock::Mode;
 use crate::{new_id, nonce, Engine};
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
@@ -80,7 +83,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// endpoint unchanged (CNI's ADD twice); one for another network or namespace is
     /// a conflict.
     pub fn attach(&mut self, req: &AttachRequest) -> Result<Endpoint> {
-        let w = parse_wants(
+        let mut w = parse_wants(
             req.ip.as_deref(),
             req.ip6.as_deref(),
             req.mac.as_deref(),
@@ -88,6 +91,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             &req.publish,
             req.owner.as_ref(),
         )?;
+        w.routes = parse_routes(&req.routes)?;
         let ifname = req
             .ifname
             .as_deref()
@@ -108,6 +112,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             .kernel
             .view_links(&Netns::Host, &plan::host_links(&net, None))?;
         let exclude = excluded(&net, &host);
+        if !w.routes.is_empty() {
+            // Only with --route: every network and the host's whole route table.
+            let networks = self.store.read(&mut |tx| tx.networks())?;
+            let full = self.kernel.view(&Netns::Host)?;
+            check_routes(&net, &w.routes, &networks, &full)?;
+        }
         let place = Place {
             netns: &netns,
             ns_id,

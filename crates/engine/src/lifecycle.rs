@@ -238,6 +238,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             name: None,
             ports: ports.clone(),
             owner: None,
+            routes: vec![],
         };
         check_wants(&net, &w, None)?;
         let new: Vec<_> = ports

@@ -239,6 +239,10 @@ pub struct EndpointOpts {
     /// Set net.ipv4.ip_unprivileged_port_start in the namespace (0 lets any user bind port 80).
     #[arg(long, value_name = "N")]
     pub unprivileged_port_start: Option<u16>,
+    /// A subnet behind the endpoint (a VPN server's clients): the host routes it to
+    /// the endpoint (repeatable, IPv4 or IPv6).
+    #[arg(long = "route", value_name = "CIDR")]
+    pub routes: Vec<String>,
 }
 
 impl EndpointOpts {
@@ -268,6 +272,7 @@ impl EndpointOpts {
             publish: self.publish.clone(),
             unprivileged_port_start: self.unprivileged_port_start,
             owner: None,
+            routes: self.routes.clone(),
         }
     }
 }

@@ -224,6 +224,13 @@ fn endpoint(engine: &mut Lanyard, cli: &Cli, cmd: &EndpointCmd) -> Result<i32> {
                     "is a namespace setting: give it to `endpoint plug` or `attach`",
                 ));
             }
+            if let Some(r) = opts.routes.first() {
+                return Err(Error::invalid(
+                    "--route",
+                    r,
+                    "give it to `attach` or `run` (an allocated endpoint routes nothing yet)",
+                ));
+            }
             print(&engine.allocate(&opts.allocation(network))?, *json)?;
         }
         EndpointCmd::Plug {

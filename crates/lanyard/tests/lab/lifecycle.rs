@@ -4,6 +4,11 @@
 
 use crate::firewall::{serve_tcp, tcp_peer};
 use crate::harness::{addr, addr_of, lab, Lab};
+use std::time::Duration;
+
+/// How long a first packet may take while neighbours are resolved (a wait, not a
+/// timing check).
+const SETTLE: Duration = Duration::from_secs(3);
 
 fn macvlan_lan(lab: &Lab) {
     lab.lanyard_ok(&[
@@ -130,4 +135,101 @@ fn ports_published_and_unpublished_on_a_live_bridge_endpoint_open_and_close_at_o
     lab.lanyard_ok(&["endpoint", "unpublish", id]);
     assert_eq!(tcp_peer(&lan, addr::HOST_V4, 8080), None, "closed again");
     assert!(lan.ping(addr::HOST_V4));
+}
+
+/// The routes of `ns` (`ip -j route`), as `dst via gw dev` strings.
+fn routes(ns: &crate::harness::Ns) -> Vec<String> {
+    ns.ip_json(&["route"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {} dev {}",
+                r["dst"].as_str().unwrap_or(""),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["dev"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn subnets_behind_an_endpoint_are_routed_by_the_host_go_with_detach_and_come_back_with_restore() {
+    let lab = lab!();
+    macvlan_lan(&lab);
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    let (vpn, vpn2, other) = (lab.netns("c1"), lab.netns("c2"), lab.netns("c3"));
+    // Each "VPN server" holds an address of its clients' subnet.
+    vpn.ip(&["addr", "add", "10.1.1.1/32", "dev", "lo"]);
+    vpn2.ip(&["addr", "add", "10.2.2.1/32", "dev", "lo"]);
+    let host = lab.host();
+    let e1 = lab.attach("lan", &vpn, &["--route", "10.1.1.0/24"]);
+    let e2 = lab.attach("br", &vpn2, &["--route", "10.2.2.0/24"]);
+    lab.attach("br", &other, &[]);
+    let a1 = addr_of(&e1, false);
+    let via = format!("10.1.1.0/24 via {a1} dev ");
+    assert!(
+        routes(&host).iter().any(|r| r.starts_with(&via)),
+        "{:?}",
+        routes(&host)
+    );
+    assert!(
+        host.ping_within("10.1.1.1", SETTLE),
+        "host -> behind the macvlan endpoint (via the shim)"
+    );
+    assert!(
+        host.ping_within("10.2.2.1", SETTLE),
+        "host -> behind the bridge endpoint"
+    );
+    assert!(
+        other.ping_within("10.2.2.1", SETTLE),
+        "another container -> behind the bridge endpoint"
+    );
+
+    // Taken away by hand (a reboot): restore puts it back.
+    host.ip(&["route", "del", "10.1.1.0/24"]);
+    lab.lanyard_ok(&["restore"]);
+    assert!(
+        routes(&host).iter().any(|r| r.starts_with(&via)),
+        "restored"
+    );
+    assert!(host.ping_within("10.1.1.1", SETTLE));
+
+    lab.lanyard_ok(&["detach", e1["id"].as_str().unwrap()]);
+    lab.lanyard_ok(&["detach", e2["id"].as_str().unwrap()]);
+    let left = routes(&host);
+    assert!(
+        !left
+            .iter()
+            .any(|r| r.starts_with("10.1.1.0/24") || r.starts_with("10.2.2.0/24")),
+        "{left:?}"
+    );
+
+    // Overlaps are refused, naming --route; nothing is attached.
+    host.ip(&["route", "add", "10.9.0.0/16", "via", addr::ROUTER_V4]);
+    let c4 = lab.netns("c4");
+    for (r, why) in [
+        ("10.9.1.0/24", "overlaps route 10.9.0.0/16"),
+        (
+            "192.0.2.0/25",
+            "overlaps subnet 192.0.2.0/24 of network lan",
+        ),
+        ("2001:db8:9::/64", "no address of this family"),
+        ("bogus", "not a CIDR"),
+    ] {
+        let err = lab.lanyard_fails(
+            &[
+                "attach",
+                "lan",
+                "--netns",
+                &c4.path().to_string_lossy(),
+                "--route",
+                r,
+            ],
+            crate::harness::exit::USAGE,
+        );
+        assert!(err.contains("--route") && err.contains(why), "{r}: {err}");
+    }
+    assert!(!c4.links().contains("eth0"));
 }

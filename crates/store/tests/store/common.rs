@@ -53,6 +53,7 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         owner: None,
         node: None,
         host_link: None,
+        routes: vec![],
     }
 }
 
