@@ -148,6 +148,7 @@ const BRIDGE_TABLE: &str = r#"table bridge lanyard {
 		iifname . arp saddr ether . arp saddr ip @addr4 accept
 		iifname . ether saddr . ip6 saddr @addr6 accept
 		iifname . ether saddr . ip saddr @behind4 accept
+		iifname . arp saddr ether . arp saddr ip @behind4 accept
 		iifname . ether saddr . ip6 saddr @behind6 accept
 		arp saddr ip 0.0.0.0 accept
 		ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept

@@ -182,6 +182,9 @@ fn subnets_behind_an_endpoint_are_routed_by_the_host_go_with_detach_and_come_bac
         host.ping_within("10.2.2.1", SETTLE),
         "host -> behind the bridge endpoint"
     );
+    // The VPN endpoint must resolve its peer afresh: its ARP request then carries
+    // the routed subnet's address as sender (Linux takes the packet's source).
+    vpn2.ip(&["neigh", "flush", "all"]);
     assert!(
         other.ping_within("10.2.2.1", SETTLE),
         "another container -> behind the bridge endpoint"
