@@ -51,7 +51,10 @@
 //!   Neighbour Advertisement must name as its target an address the port owns
 //!   (`na6`, matched on the raw target field, `@th,64,128`), as ARP's sender is
 //!   checked: no endpoint can take over another's IPv6 address in a neighbour
-//!   cache. All else from a lanyard port is dropped. This hook sees bridged frames with or without
+//!   cache. A port whose endpoint has subnets routed behind it (`--route`) may also
+//!   send from those (`behind4`/`behind6`), ARP included: Linux gives an ARP request
+//!   the source address of the packet that needs it, which may be one of them. All
+//!   else from a lanyard port is dropped. This hook sees bridged frames with or without
 //!   `br_netfilter`, which the inet hooks do not.
 //!
 //! Inputs are checked when built ([`BridgeNet::new`], [`BridgePort::new`]), so every
