@@ -236,3 +236,27 @@ fn subnets_behind_an_endpoint_are_routed_by_the_host_go_with_detach_and_come_bac
     }
     assert!(!c4.links().contains("eth0"));
 }
+
+#[test]
+fn a_mac_already_on_the_network_is_refused_and_nothing_is_made() {
+    let lab = lab!();
+    macvlan_lan(&lab);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let mac = "02:00:5e:10:00:99";
+    lab.attach("lan", &c1, &["--mac", mac]);
+    let err = lab.lanyard_fails(
+        &[
+            "attach",
+            "lan",
+            "--netns",
+            &c2.path().to_string_lossy(),
+            "--mac",
+            mac,
+        ],
+        crate::harness::exit::CONFLICT,
+    );
+    assert!(err.contains("--mac") && err.contains(mac), "{err}");
+    assert!(!c2.links().contains("eth0"), "no link made");
+    let eps = lab.lanyard_json(&["endpoint", "ls"]);
+    assert_eq!(eps.as_array().unwrap().len(), 1, "{eps}");
+}
