@@ -1,13 +1,14 @@
 //! The one narrow interface every kernel effect goes through ([`Kernel`]), the views
 //! it returns, and [`fake::FakeKernel`], a recording implementation for unit tests.
 
+use crate::lease::{DhcpWho, Extended, Lease};
 use crate::model::MacAddr;
 use crate::name::IfName;
 use crate::op::{Netns, Op};
-use crate::Result;
+use crate::{Error, Result};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 /// A link as observed.
@@ -137,6 +138,26 @@ pub trait Kernel {
         }
         Ok(())
     }
+    /// Gets a DHCP lease for `who` (INIT-REBOOT for `previous`, else discovery),
+    /// within its timeout. Only DHCP networks call it. Default: unsupported.
+    fn dhcp_acquire(&mut self, who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
+        let _ = (who, previous);
+        Err(Error::Unsupported(
+            "DHCP is not available with this kernel".into(),
+        ))
+    }
+    /// Renews (`rebinding` false) or rebinds `lease`. Default: unsupported.
+    fn dhcp_extend(&mut self, who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
+        let _ = (who, lease, rebinding);
+        Err(Error::Unsupported(
+            "DHCP is not available with this kernel".into(),
+        ))
+    }
+    /// Sends DHCPRELEASE for `lease` (no answer comes). Default: nothing.
+    fn dhcp_release(&mut self, who: &DhcpWho, lease: &Lease) -> Result<()> {
+        let _ = (who, lease);
+        Ok(())
+    }
 }
 
 impl<K: Kernel + ?Sized> Kernel for Box<K> {
@@ -157,6 +178,15 @@ impl<K: Kernel + ?Sized> Kernel for Box<K> {
     }
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         (**self).reap(links)
+    }
+    fn dhcp_acquire(&mut self, who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
+        (**self).dhcp_acquire(who, previous)
+    }
+    fn dhcp_extend(&mut self, who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
+        (**self).dhcp_extend(who, lease, rebinding)
+    }
+    fn dhcp_release(&mut self, who: &DhcpWho, lease: &Lease) -> Result<()> {
+        (**self).dhcp_release(who, lease)
     }
 }
 
@@ -209,6 +239,15 @@ impl<K: Kernel> Kernel for FailAt<K> {
     }
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         self.inner.reap(links)
+    }
+    fn dhcp_acquire(&mut self, who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
+        self.inner.dhcp_acquire(who, previous)
+    }
+    fn dhcp_extend(&mut self, who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
+        self.inner.dhcp_extend(who, lease, rebinding)
+    }
+    fn dhcp_release(&mut self, who: &DhcpWho, lease: &Lease) -> Result<()> {
+        self.inner.dhcp_release(who, lease)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod error;
 pub mod firewall;
 pub mod ipam;
 pub mod kernel;
+pub mod lease;
 pub mod model;
 pub mod name;
 pub mod netreq;

@@ -226,6 +226,27 @@ pub struct Network {
     /// IPv6 is routed, not NATed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub routed_v6: bool,
+    /// Where endpoints get their addresses: lanyard's IPAM, or the LAN's DHCP server.
+    #[serde(default, skip_serializing_if = "IpamDriver::is_default")]
+    pub ipam: IpamDriver,
+}
+
+/// Who hands out a network's addresses (`--ipam-driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpamDriver {
+    /// lanyard, from the network's subnets.
+    #[default]
+    Default,
+    /// The LAN's DHCP server, per endpoint (macvlan, ipvlan).
+    Dhcp,
+}
+
+impl IpamDriver {
+    /// Whether this is lanyard's own IPAM.
+    pub fn is_default(&self) -> bool {
+        *self == IpamDriver::Default
+    }
 }
 
 impl Network {
@@ -466,6 +487,10 @@ pub struct Endpoint {
     /// bridge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<IpNet>,
+    /// On a DHCP network: the lease its address comes from (renewed by the daemon,
+    /// asked for again by `restore`, released on detach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<crate::lease::Lease>,
 }
 
 impl Endpoint {

@@ -596,6 +596,7 @@ mod tests {
             node: None,
             host_link: None,
             routes: vec![],
+            lease: None,
         }
     }
 

@@ -157,16 +157,7 @@ pub fn acquire(
     Err(DhcpError::Nak(last_nak))
 }
 
-/// What a renewal or rebinding got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Extended {
-    /// The lease, extended (or changed in its options).
-    Ack(Lease),
-    /// The server refused: the address must go; start over with [`acquire`].
-    Nak,
-    /// No answer in time: try again later (the lease holds until it expires).
-    NoAnswer,
-}
+pub use lanyard_core::lease::Extended;
 
 /// Renews (`rebinding` false: unicast to the lease's server) or rebinds (broadcast
 /// to any server) `lease`.

@@ -1,215 +1,72 @@
-//! A DHCP lease: what the server gave (address, prefix, router, DNS, domain,
-//! classless routes, times) and where it stands at a given moment: bound, renewing
-//! from T1, rebinding from T2, expired at the lease's end (RFC 2131 §4.4.5).
-//! Stored as JSON with the endpoint, so a restart asks for the same address again.
+//! The lease in a server's DHCPACK. The [`Lease`] itself (fields, phases, times)
+//! is the model's (`lanyard_core::lease`), since the store keeps it with the
+//! endpoint; here it is read from the message.
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
-use ipnet::Ipv4Net;
-use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use lanyard_core::lease::times;
+pub use lanyard_core::lease::{Lease, Phase, INFINITE};
 
-/// `0xffffffff` seconds: a lease that never ends.
-pub const INFINITE: u32 = u32::MAX;
-
-/// One lease, as acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    /// `yiaddr`.
-    pub address: Ipv4Addr,
-    /// From option 1 (the subnet mask); 32 when none was given.
-    pub prefix_len: u8,
-    /// Option 3's first router, if any.
-    pub router: Option<Ipv4Addr>,
-    /// Option 6.
-    #[serde(default)]
-    pub dns: Vec<Ipv4Addr>,
-    /// Option 15.
-    #[serde(default)]
-    pub domain: Option<String>,
-    /// Option 121 (RFC 3442): destination and next hop (0.0.0.0: on link).
-    #[serde(default)]
-    pub routes: Vec<(Ipv4Net, Ipv4Addr)>,
-    /// Option 54: the server that gave it (renewals go there).
-    pub server: Ipv4Addr,
-    /// Option 51, in seconds.
-    pub lease_secs: u32,
-    /// T1 (option 58, else half the lease).
-    pub t1_secs: u32,
-    /// T2 (option 59, else 7/8 of the lease).
-    pub t2_secs: u32,
-    /// When the ACK came (Unix seconds); the times count from here.
-    pub acquired_at: u64,
-}
-
-/// Where a lease stands (RFC 2131 §4.4.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Before T1: nothing to do.
-    Bound,
-    /// From T1: ask the server that gave it (unicast).
-    Renewing,
-    /// From T2: ask any server (broadcast).
-    Rebinding,
-    /// The lease has ended: the address must go.
-    Expired,
-}
-
-impl Lease {
-    /// The lease in a DHCPACK received at `now`, or none without an address, a
-    /// server id or a lease time.
-    pub fn from_ack(m: &Message, now: u64) -> Option<Lease> {
-        let o = m.opts();
-        let server = match o.get(OptionCode::ServerIdentifier) {
-            Some(DhcpOption::ServerIdentifier(s)) => *s,
-            _ => return None,
-        };
-        let lease_secs = match o.get(OptionCode::AddressLeaseTime) {
-            Some(DhcpOption::AddressLeaseTime(t)) => *t,
-            _ => return None,
-        };
-        let address = m.yiaddr();
-        if address.is_unspecified() {
-            return None;
-        }
-        let prefix_len = match o.get(OptionCode::SubnetMask) {
-            Some(DhcpOption::SubnetMask(mask)) => ipnet::ipv4_mask_to_prefix(*mask).ok()?,
-            _ => 32,
-        };
-        let t1 = match o.get(OptionCode::Renewal) {
-            Some(DhcpOption::Renewal(t)) => Some(*t),
+/// The lease in a DHCPACK received at `now`, or none without an address, a
+/// server id or a lease time.
+pub fn from_ack(m: &Message, now: u64) -> Option<Lease> {
+    let o = m.opts();
+    let server = match o.get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(s)) => *s,
+        _ => return None,
+    };
+    let lease_secs = match o.get(OptionCode::AddressLeaseTime) {
+        Some(DhcpOption::AddressLeaseTime(t)) => *t,
+        _ => return None,
+    };
+    let address = m.yiaddr();
+    if address.is_unspecified() {
+        return None;
+    }
+    let prefix_len = match o.get(OptionCode::SubnetMask) {
+        Some(DhcpOption::SubnetMask(mask)) => ipnet::ipv4_mask_to_prefix(*mask).ok()?,
+        _ => 32,
+    };
+    let t1 = match o.get(OptionCode::Renewal) {
+        Some(DhcpOption::Renewal(t)) => Some(*t),
+        _ => None,
+    };
+    let t2 = match o.get(OptionCode::Rebinding) {
+        Some(DhcpOption::Rebinding(t)) => Some(*t),
+        _ => None,
+    };
+    let (t1_secs, t2_secs) = times(lease_secs, t1, t2);
+    Some(Lease {
+        address,
+        prefix_len,
+        router: match o.get(OptionCode::Router) {
+            Some(DhcpOption::Router(r)) => r.first().copied(),
             _ => None,
-        };
-        let t2 = match o.get(OptionCode::Rebinding) {
-            Some(DhcpOption::Rebinding(t)) => Some(*t),
+        },
+        dns: match o.get(OptionCode::DomainNameServer) {
+            Some(DhcpOption::DomainNameServer(d)) => d.clone(),
+            _ => vec![],
+        },
+        domain: match o.get(OptionCode::DomainName) {
+            Some(DhcpOption::DomainName(d)) => Some(d.clone()),
             _ => None,
-        };
-        let (t1_secs, t2_secs) = times(lease_secs, t1, t2);
-        Some(Lease {
-            address,
-            prefix_len,
-            router: match o.get(OptionCode::Router) {
-                Some(DhcpOption::Router(r)) => r.first().copied(),
-                _ => None,
-            },
-            dns: match o.get(OptionCode::DomainNameServer) {
-                Some(DhcpOption::DomainNameServer(d)) => d.clone(),
-                _ => vec![],
-            },
-            domain: match o.get(OptionCode::DomainName) {
-                Some(DhcpOption::DomainName(d)) => Some(d.clone()),
-                _ => None,
-            },
-            routes: match o.get(OptionCode::ClasslessStaticRoute) {
-                Some(DhcpOption::ClasslessStaticRoute(r)) => r.clone(),
-                _ => vec![],
-            },
-            server,
-            lease_secs,
-            t1_secs,
-            t2_secs,
-            acquired_at: now,
-        })
-    }
-
-    /// The address with its prefix, as it goes on the interface.
-    pub fn net(&self) -> Ipv4Net {
-        // prefix_len comes from a valid mask or is 32.
-        Ipv4Net::new(self.address, self.prefix_len.min(32)).unwrap_or(Ipv4Net::from(self.address))
-    }
-
-    /// The default gateway: with classless routes (option 121) their 0.0.0.0/0 next
-    /// hop, since RFC 3442 has a client ignore option 3 then; else option 3.
-    pub fn gateway(&self) -> Option<Ipv4Addr> {
-        if self.routes.is_empty() {
-            return self.router;
-        }
-        self.routes
-            .iter()
-            .find(|(d, _)| d.prefix_len() == 0)
-            .map(|(_, via)| *via)
-            .filter(|via| !via.is_unspecified())
-    }
-
-    /// The classless routes other than the default one.
-    pub fn static_routes(&self) -> impl Iterator<Item = &(Ipv4Net, Ipv4Addr)> {
-        self.routes.iter().filter(|(d, _)| d.prefix_len() != 0)
-    }
-
-    /// Where the lease stands at `now` (Unix seconds).
-    pub fn phase(&self, now: u64) -> Phase {
-        if self.lease_secs == INFINITE {
-            return Phase::Bound;
-        }
-        let age = now.saturating_sub(self.acquired_at);
-        if age >= u64::from(self.lease_secs) {
-            Phase::Expired
-        } else if age >= u64::from(self.t2_secs) {
-            Phase::Rebinding
-        } else if age >= u64::from(self.t1_secs) {
-            Phase::Renewing
-        } else {
-            Phase::Bound
-        }
-    }
-
-    /// When (Unix seconds) the lease next needs attention: T1 while bound; while
-    /// renewing or rebinding, halfway to the next mark (RFC 2131 §4.4.5's retry, at
-    /// least 60 s apart unless the mark is nearer); the end while expired (now).
-    /// None for an infinite lease.
-    pub fn next_due(&self, now: u64) -> Option<u64> {
-        if self.lease_secs == INFINITE {
-            return None;
-        }
-        let at = |secs: u32| self.acquired_at + u64::from(secs);
-        let retry = |mark: u64| {
-            let left = mark.saturating_sub(now);
-            now + (left / 2).max(60).min(left)
-        };
-        Some(match self.phase(now) {
-            Phase::Bound => at(self.t1_secs),
-            Phase::Renewing => retry(at(self.t2_secs)),
-            Phase::Rebinding => retry(at(self.lease_secs)),
-            Phase::Expired => now,
-        })
-    }
-
-    /// A lease for tests: `address`/24 from `server` (also the router) for `secs`.
-    #[doc(hidden)]
-    pub fn test(address: Ipv4Addr, server: Ipv4Addr, secs: u32) -> Lease {
-        let (t1_secs, t2_secs) = times(secs, None, None);
-        Lease {
-            address,
-            prefix_len: 24,
-            router: Some(server),
-            dns: vec![],
-            domain: None,
-            routes: vec![],
-            server,
-            lease_secs: secs,
-            t1_secs,
-            t2_secs,
-            acquired_at: 1000,
-        }
-    }
-}
-
-/// T1 and T2 for a lease of `lease` seconds with the server's values if any, kept in
-/// order (T1 ≤ T2 ≤ lease): RFC 2131's defaults are 0.5 and 0.875 of the lease.
-fn times(lease: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
-    if lease == INFINITE {
-        return (INFINITE, INFINITE);
-    }
-    let t2 = t2
-        .filter(|t| *t <= lease)
-        .unwrap_or((u64::from(lease) * 7 / 8) as u32);
-    let t1 = t1.filter(|t| *t <= t2).unwrap_or((lease / 2).min(t2));
-    (t1, t2)
+        },
+        routes: match o.get(OptionCode::ClasslessStaticRoute) {
+            Some(DhcpOption::ClasslessStaticRoute(r)) => r.clone(),
+            _ => vec![],
+        },
+        server,
+        lease_secs,
+        t1_secs,
+        t2_secs,
+        acquired_at: now,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use dhcproto::v4::{MessageType, Opcode};
+    use std::net::Ipv4Addr;
 
     fn ack(extra: Vec<DhcpOption>) -> Message {
         let z = Ipv4Addr::UNSPECIFIED;
@@ -242,7 +99,7 @@ mod tests {
                 ),
             ]),
         ]);
-        let l = Lease::from_ack(&m, 5000).unwrap();
+        let l = from_ack(&m, 5000).unwrap();
         assert_eq!(l.net().to_string(), "192.0.2.50/24");
         assert_eq!(l.router, Some("192.0.2.1".parse().unwrap()));
         assert_eq!(l.dns, vec!["192.0.2.53".parse::<Ipv4Addr>().unwrap()]);
@@ -261,46 +118,23 @@ mod tests {
 
     #[test]
     fn defaults_and_bad_times_are_put_in_order() {
-        let l = Lease::from_ack(&ack(vec![]), 0).unwrap();
+        let l = from_ack(&ack(vec![]), 0).unwrap();
         assert_eq!((l.t1_secs, l.t2_secs), (1800, 3150));
         assert_eq!(l.gateway(), None);
-        let l = Lease::from_ack(&ack(vec![DhcpOption::Renewal(4000)]), 0).unwrap();
+        let l = from_ack(&ack(vec![DhcpOption::Renewal(4000)]), 0).unwrap();
         assert_eq!((l.t1_secs, l.t2_secs), (1800, 3150), "T1 past T2 ignored");
-        assert_eq!(times(INFINITE, None, None), (INFINITE, INFINITE));
     }
 
     #[test]
     fn an_ack_without_address_server_or_time_is_no_lease() {
         let mut m = ack(vec![]);
         m.opts_mut().remove(OptionCode::AddressLeaseTime);
-        assert_eq!(Lease::from_ack(&m, 0), None);
+        assert_eq!(from_ack(&m, 0), None);
         let mut m = ack(vec![]);
         m.opts_mut().remove(OptionCode::ServerIdentifier);
-        assert_eq!(Lease::from_ack(&m, 0), None);
+        assert_eq!(from_ack(&m, 0), None);
         let mut m = ack(vec![]);
         m.set_yiaddr(Ipv4Addr::UNSPECIFIED);
-        assert_eq!(Lease::from_ack(&m, 0), None);
-    }
-
-    #[test]
-    fn phases_bound_renewing_rebinding_expired() {
-        let l = Lease::test(
-            "192.0.2.50".parse().unwrap(),
-            "192.0.2.1".parse().unwrap(),
-            800,
-        );
-        // acquired at 1000; T1 400, T2 700, end 800.
-        assert_eq!(l.phase(1000), Phase::Bound);
-        assert_eq!(l.next_due(1000), Some(1400));
-        assert_eq!(l.phase(1400), Phase::Renewing);
-        assert_eq!(l.next_due(1400), Some(1550), "halfway to T2");
-        assert_eq!(l.phase(1700), Phase::Rebinding);
-        assert_eq!(l.next_due(1750), Some(1800), "never past the end");
-        assert_eq!(l.phase(1800), Phase::Expired);
-        assert_eq!(l.next_due(1900), Some(1900));
-        let mut forever = l.clone();
-        forever.lease_secs = INFINITE;
-        assert_eq!(forever.phase(u64::MAX), Phase::Bound);
-        assert_eq!(forever.next_due(5), None);
+        assert_eq!(from_ack(&m, 0), None);
     }
 }

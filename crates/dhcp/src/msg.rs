@@ -154,7 +154,7 @@ impl Client {
                 address: m.yiaddr(),
                 server: server?,
             }),
-            MessageType::Ack => Lease::from_ack(&m, now).map(Reply::Ack),
+            MessageType::Ack => crate::lease::from_ack(&m, now).map(Reply::Ack),
             MessageType::Nak => Some(Reply::Nak {
                 message: match m.opts().get(OptionCode::Message) {
                     Some(DhcpOption::Message(s)) => s.clone(),

@@ -454,6 +454,7 @@ pub(crate) fn record(
         node: node.map(str::to_string),
         host_link: None,
         routes: w.routes.clone(),
+        lease: None,
     };
     if let Some(place) = place {
         place_in(tx, net, &mut ep, place)?;

@@ -10,7 +10,9 @@ use crate::lock::Mode;
 use crate::{new_id, nonce, Engine};
 use lanyard_core::apply::{apply_all, apply_best_effort, apply_ensure};
 use lanyard_core::kernel::{tombstone_name, Kernel, View};
-use lanyard_core::model::{AttachRequest, DetachRequest, Endpoint, EndpointState, Network};
+use lanyard_core::model::{
+    AttachRequest, DetachRequest, Endpoint, EndpointState, IpamDriver, Network,
+};
 use lanyard_core::name::IfName;
 use lanyard_core::op::{Netns, Op};
 use lanyard_core::plan;
@@ -146,7 +148,19 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
             return Err(e);
         }
-        let mut active = ep.clone();
+        let mut active = if net.ipam == IpamDriver::Dhcp {
+            // The LAN's server gives the address: asked from inside the namespace
+            // now that the link is there. No answer: the link and record go.
+            match self.bind_lease(&net, &ep, &host, None) {
+                Ok(bound) => bound,
+                Err(e) => {
+                    let _ = self.unwire(&ep, Some(&net), Then::Forget);
+                    return Err(e);
+                }
+            }
+        } else {
+            ep.clone()
+        };
         active.state = EndpointState::Active;
         self.store.write(&mut |tx| tx.put_endpoint(&active))?;
         Ok(active)
@@ -317,6 +331,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let mut errors = vec![];
         let mut tombstone = None;
         if let Some(net) = net {
+            if alive {
+                self.release_lease(net, ep);
+            }
             self.firewall_remove(net, ep);
             let host = self
                 .kernel

@@ -4,6 +4,7 @@
 //! with rollback, then records the outcome.
 
 mod alloc;
+pub mod dhcp;
 pub mod drift;
 mod endpoint;
 mod firewall;

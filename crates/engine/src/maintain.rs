@@ -84,6 +84,18 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     .errors
                     .push(format!("endpoint {}: {e}", ep.display_name())),
             }
+            // A DHCP endpoint asks for its address again (INIT-REBOOT).
+            if let (Some(lease), true) = (&ep.lease, ep.state == EndpointState::Active) {
+                match self.rebind_from_scratch(net, ep, Some(lease.address)) {
+                    Ok(Some((what, _))) => report
+                        .restored
+                        .push(format!("endpoint {}: {what}", ep.display_name())),
+                    Ok(None) => {}
+                    Err(e) => report
+                        .errors
+                        .push(format!("endpoint {}: DHCP: {e}", ep.display_name())),
+                }
+            }
         }
         if networks
             .iter()

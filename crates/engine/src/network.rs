@@ -180,7 +180,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     net.name
                 )));
             }
-            if net.driver.has_ipam() {
+            // A DHCP network's addresses are the LAN server's: no pool subnet.
+            if net.driver.has_ipam() && net.ipam.is_default() {
                 let mut taken: Vec<IpNet> = others
                     .iter()
                     .flat_map(|o| o.subnets.iter().map(|s| s.subnet))

@@ -10,8 +10,10 @@
 //! are opened inside the namespace ([`crate::netns::within`]) and stay there.
 
 use crate::netns;
+use lanyard_core::lease::{DhcpWho, Extended, Lease};
+use lanyard_core::{Error, Result};
 use lanyard_dhcp::frame::{Arp, Udp4, CLIENT_PORT, SERVER_PORT};
-use lanyard_dhcp::{Dest, Transport};
+use lanyard_dhcp::{exchange, Client, Dest, DhcpError, Timing, Transport};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::net::addr::{SocketAddrArg, SocketAddrLen, SocketAddrOpaque};
 use rustix::net::{AddressFamily, Protocol, RecvFlags, SendFlags, SocketFlags, SocketType};
@@ -19,7 +21,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `struct sockaddr_ll` (packet(7)).
 #[derive(Clone, Copy)]
@@ -264,4 +266,75 @@ impl ArpProbe {
         }
         Ok(None)
     }
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A transaction id no other client on the LAN is likely to pick: the clock's
+/// nanoseconds mixed with the process id.
+fn xid() -> u32 {
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let x = n ^ (u64::from(std::process::id()) << 32);
+    (x ^ (x >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) as u32
+}
+
+fn timing(who: &DhcpWho) -> Timing {
+    Timing {
+        timeout: who.timeout,
+        tries: who.tries.max(1),
+    }
+}
+
+fn open(who: &DhcpWho, src: Ipv4Addr) -> Result<(DhcpSocket, Client)> {
+    let sock = DhcpSocket::open(&who.netns, who.ifname.as_str(), src).map_err(|e| {
+        Error::Other(format!(
+            "DHCP on {} in {}: cannot open a packet socket: {e}",
+            who.ifname,
+            who.netns.display()
+        ))
+    })?;
+    let client = Client::new(&who.endpoint_id, who.hostname.as_deref(), sock.mac());
+    Ok((sock, client))
+}
+
+fn failed(who: &DhcpWho, e: DhcpError) -> Error {
+    Error::Other(format!("DHCP on {}: {e}", who.ifname))
+}
+
+/// [`lanyard_core::kernel::Kernel::dhcp_acquire`] for the real kernel.
+pub(crate) fn acquire(who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
+    let (mut sock, client) = open(who, Ipv4Addr::UNSPECIFIED)?;
+    exchange::acquire(&mut sock, &client, timing(who), previous, xid(), unix_now())
+        .map_err(|e| failed(who, e))
+}
+
+/// [`lanyard_core::kernel::Kernel::dhcp_extend`] for the real kernel.
+pub(crate) fn extend(who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
+    let (mut sock, client) = open(who, lease.address)?;
+    exchange::extend(
+        &mut sock,
+        &client,
+        lease,
+        rebinding,
+        timing(who),
+        xid(),
+        unix_now(),
+    )
+    .map_err(|e| failed(who, e))
+}
+
+/// [`lanyard_core::kernel::Kernel::dhcp_release`] for the real kernel.
+pub(crate) fn release(who: &DhcpWho, lease: &Lease) -> Result<()> {
+    let (mut sock, client) = open(who, lease.address)?;
+    exchange::release(&mut sock, &client, lease, xid())
+        .map_err(|e| Error::Other(format!("DHCPRELEASE on {}: {e}", who.ifname)))
 }

@@ -218,6 +218,28 @@ impl Kernel for Netlink {
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         reap::reap(self, links)
     }
+    fn dhcp_acquire(
+        &mut self,
+        who: &lanyard_core::lease::DhcpWho,
+        previous: Option<std::net::Ipv4Addr>,
+    ) -> Result<lanyard_core::lease::Lease> {
+        crate::dhcp::acquire(who, previous)
+    }
+    fn dhcp_extend(
+        &mut self,
+        who: &lanyard_core::lease::DhcpWho,
+        lease: &lanyard_core::lease::Lease,
+        rebinding: bool,
+    ) -> Result<lanyard_core::lease::Extended> {
+        crate::dhcp::extend(who, lease, rebinding)
+    }
+    fn dhcp_release(
+        &mut self,
+        who: &lanyard_core::lease::DhcpWho,
+        lease: &lanyard_core::lease::Lease,
+    ) -> Result<()> {
+        crate::dhcp::release(who, lease)
+    }
 }
 
 impl Netlink {

@@ -183,6 +183,10 @@ pub struct CreateArgs {
     /// Driver option KEY=VALUE: parent, macvlan_mode, ipvlan_mode, mtu, host_access, snat_source, bridge_name.
     #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
     pub opt: Vec<String>,
+    /// Who hands out addresses: default (lanyard, from the subnets) or dhcp (the
+    /// LAN's DHCP server, per endpoint; macvlan and ipvlan).
+    #[arg(long, value_name = "DRIVER")]
+    pub ipam_driver: Option<String>,
 }
 
 // Where the namespace is (a plain comment: see `EndpointOpts`).

@@ -317,6 +317,7 @@ fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
                 ipv6: c.ipv6,
                 labels: c.label.clone(),
                 options: c.opt.clone(),
+                ipam_driver: c.ipam_driver.clone(),
             })?;
             println!("{}", net.id);
         }

@@ -10,7 +10,7 @@ mod subnets;
 
 pub use options::KNOWN_OPTIONS;
 
-use crate::model::{Driver, Network};
+use crate::model::{Driver, IpamDriver, Network};
 use crate::name::NetworkName;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,9 @@ pub struct NetworkRequest {
     pub labels: Vec<String>,
     /// `-o k=v`.
     pub options: Vec<String>,
+    /// `--ipam-driver`: `default` (lanyard's) or `dhcp` (the LAN's server).
+    #[serde(default)]
+    pub ipam_driver: Option<String>,
 }
 
 impl NetworkRequest {
@@ -50,7 +53,11 @@ impl NetworkRequest {
         let options = options::parse_options(&self.options)?;
         let labels = options::parse_labels(&self.labels)?;
         let links = driver::parse(driver, &options, &id)?;
-        let subnets = subnets::parse(self, driver)?;
+        let ipam = parse_ipam(self, driver, &options)?;
+        let subnets = match ipam {
+            IpamDriver::Default => subnets::parse(self, driver)?,
+            IpamDriver::Dhcp => vec![],
+        };
         if let (Some(m), true) = (links.mtu, self.ipv6) {
             if m < 1280 {
                 return Err(Error::invalid(
@@ -80,8 +87,72 @@ impl NetworkRequest {
             owns_vlan: false,
             routed_v4: links.routed.0,
             routed_v6: links.routed.1,
+            ipam,
         })
     }
+}
+
+/// `--ipam-driver`: `dhcp` only on macvlan and ipvlan, and then without the
+/// address options (the LAN's server decides).
+fn parse_ipam(
+    req: &NetworkRequest,
+    driver: Driver,
+    options: &std::collections::BTreeMap<String, String>,
+) -> Result<IpamDriver> {
+    let raw = req.ipam_driver.as_deref().unwrap_or("default");
+    let timeout = options.get(crate::lease::TIMEOUT_OPTION);
+    let ipam = match raw {
+        "default" | "" => {
+            if let Some(t) = timeout {
+                return Err(Error::invalid(
+                    "-o dhcp_timeout",
+                    t,
+                    "only goes with --ipam-driver dhcp",
+                ));
+            }
+            return Ok(IpamDriver::Default);
+        }
+        "dhcp" => IpamDriver::Dhcp,
+        _ => {
+            return Err(Error::invalid(
+                "--ipam-driver",
+                raw,
+                "unknown IPAM driver; known: default, dhcp",
+            ))
+        }
+    };
+    if !driver.needs_parent() {
+        return Err(Error::invalid(
+            "--ipam-driver",
+            raw,
+            format!("needs a macvlan or ipvlan network (the LAN's server); this one is {driver}"),
+        ));
+    }
+    for (field, given) in [
+        ("--subnet", &req.subnets),
+        ("--gateway", &req.gateways),
+        ("--ip-range", &req.ip_ranges),
+        ("--aux-address", &req.aux_addresses),
+    ] {
+        if let Some(v) = given.first() {
+            return Err(Error::invalid(
+                field,
+                v,
+                "does not go with --ipam-driver dhcp: the LAN's DHCP server hands out the addresses",
+            ));
+        }
+    }
+    if let Some(t) = timeout {
+        crate::lease::parse_timeout(t)?;
+    }
+    if req.ipv6 {
+        return Err(Error::invalid(
+            "--ipv6",
+            "true",
+            "does not go with --ipam-driver dhcp yet (DHCPv4 only)",
+        ));
+    }
+    Ok(ipam)
 }
 
 /// The network's name; `host` and `none` are reserved.

@@ -17,6 +17,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "gateway_mode",
     "com.docker.network.bridge.gateway_mode_ipv4",
     "com.docker.network.bridge.gateway_mode_ipv6",
+    "dhcp_timeout",
 ];
 
 /// Splits `KEY=VALUE` (a non-empty key), naming `field` on error.

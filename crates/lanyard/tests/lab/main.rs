@@ -8,6 +8,7 @@
 mod attach;
 mod concurrency;
 mod daemon;
+mod dhcp;
 mod firewall;
 mod harness;
 mod kernel_vm;

@@ -54,6 +54,7 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         node: None,
         host_link: None,
         routes: vec![],
+        lease: None,
     }
 }
 

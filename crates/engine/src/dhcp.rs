@@ -1,0 +1,259 @@
+//! Endpoints of DHCP networks (`--ipam-driver dhcp`): the attach takes its address,
+//! gateway and classless routes from the LAN's server once the link is in the
+//! namespace ([`Engine::bind_lease`]); the detach releases the lease; `lanyard
+//! daemon` keeps every lease alive ([`Engine::maintain_leases`]: renew at T1, rebind
+//! at T2, start over on NAK or expiry) and, when it starts, and `restore`, ask for
+//! each stored address again (INIT-REBOOT). Networks with lanyard's own IPAM never
+//! come here: nothing of this is on their path.
+
+use crate::Engine;
+use ipnet::IpNet;
+use lanyard_core::apply::apply_all;
+use lanyard_core::kernel::{Kernel, View};
+use lanyard_core::lease::{DhcpWho, Extended, Lease, Phase};
+use lanyard_core::model::{Endpoint, EndpointState, IpamDriver, Network};
+use lanyard_core::op::{Netns, Op, RouteSpec};
+use lanyard_core::plan;
+use lanyard_core::store::Store;
+use lanyard_core::{Error, Result};
+use std::net::IpAddr;
+
+pub use lanyard_core::lease::{parse_timeout, DEFAULT_TIMEOUT, TIMEOUT_OPTION};
+
+/// Who asks for `ep`'s lease, and how long it waits.
+pub(crate) fn who(net: &Network, ep: &Endpoint) -> DhcpWho {
+    let timeout = net
+        .options
+        .get(TIMEOUT_OPTION)
+        .and_then(|t| parse_timeout(t).ok())
+        .unwrap_or(DEFAULT_TIMEOUT);
+    DhcpWho {
+        netns: ep.netns.clone(),
+        ifname: ep.ifname.clone(),
+        endpoint_id: ep.id.clone(),
+        hostname: ep.name.as_ref().map(|n| n.to_string()),
+        timeout,
+        // About one message a second, at least two.
+        tries: (timeout.as_secs() as u32).clamp(2, 8),
+    }
+}
+
+/// The kernel steps that put `lease` on `ep` (whose record already carries it):
+/// its address, default route, classless routes and host-access routes.
+fn lease_ops(net: &Network, ep: &Endpoint, host: &View, lease: &Lease) -> Result<Vec<Op>> {
+    let mut ops: Vec<Op> = plan::endpoint_ops(net, ep, host)?
+        .into_iter()
+        .filter(|o| matches!(o, Op::AddAddress { .. } | Op::AddRoute { .. }))
+        .collect();
+    for (dst, via) in lease.static_routes() {
+        ops.push(Op::AddRoute {
+            netns: Netns::Path(ep.netns.clone()),
+            route: RouteSpec {
+                dst: IpNet::V4(*dst),
+                via: (!via.is_unspecified()).then_some(IpAddr::V4(*via)),
+                dev: Some(ep.ifname.clone()),
+                src: None,
+                metric: ep.route_metric,
+            },
+        });
+    }
+    Ok(ops)
+}
+
+/// `ep` as it is with `lease`: its address, gateway and the lease itself.
+fn with_lease(ep: &Endpoint, lease: Lease) -> Endpoint {
+    let mut ep = ep.clone();
+    ep.addresses = vec![IpNet::V4(lease.net())];
+    ep.gateways = lease.gateway().map(IpAddr::V4).into_iter().collect();
+    ep.lease = Some(lease);
+    ep
+}
+
+impl<S: Store, K: Kernel> Engine<S, K> {
+    /// Gets a lease for `ep`, just plugged (link up, no address), and puts it on the
+    /// link: returns the endpoint as it is then (not yet stored). On failure nothing
+    /// of the lease is left on the link (the caller unplugs it).
+    pub(crate) fn bind_lease(
+        &mut self,
+        net: &Network,
+        ep: &Endpoint,
+        host: &View,
+        previous: Option<std::net::Ipv4Addr>,
+    ) -> Result<Endpoint> {
+        let who = who(net, ep);
+        let lease = self.kernel.dhcp_acquire(&who, previous).map_err(|e| {
+            Error::Other(format!(
+                "endpoint {} on network {}: {e}; nothing was attached",
+                ep.display_name(),
+                net.name
+            ))
+        })?;
+        let bound = with_lease(ep, lease.clone());
+        let ops = lease_ops(net, &bound, host, &lease)?;
+        if let Err(e) = apply_all(&mut self.kernel, &ops) {
+            let _ = self.kernel.dhcp_release(&who, &lease);
+            return Err(e);
+        }
+        Ok(bound)
+    }
+
+    /// Sends DHCPRELEASE for `ep`'s lease, if it has one and its link is still
+    /// there (best effort: the server frees it at the lease's end anyway).
+    pub(crate) fn release_lease(&mut self, net: &Network, ep: &Endpoint) {
+        if let Some(lease) = &ep.lease {
+            if let Err(e) = self.kernel.dhcp_release(&who(net, ep), lease) {
+                tracing::warn!("endpoint {}: {e}", ep.display_name());
+            }
+        }
+    }
+
+    /// Keeps the lease of every active DHCP endpoint of this node alive at `now`
+    /// (Unix seconds): renews from T1, rebinds from T2, starts over when the server
+    /// refuses or the lease ended; with `reboot` (a daemon that starts, `restore`)
+    /// asks every one for its address again first (INIT-REBOOT). Returns when the
+    /// next lease needs attention (None: no lease) and what was done.
+    pub fn maintain_leases(
+        &mut self,
+        now: u64,
+        reboot: bool,
+    ) -> Result<(Option<u64>, Vec<String>)> {
+        let (networks, endpoints) = self
+            .store
+            .read(&mut |tx| Ok((tx.networks()?, tx.endpoints()?)))?;
+        let mut next: Option<u64> = None;
+        let mut done = vec![];
+        for ep in endpoints {
+            let Some(net) = networks.iter().find(|n| n.id == ep.network_id) else {
+                continue;
+            };
+            if net.ipam != IpamDriver::Dhcp
+                || ep.state != EndpointState::Active
+                || !ep.in_netns()
+                || !self.is_local(&ep)
+            {
+                continue;
+            }
+            let Some(lease) = ep.lease.clone() else {
+                continue;
+            };
+            let outcome = if reboot {
+                self.rebind_from_scratch(net, &ep, Some(lease.address))
+            } else {
+                self.tend(net, &ep, &lease, now)
+            };
+            match outcome {
+                Ok(Some((what, ep))) => {
+                    done.push(format!("endpoint {}: {what}", ep.display_name()));
+                    if let Some(l) = &ep.lease {
+                        next = next.min(l.next_due(now)).or(l.next_due(now));
+                    }
+                }
+                Ok(None) => next = next.min(lease.next_due(now)).or(lease.next_due(now)),
+                Err(e) => {
+                    done.push(format!("endpoint {}: {e}", ep.display_name()));
+                    // Try again within a minute.
+                    next = Some(next.map_or(now + 60, |n| n.min(now + 60)));
+                }
+            }
+        }
+        Ok((next, done))
+    }
+
+    /// One lease's step at `now`: what was done and the endpoint after, or nothing.
+    fn tend(
+        &mut self,
+        net: &Network,
+        ep: &Endpoint,
+        lease: &Lease,
+        now: u64,
+    ) -> Result<Option<(String, Endpoint)>> {
+        let rebinding = match lease.phase(now) {
+            Phase::Bound => return Ok(None),
+            Phase::Renewing => false,
+            Phase::Rebinding => true,
+            Phase::Expired => return self.rebind_from_scratch(net, ep, None),
+        };
+        match self.kernel.dhcp_extend(&who(net, ep), lease, rebinding)? {
+            Extended::Ack(l) => {
+                let kept = self.store_lease(ep, l, None)?;
+                let what = if rebinding { "rebound" } else { "renewed" };
+                Ok(Some((format!("lease of {} {what}", lease.address), kept)))
+            }
+            Extended::Nak => self.rebind_from_scratch(net, ep, None),
+            Extended::NoAnswer => Ok(None),
+        }
+    }
+
+    /// Asks for a lease anew (INIT-REBOOT for `previous`, else discovery) and, if
+    /// the address changed, moves the endpoint to the new one.
+    pub(crate) fn rebind_from_scratch(
+        &mut self,
+        net: &Network,
+        ep: &Endpoint,
+        previous: Option<std::net::Ipv4Addr>,
+    ) -> Result<Option<(String, Endpoint)>> {
+        let lease = self.kernel.dhcp_acquire(&who(net, ep), previous)?;
+        let old = ep.lease.as_ref().map(|l| l.address);
+        if old == Some(lease.address) {
+            let kept = self.store_lease(ep, lease, None)?;
+            return Ok(Some(("lease confirmed (INIT-REBOOT)".into(), kept)));
+        }
+        // Another address: take the old one and its routes off, put the new on.
+        let host = self
+            .kernel
+            .view_links(&Netns::Host, &plan::host_links(net, None))?;
+        let ns = Netns::Path(ep.netns.clone());
+        let mut ops = vec![];
+        for a in &ep.addresses {
+            ops.push(Op::DelAddress {
+                netns: ns.clone(),
+                link: ep.ifname.clone(),
+                addr: *a,
+            });
+        }
+        for r in plan::endpoint_host_routes(net, ep, &host) {
+            ops.push(Op::DelRoute {
+                netns: Netns::Host,
+                route: r,
+            });
+        }
+        for op in &ops {
+            if let Err(e) = self.kernel.apply(op) {
+                tracing::warn!("endpoint {}: {e}", ep.display_name());
+            }
+        }
+        let moved = with_lease(ep, lease.clone());
+        apply_all(&mut self.kernel, &lease_ops(net, &moved, &host, &lease)?)?;
+        let from = old.map(|a| a.to_string()).unwrap_or_default();
+        let kept = self.store_lease(ep, lease, Some(&moved))?;
+        Ok(Some((
+            format!("address changed from {from} to {}", kept.addresses[0]),
+            kept,
+        )))
+    }
+
+    /// Records `lease` on `ep` (and, with `moved`, its new addresses), unless the
+    /// endpoint went away meanwhile.
+    fn store_lease(
+        &mut self,
+        ep: &Endpoint,
+        lease: Lease,
+        moved: Option<&Endpoint>,
+    ) -> Result<Endpoint> {
+        let want = moved.cloned().unwrap_or_else(|| {
+            let mut e = ep.clone();
+            e.lease = Some(lease.clone());
+            e
+        });
+        self.store.write(&mut |tx| {
+            let Some(mut cur) = tx.endpoint(&ep.id)? else {
+                return Ok(want.clone());
+            };
+            cur.lease = want.lease.clone();
+            cur.addresses = want.addresses.clone();
+            cur.gateways = want.gateways.clone();
+            tx.put_endpoint(&cur)?;
+            Ok(cur)
+        })
+    }
+}

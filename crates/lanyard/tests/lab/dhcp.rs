@@ -1,0 +1,162 @@
+//! DHCP networks (`--ipam-driver dhcp`) against Debian's dnsmasq in the lab's LAN
+//! namespace: leases taken by the CLI with no daemon, distinct per endpoint,
+//! released on detach, renewed by `lanyard daemon`, asked for again after a daemon
+//! restart and `restore`; no server → a clean failure.
+
+use crate::harness::{addr_of, exit, lab, Bg, Lab};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// dnsmasq serving the lab's LAN (`lan0` in the router namespace): addresses
+/// .100-.150, leases of `lease` (dnsmasq's minimum is 2 minutes), router .1.
+struct Dnsmasq {
+    _bg: Bg,
+    leases: PathBuf,
+}
+
+fn dnsmasq(lab: &Lab, lease: &str) -> Dnsmasq {
+    let leases = lab.dir().join("dnsmasq.leases");
+    let pid = lab.dir().join("dnsmasq.pid");
+    let bg = lab.lan().spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--log-facility=-",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--user=root",
+        "--interface=lan0",
+        "--bind-interfaces",
+        &format!("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,{lease}"),
+        "--dhcp-option=option:router,192.0.2.1",
+        "--dhcp-option=option:dns-server,192.0.2.53",
+        "--dhcp-option=option:domain-name,lan.example",
+        "--dhcp-authoritative",
+        "--log-dhcp",
+        &format!("--dhcp-leasefile={}", leases.display()),
+        &format!("--pid-file={}", pid.display()),
+    ]);
+    // Ready once its pid file is written.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !pid.exists() {
+        assert!(
+            Instant::now() < end,
+            "dnsmasq did not start: {}",
+            bg.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Dnsmasq { _bg: bg, leases }
+}
+
+impl Dnsmasq {
+    /// The lease file's lines (`EXPIRY MAC IP HOSTNAME CLIENTID`).
+    fn leases(&self) -> String {
+        std::fs::read_to_string(&self.leases).unwrap_or_default()
+    }
+
+    fn wait_until(&self, what: &str, within: Duration, cond: impl Fn(&str) -> bool) {
+        let end = Instant::now() + within;
+        while !cond(&self.leases()) {
+            assert!(Instant::now() < end, "{what}; leases:\n{}", self.leases());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn dhcp_network(lab: &Lab, extra: &[&str]) {
+    let mut args = vec![
+        "network",
+        "create",
+        "dlan",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--ipam-driver",
+        "dhcp",
+    ];
+    args.extend_from_slice(extra);
+    lab.lanyard_ok(&args);
+}
+
+#[test]
+fn an_attach_takes_its_address_from_the_lan_server_and_the_detach_releases_it() {
+    let lab = lab!();
+    let server = dnsmasq(&lab, "2m");
+    dhcp_network(&lab, &[]);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("dlan", &c1, &["--name", "web"]);
+    let ip = addr_of(&ep, false);
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((100..=150).contains(&last), "{ep}");
+    assert_eq!(ep["gateways"][0], "192.0.2.1", "{ep}");
+    assert_eq!(ep["lease"]["dns"][0], "192.0.2.53", "{ep}");
+    assert_eq!(ep["lease"]["domain"], "lan.example", "{ep}");
+    let leases = server.leases();
+    assert!(
+        leases.contains(&format!(" {ip} web ")),
+        "hostname sent: {leases}"
+    );
+    // The lease is in the store, and the container reaches the LAN by it.
+    let stored = lab.lanyard_json(&["endpoint", "inspect", "web"]);
+    assert_eq!(stored["lease"]["address"], ip.as_str());
+    assert!(c1.ping("192.0.2.1"));
+    let routes = c1.ip(&["route", "show", "default"]);
+    assert!(routes.contains("via 192.0.2.1"), "{routes}");
+
+    // A second endpoint (another ClientID) gets another address.
+    let c2 = lab.netns("c2");
+    let ep2 = lab.attach("dlan", &c2, &[]);
+    assert_ne!(addr_of(&ep2, false), ip);
+
+    lab.lanyard_ok(&["detach", "web"]);
+    server.wait_until("lease released on detach", Duration::from_secs(5), |l| {
+        !l.contains(&format!(" {ip} "))
+    });
+}
+
+#[test]
+fn with_no_server_an_attach_fails_after_the_timeout_and_leaves_nothing() {
+    let lab = lab!();
+    dhcp_network(&lab, &["-o", "dhcp_timeout=0.5"]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    let start = Instant::now();
+    let err = lab.lanyard_fails(
+        &["attach", "dlan", "--netns", path.to_str().unwrap()],
+        exit::ERROR,
+    );
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    assert!(err.contains("no DHCP server answered within 0.5s"), "{err}");
+    assert!(err.contains("nothing was attached"), "{err}");
+    let links = c1.links();
+    assert!(!links.contains("eth0"), "link left behind: {links:?}");
+    assert_eq!(lab.lanyard_json(&["endpoint", "ls"]), serde_json::json!([]));
+}
+
+#[test]
+fn address_options_do_not_go_with_dhcp() {
+    let lab = lab!();
+    let err = lab.lanyard_fails(
+        &[
+            "network",
+            "create",
+            "dlan",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=eth0",
+            "--ipam-driver",
+            "dhcp",
+            "--subnet",
+            "192.0.2.0/24",
+        ],
+        exit::USAGE,
+    );
+    assert!(err.contains("--subnet"), "{err}");
+    let err = lab.lanyard_fails(
+        &["network", "create", "b", "--ipam-driver", "dhcp"],
+        exit::USAGE,
+    );
+    assert!(err.contains("macvlan or ipvlan"), "{err}");
+}
