@@ -1,6 +1,6 @@
 //! Endpoints of DHCP networks (`--ipam-driver dhcp`): the attach takes its address,
 //! gateway and classless routes from the LAN's server once the link is in the
-//! namespace ([`Engine::bind_lease`]); the detach releases the lease; `lanyard
+//! namespace (`bind_lease`); the detach releases the lease; `lanyard
 //! daemon` keeps every lease alive ([`Engine::maintain_leases`]: renew at T1, rebind
 //! at T2, start over on NAK or expiry) and, when it starts, and `restore`, ask for
 //! each stored address again (INIT-REBOOT). Networks with lanyard's own IPAM never
