@@ -229,6 +229,11 @@ pub struct Network {
     /// Where endpoints get their addresses: lanyard's IPAM, or the LAN's DHCP server.
     #[serde(default, skip_serializing_if = "IpamDriver::is_default")]
     pub ipam: IpamDriver,
+    /// The bridge is the host's own (`-o bridge=br0 -o bridge_external=true`):
+    /// endpoints join the LAN through it at layer 2; lanyard never adds, changes or
+    /// removes the bridge, its addresses, routes or other ports, and NATs nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridge_external: bool,
 }
 
 /// Who hands out a network's addresses (`--ipam-driver`).

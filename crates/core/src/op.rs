@@ -88,6 +88,9 @@ pub enum Op {
         master: Option<IfName>,
         /// MAC of the peer.
         peer_mac: Option<MacAddr>,
+        /// MAC of the host end (a bridge takes the lowest MAC of its ports unless
+        /// one was set: a high one never changes the bridge's).
+        host_mac: Option<MacAddr>,
     },
     /// `ip link add NAME link PARENT netns NS type macvlan mode M` (and set it up) —
     /// created directly in the target namespace (IFLA_NET_NS_FD), which avoids a

@@ -10,7 +10,7 @@
 //! it. Routes follow endpoints as they come and go.
 
 use crate::kernel::View;
-use crate::model::{Driver, Endpoint, IpvlanMode, MacvlanMode, Network};
+use crate::model::{Driver, Endpoint, IpvlanMode, MacAddr, MacvlanMode, Network};
 use crate::name::IfName;
 use crate::op::{Netns, Op, RouteSpec};
 use crate::{Error, Result};
@@ -33,6 +33,22 @@ fn fnv(s: &str) -> u32 {
 pub fn shim_name(parent: &IfName) -> IfName {
     IfName::new(&format!("lys-{:08x}", fnv(parent.as_str())))
         .unwrap_or_else(|_| unreachable!("12 bytes"))
+}
+
+/// The MAC of the host side of an endpoint's veth: `fe:` and five bytes of the
+/// endpoint's id. A Linux bridge without a MAC of its own set takes the lowest of its
+/// ports': `fe:` (locally administered, unicast) is above any vendor's MAC, so adding
+/// or removing an endpoint never changes the MAC of a bridge (the host's own LAN
+/// bridge, with `bridge_external`, above all: its neighbours would lose it).
+pub fn host_side_mac(endpoint_id: &str) -> MacAddr {
+    let mut mac = [0xfe, 0, 0, 0, 0, 0];
+    for (i, b) in mac.iter_mut().skip(1).enumerate() {
+        *b = endpoint_id
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    MacAddr(mac)
 }
 
 /// Name of the host side of an endpoint's veth pair.
@@ -101,6 +117,22 @@ pub fn network_infra(net: &Network, host: &View) -> Result<Vec<Op>> {
                 .bridge
                 .clone()
                 .ok_or_else(|| Error::Other(format!("network {} has no bridge name", net.name)))?;
+            if net.bridge_external {
+                // The host's own bridge: used as it is, never made or changed.
+                return match host.link(br.as_str()) {
+                    Some(l) if l.kind.as_deref() == Some("bridge") => Ok(ops),
+                    Some(_) => Err(Error::invalid(
+                        "-o bridge",
+                        &br,
+                        "is not a bridge (ip -d link show it)",
+                    )),
+                    None => Err(Error::invalid(
+                        "-o bridge",
+                        &br,
+                        "no such bridge on this host (bridge_external uses one that exists)",
+                    )),
+                };
+            }
             if host.link(br.as_str()).is_none() {
                 ops.push(Op::CreateBridge {
                     name: br.clone(),
@@ -232,7 +264,7 @@ pub fn network_teardown(net: &Network, remaining: &[Network], host: &View) -> Ve
     let mut ops = vec![];
     match net.driver {
         Driver::Bridge => {
-            if let Some(br) = &net.bridge {
+            if let Some(br) = net.bridge.as_ref().filter(|_| !net.bridge_external) {
                 if host.link(br.as_str()).is_some() {
                     ops.push(Op::DeleteLink {
                         netns: Netns::Host,
@@ -344,6 +376,7 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View) -> Result<Vec<Op>
                 mtu: net.mtu,
                 master: net.bridge.clone(),
                 peer_mac: ep.mac,
+                host_mac: Some(host_side_mac(&ep.id)),
             });
         }
         Driver::Macvlan => {
@@ -480,6 +513,7 @@ pub fn endpoint_ops_host(net: &Network, ep: &Endpoint, host: &View) -> Result<Ve
             mtu: net.mtu,
             master: net.bridge.clone(),
             peer_mac: ep.mac,
+            host_mac: Some(host_side_mac(&ep.id)),
         }),
         Driver::Macvlan => ops.push(Op::CreateMacvlan {
             netns: Netns::Host,

@@ -30,9 +30,15 @@ pub(crate) enum Then {
     KeepAllocated,
 }
 
-/// The host's own addresses on the network's parent LAN: never handed out.
+/// The host's own addresses on the network's LAN (its parent, or the host's own
+/// bridge): never handed out.
 pub(crate) fn excluded(net: &Network, host: &View) -> Vec<IpAddr> {
-    match &net.parent {
+    // On the host's own bridge, the host's addresses there are on the same LAN.
+    let lan_link = net
+        .parent
+        .as_ref()
+        .or(net.bridge.as_ref().filter(|_| net.bridge_external));
+    match lan_link {
         Some(parent) => plan::host_addresses(host, parent)
             .iter()
             .map(|a| a.addr())

@@ -31,7 +31,12 @@ fn port_of(net: &Network, ep: &Endpoint) -> Result<Option<BridgePort>> {
 /// Everything the ruleset renders, from the store's networks and endpoints.
 pub(crate) fn input(nets: &[Network], eps: &[Endpoint]) -> Result<FirewallInput> {
     let mut fw = FirewallInput::default();
-    for n in nets.iter().filter(|n| n.driver == Driver::Bridge) {
+    // The host's own bridge is not lanyard's to NAT or filter at L3; its endpoints'
+    // ports still get their anti-spoofing guard.
+    for n in nets
+        .iter()
+        .filter(|n| n.driver == Driver::Bridge && !n.bridge_external)
+    {
         fw.networks.push(BridgeNet::from_network(n)?);
     }
     // An endpoint only allocated has no link yet: its guard and ports go in at plug.

@@ -34,9 +34,12 @@ fn is_lanyard_link(name: &str) -> bool {
 /// Refuses a subnet that overlaps a host route or another network on the same
 /// segment (parent or bridge). The parent's own connected LAN route is allowed.
 fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()> {
+    // The link whose connected route is the LAN the endpoints join: the parent, or
+    // the host's own bridge of an external bridge network.
     let parent_index = net
         .parent
         .as_ref()
+        .or(net.bridge.as_ref().filter(|_| net.bridge_external))
         .and_then(|p| host.link(p.as_str()))
         .map(|l| l.index);
     for sc in &net.subnets {
@@ -75,7 +78,7 @@ fn check_conflicts(net: &Network, others: &[Network], host: &View) -> Result<()>
             // The parent's own connected route: the LAN the macvlan endpoints join.
             let parents_lan =
                 parent_index.is_some() && r.oif == parent_index && r.gateway.is_none();
-            if parents_lan && net.driver != Driver::Bridge {
+            if parents_lan && (net.driver != Driver::Bridge || net.bridge_external) {
                 continue;
             }
             let devname = dev.map(|d| d.name.clone()).unwrap_or_else(|| "?".into());
@@ -103,7 +106,7 @@ fn check_links(net: &mut Network, others: &[Network], host: &View) -> Result<()>
                 o.name
             )));
         }
-        if host.link(br.as_str()).is_some() {
+        if host.link(br.as_str()).is_some() && !net.bridge_external {
             return Err(Error::invalid(
                 "-o bridge_name",
                 br,
@@ -168,6 +171,22 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     mtu,
                     format!("is above the MTU of parent {} ({})", lower.name, lower.mtu),
                 ));
+            }
+        }
+        if let Some(br) = net.bridge.as_ref().filter(|_| net.bridge_external) {
+            // Used as it is: it must be there, and be a bridge.
+            match host.link(br.as_str()) {
+                Some(l) if l.kind.as_deref() == Some("bridge") => {}
+                Some(_) => {
+                    return Err(Error::invalid("-o bridge", br, "is not a bridge"));
+                }
+                None => {
+                    return Err(Error::invalid(
+                        "-o bridge",
+                        br,
+                        "no such bridge on this host (bridge_external uses one that exists)",
+                    ));
+                }
             }
         }
         let config = self.config.clone();

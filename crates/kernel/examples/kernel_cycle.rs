@@ -98,6 +98,7 @@ fn veth(k: &mut Netlink, a: &str, b: &str) {
         mtu: None,
         master: None,
         peer_mac: None,
+        host_mac: None,
     })
     .expect("veth pair");
 }

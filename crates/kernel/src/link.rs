@@ -209,6 +209,7 @@ pub(crate) struct Veth<'a> {
     pub(crate) mtu: Option<u32>,
     pub(crate) master: Option<&'a IfName>,
     pub(crate) peer_mac: Option<MacAddr>,
+    pub(crate) host_mac: Option<MacAddr>,
 }
 
 /// `ip link add HOST [mtu M] [master BR] up type veth peer name PEER netns NS
@@ -227,6 +228,8 @@ pub(crate) fn create_veth(nl: &mut Netlink, op: &Op, v: Veth<'_>) -> Result<()> 
 
     let mut m = up_message(v.host);
     m.attributes.extend(v.mtu.map(LinkAttribute::Mtu));
+    m.attributes
+        .extend(v.host_mac.map(|mac| LinkAttribute::Address(mac.0.to_vec())));
     if let Some(master) = v.master {
         let index = index_of(nl.host_sock()?, master, op)?;
         m.attributes.push(LinkAttribute::Controller(index));

@@ -266,6 +266,7 @@ impl Netlink {
                 mtu,
                 master,
                 peer_mac,
+                host_mac,
             } => link::create_veth(
                 self,
                 op,
@@ -276,6 +277,7 @@ impl Netlink {
                     mtu: *mtu,
                     master: master.as_ref(),
                     peer_mac: *peer_mac,
+                    host_mac: *host_mac,
                 },
             ),
             Op::CreateMacvlan {

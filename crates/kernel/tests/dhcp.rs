@@ -92,6 +92,7 @@ fn lan() -> SideNetns {
         mtu: None,
         master: None,
         peer_mac: None,
+        host_mac: None,
     })
     .unwrap();
     k.apply(&Op::SetUp {

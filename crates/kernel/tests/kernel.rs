@@ -33,6 +33,7 @@ fn parent_pair(k: &mut Netlink, a: &str, b: &str) {
         mtu: None,
         master: None,
         peer_mac: None,
+        host_mac: None,
     })
     .expect("parent veth pair");
 }
@@ -84,6 +85,7 @@ fn veth_peer_is_born_in_the_container_up_and_host_side_enslaved() {
             mtu: Some(1400),
             master: Some(name("lyb0")),
             peer_mac: Some(MAC),
+            host_mac: None,
         })
         .unwrap();
         k.apply(&Op::SetUp {
@@ -393,6 +395,7 @@ fn sysctls_land_in_the_namespace_they_name() {
             mtu: None,
             master: None,
             peer_mac: None,
+            host_mac: None,
         })
         .unwrap();
         let set = |netns: Netns, key: &str, value: &str| Op::SetSysctl {

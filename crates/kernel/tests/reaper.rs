@@ -30,6 +30,7 @@ fn a_cli_callers_worker_deletes_every_tombstone_and_holds_no_pipe() {
                 mtu: None,
                 master: None,
                 peer_mac: None,
+                host_mac: None,
             })
             .expect("veth pair");
             tombs.push((Netns::Host, t));

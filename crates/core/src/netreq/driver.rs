@@ -23,6 +23,8 @@ pub(super) struct Links {
     pub bridge: Option<IfName>,
     /// Routed, not NATed: (IPv4, IPv6).
     pub routed: (bool, bool),
+    /// The bridge is the host's own, used as it is.
+    pub bridge_external: bool,
 }
 
 /// Parses the options in a fixed order (parent, modes, mtu, host access, SNAT,
@@ -62,8 +64,40 @@ pub(super) fn parse(driver: Driver, options: &BTreeMap<String, String>, id: &str
         }
         None => None,
     };
-    let bridge = match (driver, options.get("bridge_name")) {
-        (Driver::Bridge, Some(b)) => Some(IfName::parse_user("-o bridge_name", b)?),
+    let bridge_external = match options.get("bridge_external").map(String::as_str) {
+        None | Some("false" | "off" | "0") => false,
+        Some("true" | "on" | "1") if driver == Driver::Bridge => true,
+        Some(v @ ("true" | "on" | "1")) => {
+            return Err(only_for("-o bridge_external", v, "bridge", driver))
+        }
+        Some(v) => return Err(Error::invalid("-o bridge_external", v, "use true or false")),
+    };
+    if let (Some(a), Some(b)) = (options.get("bridge"), options.get("bridge_name")) {
+        if a != b {
+            return Err(Error::invalid(
+                "-o bridge",
+                a,
+                format!("differs from -o bridge_name={b}; give one"),
+            ));
+        }
+    }
+    let bridge_opt = options.get("bridge_name").or_else(|| options.get("bridge"));
+    if bridge_external && bridge_opt.is_none() {
+        return Err(Error::invalid(
+            "-o bridge_external",
+            "true",
+            "name the host's bridge: -o bridge=br0",
+        ));
+    }
+    let bridge = match (driver, bridge_opt) {
+        (Driver::Bridge, Some(b)) => Some(IfName::parse_user(
+            if options.contains_key("bridge_name") {
+                "-o bridge_name"
+            } else {
+                "-o bridge"
+            },
+            b,
+        )?),
         (Driver::Bridge, None) => Some(IfName::new(&format!("lyb-{}", &id[..11.min(id.len())]))?),
         (_, Some(b)) => {
             return Err(Error::invalid(
@@ -75,6 +109,19 @@ pub(super) fn parse(driver: Driver, options: &BTreeMap<String, String>, id: &str
         _ => None,
     };
     let routed = parse_gateway_modes(driver, options)?;
+    if bridge_external {
+        let nat = [
+            ("-o snat_source", options.get("snat_source")),
+            ("-o gateway_mode", options.get("gateway_mode")),
+        ];
+        if let Some((field, Some(v))) = nat.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(Error::invalid(
+                field,
+                v,
+                "a network on the host's own bridge joins its LAN as it is: nothing is NATed or routed",
+            ));
+        }
+    }
     if let (Some(s), true) = (snat_source, routed.0 || routed.1) {
         if (s.is_ipv4() && routed.0) || (s.is_ipv6() && routed.1) {
             return Err(Error::invalid(
@@ -93,6 +140,7 @@ pub(super) fn parse(driver: Driver, options: &BTreeMap<String, String>, id: &str
         snat_source,
         bridge,
         routed,
+        bridge_external,
     })
 }
 

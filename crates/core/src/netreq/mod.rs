@@ -88,6 +88,7 @@ impl NetworkRequest {
             routed_v4: links.routed.0,
             routed_v6: links.routed.1,
             ipam,
+            bridge_external: links.bridge_external,
         })
     }
 }

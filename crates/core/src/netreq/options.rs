@@ -14,6 +14,8 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "host_access",
     "snat_source",
     "bridge_name",
+    "bridge",
+    "bridge_external",
     "gateway_mode",
     "com.docker.network.bridge.gateway_mode_ipv4",
     "com.docker.network.bridge.gateway_mode_ipv6",

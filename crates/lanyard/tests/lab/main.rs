@@ -15,6 +15,7 @@ mod kernel_vm;
 mod lifecycle;
 mod messages;
 mod network;
+mod recipes;
 mod run_caps;
 mod smoke;
 mod store_safety;

@@ -1,0 +1,116 @@
+//! The field's hand-made recipes as plain lanyard commands (issue 19), beyond the
+//! routed network (firewall.rs), `--route` (lifecycle.rs) and capabilities
+//! (run_caps.rs): a bridge network onto the host's own LAN bridge.
+
+use crate::harness::{addr, addr_of, exit, lab, Ns};
+
+/// Everything about `br0` an administrator would notice changing: its settings
+/// (timers aside), addresses, the host's routes and its ports (lanyard's own veths
+/// aside).
+fn bridge_state(host: &Ns) -> String {
+    let link = &host.ip_json(&["-d", "link", "show", "br0"])[0];
+    let mut info = link["linkinfo"]["info_data"].clone();
+    if let Some(m) = info.as_object_mut() {
+        m.retain(|k, _| !k.ends_with("_timer"));
+    }
+    let settings = format!(
+        "mtu={} mac={} flags={} {info}",
+        link["mtu"], link["address"], link["flags"]
+    );
+    let addrs: Vec<String> = host.ip_json(&["addr", "show", "dev", "br0"])[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"], a["prefixlen"]))
+        .collect();
+    // Routes of lanyard's own veths (their link-local prefixes) come and go with them.
+    let routes: Vec<String> = host
+        .ip(&["route", "show", "table", "all"])
+        .lines()
+        .filter(|l| !l.contains("lyv-"))
+        .map(str::to_string)
+        .collect();
+    let ports: Vec<String> = host
+        .ip_json(&["link", "show", "master", "br0"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter(|n| !n.starts_with("lyv-"))
+        .collect();
+    format!("{settings}\n{addrs:?}\n{routes:#?}\n{ports:?}")
+}
+
+#[test]
+fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly_as_it_was() {
+    let lab = lab!();
+    let host = lab.host();
+    // The administrator's setup: eth0 in br0, the host's address on br0.
+    host.ip_batch(&[
+        "link add br0 type bridge",
+        "link set br0 up",
+        "addr del 192.0.2.2/24 dev eth0",
+        "link set eth0 master br0",
+        "addr add 192.0.2.2/24 dev br0",
+        "route add default via 192.0.2.1",
+    ]);
+    let before = bridge_state(&host);
+    // Refused: a missing bridge, a NAT option beside it; nothing recorded.
+    for (opts, field) in [
+        (&["bridge=br9", "bridge_external=true"][..], "-o bridge"),
+        (
+            &[
+                "bridge=br0",
+                "bridge_external=true",
+                "snat_source=192.0.2.9",
+            ][..],
+            "-o snat_source",
+        ),
+        (&["bridge_external=true"][..], "-o bridge_external"),
+    ] {
+        let mut args = vec!["network", "create", "bad", "--subnet", addr::LAN_V4];
+        for o in opts {
+            args.extend(["-o", o]);
+        }
+        let err = lab.lanyard_fails(&args, exit::USAGE);
+        assert!(err.contains(field), "{opts:?}: {err}");
+    }
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "ext",
+        "-o",
+        "bridge=br0",
+        "-o",
+        "bridge_external=true",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+    ]);
+    assert_eq!(bridge_state(&host), before, "create changed br0");
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let e1 = lab.attach("ext", &c1, &[]);
+    let e2 = lab.attach("ext", &c2, &[]);
+    let (a1, a2) = (addr_of(&e1, false), addr_of(&e2, false));
+    assert_ne!(a1, addr::HOST_V4);
+    assert_eq!(bridge_state(&host), before, "attach changed br0");
+    let lan = lab.lan();
+    assert!(lan.ping(&a1), "LAN router -> endpoint, at layer 2");
+    assert!(host.ping(&a1), "host -> endpoint");
+    assert!(c1.ping(addr::ROUTER_V4) && c1.ping(addr::HOST_V4) && c1.ping(&a2));
+    // No NAT: the router sees the endpoint's own address (its neighbour entry).
+    let neigh = lan.ip(&["neigh", "show", &a1]);
+    assert!(neigh.contains(e1["mac"].as_str().unwrap()), "{neigh}");
+    lab.lanyard_ok(&["detach", e1["id"].as_str().unwrap()]);
+    lab.lanyard_ok(&["detach", e2["id"].as_str().unwrap()]);
+    lab.lanyard_ok(&["gc"]);
+    lab.lanyard_ok(&["restore"]);
+    assert_eq!(bridge_state(&host), before, "detach/gc/restore changed br0");
+    lab.lanyard_ok(&["network", "rm", "ext"]);
+    assert_eq!(bridge_state(&host), before, "network rm changed br0");
+    assert!(host.links().contains("br0"), "br0 is the administrator's");
+    assert!(host.ping(addr::ROUTER_V4));
+}
