@@ -1,6 +1,8 @@
 //! The field's hand-made recipes as plain lanyard commands (issue 19), beyond the
 //! routed network (firewall.rs), `--route` (lifecycle.rs) and capabilities
-//! (run_caps.rs): a bridge network onto the host's own LAN bridge.
+//! (run_caps.rs): a bridge network onto the host's own LAN bridge; and the two that
+//! already worked and must stay working: a bridge endpoint reaching a macvlan one of
+//! the same host, and a macvlan network whose parent is a host bridge.
 
 use crate::harness::{addr, addr_of, exit, lab, Ns};
 
@@ -46,14 +48,7 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
     let lab = lab!();
     let host = lab.host();
     // The administrator's setup: eth0 in br0, the host's address on br0.
-    host.ip_batch(&[
-        "link add br0 type bridge",
-        "link set br0 up",
-        "addr del 192.0.2.2/24 dev eth0",
-        "link set eth0 master br0",
-        "addr add 192.0.2.2/24 dev br0",
-        "route add default via 192.0.2.1",
-    ]);
+    uplink_in_br0(&host);
     let before = bridge_state(&host);
     // Refused: a missing bridge, a NAT option beside it; nothing recorded.
     for (opts, field) in [
@@ -113,4 +108,74 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
     assert_eq!(bridge_state(&host), before, "network rm changed br0");
     assert!(host.links().contains("br0"), "br0 is the administrator's");
     assert!(host.ping(addr::ROUTER_V4));
+}
+
+/// The host's uplink moved into a bridge `br0` that holds the host's address.
+fn uplink_in_br0(host: &Ns) {
+    host.ip_batch(&[
+        "link add br0 type bridge",
+        "link set br0 up",
+        "addr del 192.0.2.2/24 dev eth0",
+        "link set eth0 master br0",
+        "addr add 192.0.2.2/24 dev br0",
+        "route add default via 192.0.2.1",
+    ]);
+}
+
+#[test]
+fn a_bridge_endpoint_reaches_a_macvlan_endpoint_of_the_same_host_as_the_hosts_lan_address() {
+    let lab = lab!();
+    lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "lan",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+    ]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    lab.attach("br", &c1, &[]);
+    let e2 = lab.attach("lan", &c2, &[]);
+    let _server = crate::firewall::serve_tcp(&c2, 81);
+    // The MASQUERADE trap, done right: through the shim, with the host's LAN
+    // address (not the bridge's 203.0.113.1, which the LAN cannot answer).
+    assert_eq!(
+        crate::firewall::tcp_peer(&c1, &addr_of(&e2, false), 81),
+        Some(addr::HOST_V4.parse().unwrap())
+    );
+}
+
+#[test]
+fn a_macvlan_network_on_a_host_bridge_holding_the_uplink_reaches_the_lan_and_the_host() {
+    let lab = lab!();
+    let host = lab.host();
+    uplink_in_br0(&host);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "lan",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=br0",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+    ]);
+    let c1 = lab.netns("c1");
+    let a1 = addr_of(&lab.attach("lan", &c1, &[]), false);
+    assert!(lab.lan().ping(&a1), "LAN router -> endpoint");
+    assert!(host.ping(&a1), "host -> endpoint (through the shim on br0)");
+    assert!(c1.ping(addr::HOST_V4) && c1.ping(addr::ROUTER_V4));
 }
