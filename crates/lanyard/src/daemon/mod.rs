@@ -15,6 +15,8 @@
 //!   (`--debounce-ms`) so the rest of the transaction's announcements are in, and
 //!   every `--interval` seconds anyway (the safety net). What is checked and how a
 //!   rebuild is done is the engine's ([`lanyard_engine::drift`]).
+//! - **DHCP leases**: renewed at T1, rebound at T2, asked for again at start
+//!   (INIT-REBOOT), for every endpoint of a `--ipam-driver dhcp` network.
 //! - **gc** every `--gc-interval` seconds (tombstones, endpoints whose namespace is
 //!   gone, crash leftovers).
 //! - **Signals** (`tokio::signal`).
@@ -240,6 +242,37 @@ async fn gc_loop(worker: Worker, every: Duration) {
     }
 }
 
+/// Keeps DHCP endpoints' leases alive: at start every stored lease is asked for
+/// again (INIT-REBOOT); then each is renewed at T1 and rebound at T2 (the engine
+/// decides, [`lanyard_engine::Engine::maintain_leases`]). Looks again when the next
+/// lease is due and at least every [`LEASE_RESCAN`] (new endpoints attached by the
+/// CLI); with no DHCP endpoint that is one store read.
+async fn lease_loop(worker: Worker) {
+    let mut reboot = true;
+    loop {
+        let wait = match worker.leases(reboot).await {
+            Ok((next, done)) => {
+                reboot = false;
+                for s in &done {
+                    println!("lanyard daemon: dhcp: {s}");
+                }
+                next.map_or(LEASE_RESCAN.as_secs(), |n| {
+                    n.saturating_sub(lanyard_engine::now())
+                })
+            }
+            Err(e) => {
+                tracing::warn!("daemon: DHCP leases: {e}; trying again soon");
+                10
+            }
+        };
+        let wait = Duration::from_secs(wait.clamp(1, LEASE_RESCAN.as_secs()));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// How often the lease task looks for DHCP endpoints at least.
+const LEASE_RESCAN: Duration = Duration::from_secs(30);
+
 /// Tells a running daemon that `ep` came or went (best effort, never waits: one
 /// `stat` when no daemon runs). Called by the CLI after a successful attach or
 /// detach; no event loop is involved.
@@ -325,6 +358,7 @@ async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control
         Err(e) => tracing::warn!("daemon: reading the store's endpoints: {e}"),
     }
     tokio::spawn(watch::run(first, tx.clone()));
+    tokio::spawn(lease_loop(worker.clone()));
     if let Some(g) = gc_interval {
         tokio::spawn(gc_loop(worker, g));
     }

@@ -35,6 +35,11 @@ enum Job {
     Endpoints {
         done: oneshot::Sender<Result<Vec<Endpoint>>>,
     },
+    /// Keep DHCP leases alive ([`lanyard_engine::Engine::maintain_leases`]).
+    Leases {
+        reboot: bool,
+        done: oneshot::Sender<Result<(Option<u64>, Vec<String>)>>,
+    },
 }
 
 /// The loop's handle on the engine thread; cheap to clone.
@@ -103,6 +108,14 @@ impl Worker {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Renews, rebinds or (with `reboot`) confirms every DHCP lease on the engine
+    /// thread: when the next one is due (Unix seconds) and what was done.
+    pub async fn leases(&self, reboot: bool) -> Result<(Option<u64>, Vec<String>)> {
+        let (done, rx) = oneshot::channel();
+        self.send(Job::Leases { reboot, done })?;
+        rx.await.map_err(|_| gone())?
+    }
+
     fn send(&self, job: Job) -> Result<()> {
         self.jobs.send(job).map_err(|_| gone())
     }
@@ -126,6 +139,11 @@ fn run(cli: &Cli, expected: &[Expected], job: Job) {
         }
         Job::Endpoints { done } => {
             let _ = done.send(crate::open(cli).and_then(|engine| engine.endpoints()));
+        }
+        Job::Leases { reboot, done } => {
+            let r = crate::open(cli)
+                .and_then(|mut engine| engine.maintain_leases(lanyard_engine::now(), reboot));
+            let _ = done.send(r);
         }
     }
 }

@@ -15,9 +15,16 @@ struct Dnsmasq {
 }
 
 fn dnsmasq(lab: &Lab, lease: &str) -> Dnsmasq {
+    dnsmasq_with(lab, lease, &[])
+}
+
+fn dnsmasq_with(lab: &Lab, lease: &str, extra: &[&str]) -> Dnsmasq {
     let leases = lab.dir().join("dnsmasq.leases");
     let pid = lab.dir().join("dnsmasq.pid");
-    let bg = lab.lan().spawn(&[
+    let range = format!("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,{lease}");
+    let leasefile = format!("--dhcp-leasefile={}", leases.display());
+    let pidfile = format!("--pid-file={}", pid.display());
+    let mut args = vec![
         "dnsmasq",
         "--keep-in-foreground",
         "--log-facility=-",
@@ -26,15 +33,17 @@ fn dnsmasq(lab: &Lab, lease: &str) -> Dnsmasq {
         "--user=root",
         "--interface=lan0",
         "--bind-interfaces",
-        &format!("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,{lease}"),
+        &range,
         "--dhcp-option=option:router,192.0.2.1",
         "--dhcp-option=option:dns-server,192.0.2.53",
         "--dhcp-option=option:domain-name,lan.example",
         "--dhcp-authoritative",
         "--log-dhcp",
-        &format!("--dhcp-leasefile={}", leases.display()),
-        &format!("--pid-file={}", pid.display()),
-    ]);
+        &leasefile,
+        &pidfile,
+    ];
+    args.extend_from_slice(extra);
+    let bg = lab.lan().spawn(&args);
     // Ready once its pid file is written.
     let end = Instant::now() + Duration::from_secs(10);
     while !pid.exists() {
@@ -159,4 +168,69 @@ fn address_options_do_not_go_with_dhcp() {
         exit::USAGE,
     );
     assert!(err.contains("macvlan or ipvlan"), "{err}");
+}
+
+#[test]
+fn the_daemon_renews_leases_and_asks_for_the_same_address_after_a_restart_and_restore() {
+    let lab = lab!();
+    // T1 5 s, T2 8 s of a 2-minute lease: a renewal within the test.
+    let server = dnsmasq_with(
+        &lab,
+        "2m",
+        &["--dhcp-option=option:T1,5", "--dhcp-option=option:T2,8"],
+    );
+    dhcp_network(&lab, &[]);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("dlan", &c1, &["--name", "web"]);
+    let ip = addr_of(&ep, false);
+    assert_eq!(ep["lease"]["t1_secs"], 5, "{ep}");
+    let expiry = |l: &str| -> Option<u64> {
+        l.lines()
+            .find(|x| x.split_whitespace().nth(2) == Some(ip.as_str()))
+            .and_then(|x| x.split_whitespace().next()?.parse().ok())
+    };
+    let first = expiry(&server.leases()).expect("lease in dnsmasq's file");
+    let args = ["daemon", "--interval", "60", "--gc-interval", "0"];
+    let mut daemon = lab.lanyard_spawn(&args);
+    // Started: every stored lease asked for again (INIT-REBOOT), same address.
+    assert!(
+        daemon.wait_for_stdout("lease confirmed (INIT-REBOOT)", Duration::from_secs(15)),
+        "{}\n{}",
+        daemon.stdout(),
+        daemon.stderr()
+    );
+    assert!(
+        daemon.wait_for_stdout(&format!("lease of {ip} renewed"), Duration::from_secs(20)),
+        "no renewal: {}\n{}",
+        daemon.stdout(),
+        daemon.stderr()
+    );
+    server.wait_until("renewal extends the lease", Duration::from_secs(5), |l| {
+        expiry(l).is_some_and(|e| e > first)
+    });
+    let stored = lab.lanyard_json(&["endpoint", "inspect", "web"]);
+    assert!(stored["lease"]["acquired_at"].as_u64() > ep["lease"]["acquired_at"].as_u64());
+
+    // A restarted daemon asks for the same address again.
+    daemon.kill();
+    let mut again = lab.lanyard_spawn(&args);
+    assert!(
+        again.wait_for_stdout(
+            "endpoint web: lease confirmed (INIT-REBOOT)",
+            Duration::from_secs(15)
+        ),
+        "{}\n{}",
+        again.stdout(),
+        again.stderr()
+    );
+    again.kill();
+    // So does restore.
+    let out = lab.lanyard_ok(&["restore"]);
+    assert!(
+        out.contains("endpoint web: lease confirmed (INIT-REBOOT)"),
+        "{out}"
+    );
+    let stored = lab.lanyard_json(&["endpoint", "inspect", "web"]);
+    assert_eq!(stored["lease"]["address"], ip.as_str());
+    assert!(c1.ping("192.0.2.1"));
 }
