@@ -158,6 +158,18 @@ pub trait Kernel {
         let _ = (who, lease);
         Ok(())
     }
+    /// RFC 5227 probe: one ARP probe for `addr` from `parent` (in the host
+    /// namespace), up to `wait` for an answer; the MAC of the host that holds it.
+    /// Default: nobody answers.
+    fn arp_probe(
+        &mut self,
+        parent: &IfName,
+        addr: Ipv4Addr,
+        wait: std::time::Duration,
+    ) -> Result<Option<MacAddr>> {
+        let _ = (parent, addr, wait);
+        Ok(None)
+    }
 }
 
 impl<K: Kernel + ?Sized> Kernel for Box<K> {
@@ -184,6 +196,14 @@ impl<K: Kernel + ?Sized> Kernel for Box<K> {
     }
     fn dhcp_extend(&mut self, who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
         (**self).dhcp_extend(who, lease, rebinding)
+    }
+    fn arp_probe(
+        &mut self,
+        parent: &IfName,
+        addr: Ipv4Addr,
+        wait: std::time::Duration,
+    ) -> Result<Option<MacAddr>> {
+        (**self).arp_probe(parent, addr, wait)
     }
     fn dhcp_release(&mut self, who: &DhcpWho, lease: &Lease) -> Result<()> {
         (**self).dhcp_release(who, lease)
@@ -246,6 +266,14 @@ impl<K: Kernel> Kernel for FailAt<K> {
     fn dhcp_extend(&mut self, who: &DhcpWho, lease: &Lease, rebinding: bool) -> Result<Extended> {
         self.inner.dhcp_extend(who, lease, rebinding)
     }
+    fn arp_probe(
+        &mut self,
+        parent: &IfName,
+        addr: Ipv4Addr,
+        wait: std::time::Duration,
+    ) -> Result<Option<MacAddr>> {
+        self.inner.arp_probe(parent, addr, wait)
+    }
     fn dhcp_release(&mut self, who: &DhcpWho, lease: &Lease) -> Result<()> {
         self.inner.dhcp_release(who, lease)
     }
@@ -283,6 +311,10 @@ pub mod fake {
         pub namespaces: Vec<(std::path::PathBuf, NsId)>,
         /// Number of full [`Kernel::view`] calls (tests of the hot path count them).
         pub full_views: usize,
+        /// LAN hosts that answer ARP probes: (address, their MAC).
+        pub arp_holders: Vec<(Ipv4Addr, MacAddr)>,
+        /// ARP probes sent (address).
+        pub arp_probes: Vec<Ipv4Addr>,
     }
 
     impl Kernel for FakeKernel {
@@ -299,6 +331,19 @@ pub mod fake {
                 .find(|(p, _)| p == path)
                 .map(|(_, id)| *id)
                 .ok_or_else(|| Error::not_found("namespace", path.display().to_string()))
+        }
+        fn arp_probe(
+            &mut self,
+            _parent: &IfName,
+            addr: Ipv4Addr,
+            _wait: std::time::Duration,
+        ) -> Result<Option<MacAddr>> {
+            self.arp_probes.push(addr);
+            Ok(self
+                .arp_holders
+                .iter()
+                .find(|(a, _)| *a == addr)
+                .map(|(_, m)| *m))
         }
         fn apply(&mut self, op: &Op) -> Result<()> {
             let n = self.calls;

@@ -159,6 +159,22 @@ pub fn parse_timeout(raw: &str) -> crate::Result<std::time::Duration> {
     Ok(std::time::Duration::from_secs_f64(secs))
 }
 
+/// The network option that makes attach probe each IPv4 address with ARP first
+/// (RFC 5227), in milliseconds of waiting for an answer; 0 or absent: no probe.
+pub const ARP_PROBE_OPTION: &str = "arp_probe";
+
+/// `-o arp_probe=MS` checked: 0 to 1000 milliseconds.
+pub fn parse_arp_probe(raw: &str) -> crate::Result<std::time::Duration> {
+    match raw.parse::<u64>() {
+        Ok(ms) if ms <= 1000 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(crate::Error::invalid(
+            "-o arp_probe",
+            raw,
+            "expected milliseconds to wait for an ARP answer, 0 (off) to 1000, e.g. 200",
+        )),
+    }
+}
+
 /// One endpoint's DHCP conversation: where it happens and who asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpWho {

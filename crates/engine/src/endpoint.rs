@@ -119,7 +119,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let host = self
             .kernel
             .view_links(&Netns::Host, &plan::host_links(&net, None))?;
-        let exclude = excluded(&net, &host);
+        let mut exclude = excluded(&net, &host);
         if !w.routes.is_empty() {
             // Only with --route: every network and the host's whole route table.
             let networks = self.store.read(&mut |tx| tx.networks())?;
@@ -134,17 +134,33 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             unprivileged_port_start: req.unprivileged_port_start,
         };
         let node = self.node.clone();
-        let recorded = self.store.write(&mut |tx| {
-            if let Some(owner) = &w.owner {
-                if let Some(ep) = tx.endpoint_by_owner(owner)? {
-                    return repeat_of(&ep, &net, Some(ns_id)).map(Err);
+        // `-o arp_probe=MS` (off by default: see ARCHITECTURE.md): a `--ip` another
+        // LAN host holds is refused before anything is recorded.
+        let probe = crate::probe::wait_of(&net);
+        if let (Some(wait), Some(IpAddr::V4(a))) = (probe, w.ip) {
+            self.refuse_if_held(&net, a, wait)?;
+        }
+        let mut skipped = 0;
+        let ep = loop {
+            let recorded = self.store.write(&mut |tx| {
+                if let Some(owner) = &w.owner {
+                    if let Some(ep) = tx.endpoint_by_owner(owner)? {
+                        return repeat_of(&ep, &net, Some(ns_id)).map(Err);
+                    }
                 }
+                record(tx, &net, &w, Some(&place), &id, &exclude, node.as_deref()).map(Ok)
+            })?;
+            let ep = match recorded {
+                Ok(ep) => ep,
+                Err(done) => return Ok(done),
+            };
+            // An allocated address someone else holds is skipped: the record goes
+            // and the allocation is made again without it.
+            match probe.filter(|_| w.ip.is_none()) {
+                Some(wait)
+                    if self.held_by_other(&net, &ep, wait, &mut exclude, &mut skipped)? => {}
+                _ => break ep,
             }
-            record(tx, &net, &w, Some(&place), &id, &exclude, node.as_deref()).map(Ok)
-        })?;
-        let ep = match recorded {
-            Ok(ep) => ep,
-            Err(done) => return Ok(done),
         };
         if let Err(e) = self.wire(&net, &ep, &host) {
             // The kernel side is rolled back; forget the pending record too. If even
@@ -480,7 +496,7 @@ pub(crate) mod tests {
         .unwrap();
     }
 
-    fn attach(ns: &str) -> AttachRequest {
+    pub(crate) fn attach(ns: &str) -> AttachRequest {
         AttachRequest {
             network: "lan".into(),
             netns: ns.into(),

@@ -13,6 +13,7 @@ mod lifecycle;
 pub mod lock;
 mod maintain;
 mod network;
+mod probe;
 
 pub use maintain::Report;
 pub use network::NetworkSummary;

@@ -237,8 +237,14 @@ pub struct ArpProbe {
 impl ArpProbe {
     /// Sends a probe for `addr` from `ifname` in the namespace at `netns`.
     pub fn send(netns: &Path, ifname: &str, addr: Ipv4Addr) -> io::Result<ArpProbe> {
-        let (fd, ifindex, mac) =
-            netns::within(netns, || packet_socket(ifname, libc::ETH_P_ARP as u16))??;
+        netns::within(netns, || ArpProbe::send_here(ifname, addr))?
+    }
+
+    /// Sends a probe for `addr` from `ifname` in the calling thread's namespace
+    /// (from a macvlan's parent, before the endpoint's link exists: the answer comes
+    /// to the parent's MAC).
+    pub fn send_here(ifname: &str, addr: Ipv4Addr) -> io::Result<ArpProbe> {
+        let (fd, ifindex, mac) = packet_socket(ifname, libc::ETH_P_ARP as u16)?;
         let to = LinkAddr::new(ifindex, libc::ETH_P_ARP as u16, BROADCAST_MAC);
         rustix::net::sendto(
             &fd,
@@ -337,4 +343,16 @@ pub(crate) fn release(who: &DhcpWho, lease: &Lease) -> Result<()> {
     let (mut sock, client) = open(who, lease.address)?;
     exchange::release(&mut sock, &client, lease, xid())
         .map_err(|e| Error::Other(format!("DHCPRELEASE on {}: {e}", who.ifname)))
+}
+
+/// [`lanyard_core::kernel::Kernel::arp_probe`] for the real kernel: one probe from
+/// `parent` in this namespace, up to `wait` for an answer.
+pub(crate) fn probe_from_parent(
+    parent: &str,
+    addr: Ipv4Addr,
+    wait: Duration,
+) -> Result<Option<[u8; 6]>> {
+    let fail = |e: io::Error| Error::Other(format!("ARP probe for {addr} on {parent}: {e}"));
+    let probe = ArpProbe::send_here(parent, addr).map_err(fail)?;
+    probe.wait(Instant::now() + wait).map_err(fail)
 }

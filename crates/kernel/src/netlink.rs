@@ -233,6 +233,15 @@ impl Kernel for Netlink {
     ) -> Result<lanyard_core::lease::Extended> {
         crate::dhcp::extend(who, lease, rebinding)
     }
+    fn arp_probe(
+        &mut self,
+        parent: &IfName,
+        addr: std::net::Ipv4Addr,
+        wait: std::time::Duration,
+    ) -> Result<Option<lanyard_core::model::MacAddr>> {
+        Ok(crate::dhcp::probe_from_parent(parent.as_str(), addr, wait)?
+            .map(lanyard_core::model::MacAddr))
+    }
     fn dhcp_release(
         &mut self,
         who: &lanyard_core::lease::DhcpWho,

@@ -54,6 +54,16 @@ impl NetworkRequest {
         let labels = options::parse_labels(&self.labels)?;
         let links = driver::parse(driver, &options, &id)?;
         let ipam = parse_ipam(self, driver, &options)?;
+        if let Some(p) = options.get(crate::lease::ARP_PROBE_OPTION) {
+            crate::lease::parse_arp_probe(p)?;
+            if !driver.needs_parent() {
+                return Err(Error::invalid(
+                    "-o arp_probe",
+                    p,
+                    format!("probes the LAN of a macvlan or ipvlan network; this one is {driver}"),
+                ));
+            }
+        }
         let subnets = match ipam {
             IpamDriver::Default => subnets::parse(self, driver)?,
             IpamDriver::Dhcp => vec![],

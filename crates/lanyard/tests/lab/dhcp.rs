@@ -234,3 +234,46 @@ fn the_daemon_renews_leases_and_asks_for_the_same_address_after_a_restart_and_re
     assert_eq!(stored["lease"]["address"], ip.as_str());
     assert!(c1.ping("192.0.2.1"));
 }
+
+#[test]
+fn an_address_the_lan_router_holds_is_refused_or_skipped_after_an_arp_probe() {
+    let lab = lab!();
+    lab.lan()
+        .ip(&["addr", "add", "192.0.2.77/24", "dev", "lan0"]);
+    lab.lan()
+        .ip(&["addr", "add", "192.0.2.76/24", "dev", "lan0"]);
+    let router_mac = lab.lan().ip_json(&["link", "show", "lan0"])[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "probed",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "-o",
+        "arp_probe=200",
+        "--subnet",
+        "192.0.2.0/24",
+        "--gateway",
+        "192.0.2.1",
+        "--ip-range",
+        "192.0.2.76/30",
+    ]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    let path = path.to_str().unwrap();
+    let err = lab.lanyard_fails(
+        &["attach", "probed", "--netns", path, "--ip", "192.0.2.77"],
+        exit::CONFLICT,
+    );
+    assert!(err.contains(&router_mac), "names the router's MAC: {err}");
+    assert!(!c1.links().contains("eth0"));
+    // Allocated: .76 and .77 are the router's, so the first free one is .78.
+    let ep = lab.attach("probed", &c1, &[]);
+    assert_eq!(addr_of(&ep, false), "192.0.2.78", "{ep}");
+    assert!(c1.ping("192.0.2.1"));
+}
