@@ -147,6 +147,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
                 .attach(&a.opts.request(&a.network, netns, a.ifname.clone()))
                 .map_err(|e| a.ns.blame(e))?;
             daemon::notify(cli, Change::Added, &ep);
+            daemon::lease_note(cli, &ep);
             if a.json {
                 output::json(&ep)?;
             } else {

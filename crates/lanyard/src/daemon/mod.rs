@@ -287,6 +287,20 @@ pub fn notify(cli: &Cli, change: Change, ep: &Endpoint) {
     }
 }
 
+/// After an attach on a DHCP network: says on stderr when no daemon is up to
+/// renew the lease, and when it runs out (one `stat`, DHCP endpoints only).
+pub fn lease_note(cli: &Cli, ep: &Endpoint) {
+    let Some(lease) = &ep.lease else { return };
+    if cli.run_dir.join(lanyard_kernel::handoff::SOCKET).exists() {
+        return;
+    }
+    eprintln!(
+        "note: no lanyard daemon is running, so nobody renews the lease of {} \
+         (renewal due in {} s, it ends in {} s): start `lanyard daemon`",
+        lease.address, lease.t1_secs, lease.lease_secs
+    );
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

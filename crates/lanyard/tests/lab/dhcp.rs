@@ -115,7 +115,12 @@ fn an_attach_takes_its_address_from_the_lan_server_and_the_detach_releases_it() 
 
     // A second endpoint (another ClientID) gets another address.
     let c2 = lab.netns("c2");
-    let ep2 = lab.attach("dlan", &c2, &[]);
+    let p2 = c2.path();
+    let out = lab.lanyard(&["attach", "dlan", "--netns", p2.to_str().unwrap(), "--json"]);
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("no lanyard daemon is running"), "{note}");
+    let ep2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_ne!(addr_of(&ep2, false), ip);
 
     lab.lanyard_ok(&["detach", "web"]);
