@@ -315,6 +315,13 @@ pub mod fake {
         pub arp_holders: Vec<(Ipv4Addr, MacAddr)>,
         /// ARP probes sent (address).
         pub arp_probes: Vec<Ipv4Addr>,
+        /// The LAN's DHCP server: the leases it gives, in order (none left: no answer).
+        pub dhcp_offers: std::collections::VecDeque<Lease>,
+        /// What renewals and rebindings get (none left: no answer).
+        pub dhcp_extends: std::collections::VecDeque<Extended>,
+        /// DHCP conversations held: `acquire ADDR|-`, `renew ADDR`, `rebind ADDR`,
+        /// `release ADDR`.
+        pub dhcp_log: Vec<String>,
     }
 
     impl Kernel for FakeKernel {
@@ -331,6 +338,27 @@ pub mod fake {
                 .find(|(p, _)| p == path)
                 .map(|(_, id)| *id)
                 .ok_or_else(|| Error::not_found("namespace", path.display().to_string()))
+        }
+        fn dhcp_acquire(&mut self, _who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
+            let asked = previous.map_or("-".to_string(), |a| a.to_string());
+            self.dhcp_log.push(format!("acquire {asked}"));
+            self.dhcp_offers
+                .pop_front()
+                .ok_or_else(|| Error::Other("no DHCP server answered within 4s".into()))
+        }
+        fn dhcp_extend(
+            &mut self,
+            _who: &DhcpWho,
+            lease: &Lease,
+            rebinding: bool,
+        ) -> Result<Extended> {
+            let verb = if rebinding { "rebind" } else { "renew" };
+            self.dhcp_log.push(format!("{verb} {}", lease.address));
+            Ok(self.dhcp_extends.pop_front().unwrap_or(Extended::NoAnswer))
+        }
+        fn dhcp_release(&mut self, _who: &DhcpWho, lease: &Lease) -> Result<()> {
+            self.dhcp_log.push(format!("release {}", lease.address));
+            Ok(())
         }
         fn arp_probe(
             &mut self,

@@ -257,3 +257,180 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::kernel::fake::FakeKernel;
+    use lanyard_core::model::{AttachRequest, DetachRequest, NetworkRequest};
+    use lanyard_core::store::mem::MemStore;
+
+    type E = Engine<MemStore, FakeKernel>;
+
+    fn lease(addr: &str, at: u64) -> Lease {
+        let mut l = Lease::test(addr.parse().unwrap(), "192.0.2.1".parse().unwrap(), 120);
+        l.acquired_at = at;
+        l
+    }
+
+    /// A host on 192.0.2.0/24 with `dlan`, a DHCP macvlan network on eth0.
+    fn dhcp_host() -> E {
+        let mut k = FakeKernel::with_eth0(&["192.0.2.2/24"]);
+        k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
+        let mut e = Engine::new(MemStore::default(), k, Default::default());
+        e.create_network(&NetworkRequest {
+            name: "dlan".into(),
+            driver: Some("macvlan".into()),
+            options: vec!["parent=eth0".into()],
+            ipam_driver: Some("dhcp".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        e
+    }
+
+    fn attach(e: &mut E) -> Result<Endpoint> {
+        e.attach(&AttachRequest {
+            network: "dlan".into(),
+            netns: "/run/netns/c1".into(),
+            name: Some("web".into()),
+            ..Default::default()
+        })
+    }
+
+    fn ops(e: &E) -> Vec<String> {
+        e.kernel.applied.iter().map(|o| o.to_string()).collect()
+    }
+
+    #[test]
+    fn a_dhcp_network_has_no_subnet_and_an_attach_takes_the_lease() {
+        let mut e = dhcp_host();
+        assert!(
+            e.networks().unwrap()[0].network.subnets.is_empty(),
+            "no pool subnet"
+        );
+        let mut l = lease("192.0.2.120", 1000);
+        l.routes = vec![
+            ("0.0.0.0/0".parse().unwrap(), "192.0.2.254".parse().unwrap()),
+            (
+                "198.51.100.0/24".parse().unwrap(),
+                "192.0.2.9".parse().unwrap(),
+            ),
+        ];
+        e.kernel.dhcp_offers.push_back(l.clone());
+        let ep = attach(&mut e).unwrap();
+        assert_eq!(ep.state, EndpointState::Active);
+        assert_eq!(ep.addresses[0].to_string(), "192.0.2.120/24");
+        assert_eq!(ep.gateways, vec!["192.0.2.254".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ep.lease.as_ref(), Some(&l));
+        assert_eq!(e.endpoint("web").unwrap(), ep, "the lease is stored");
+        let ops = ops(&e);
+        let link = ops
+            .iter()
+            .position(|o| o.contains("c1 type macvlan"))
+            .unwrap();
+        let addr = ops
+            .iter()
+            .position(|o| o.contains("192.0.2.120/24"))
+            .unwrap();
+        assert!(
+            link < addr,
+            "the link first, then the leased address: {ops:#?}"
+        );
+        assert!(
+            ops.iter()
+                .any(|o| o.contains("198.51.100.0/24 via 192.0.2.9")),
+            "{ops:#?}"
+        );
+        assert!(
+            ops.iter().any(|o| o.contains("0.0.0.0/0 via 192.0.2.254")),
+            "{ops:#?}"
+        );
+        assert_eq!(e.kernel.dhcp_log, ["acquire -"]);
+
+        e.detach(&DetachRequest::Endpoint("web".into())).unwrap();
+        assert_eq!(e.kernel.dhcp_log, ["acquire -", "release 192.0.2.120"]);
+    }
+
+    #[test]
+    fn no_answer_leaves_no_link_and_no_record() {
+        let mut e = dhcp_host();
+        let err = attach(&mut e).unwrap_err().to_string();
+        assert!(err.contains("no DHCP server answered"), "{err}");
+        assert!(err.contains("nothing was attached"), "{err}");
+        assert!(e.endpoints().unwrap().is_empty());
+        let ops = ops(&e);
+        assert!(ops.iter().any(|o| o.contains("type macvlan")));
+        assert!(
+            ops.iter()
+                .any(|o| o.contains("lyx-") || o.contains("delete")),
+            "the link is retired: {ops:#?}"
+        );
+    }
+
+    #[test]
+    fn leases_are_renewed_at_t1_rebound_at_t2_and_restarted_on_nak() {
+        let mut e = dhcp_host();
+        e.kernel.dhcp_offers.push_back(lease("192.0.2.120", 1000));
+        attach(&mut e).unwrap();
+        // T1 60 s, T2 105 s, end 120 s after 1000.
+        let (next, done) = e.maintain_leases(1010, false).unwrap();
+        assert_eq!((next, done.len()), (Some(1060), 0), "bound: nothing to do");
+        e.kernel
+            .dhcp_extends
+            .push_back(Extended::Ack(lease("192.0.2.120", 1061)));
+        let (next, done) = e.maintain_leases(1061, false).unwrap();
+        assert_eq!(done, ["endpoint web: lease of 192.0.2.120 renewed"]);
+        assert_eq!(next, Some(1121));
+        assert_eq!(e.endpoint("web").unwrap().lease.unwrap().acquired_at, 1061);
+        // No answer to renewing, then at T2 a rebinding; a NAK starts over.
+        let (_, done) = e.maintain_leases(1125, false).unwrap();
+        assert!(done.is_empty());
+        e.kernel.dhcp_extends.push_back(Extended::Nak);
+        e.kernel.dhcp_offers.push_back(lease("192.0.2.130", 1170));
+        let (_, done) = e.maintain_leases(1170, false).unwrap();
+        assert_eq!(
+            done,
+            ["endpoint web: address changed from 192.0.2.120 to 192.0.2.130/24"]
+        );
+        assert_eq!(
+            e.kernel.dhcp_log,
+            [
+                "acquire -",
+                "renew 192.0.2.120",
+                "renew 192.0.2.120",
+                "rebind 192.0.2.120",
+                "acquire -"
+            ]
+        );
+        let ep = e.endpoint("web").unwrap();
+        assert_eq!(ep.addresses[0].to_string(), "192.0.2.130/24");
+        let ops = ops(&e);
+        assert!(
+            ops.iter().any(|o| o.contains("del 192.0.2.120/24")),
+            "{ops:#?}"
+        );
+    }
+
+    #[test]
+    fn a_restart_asks_for_the_stored_address_again() {
+        let mut e = dhcp_host();
+        e.kernel.dhcp_offers.push_back(lease("192.0.2.120", 1000));
+        attach(&mut e).unwrap();
+        e.kernel.dhcp_offers.push_back(lease("192.0.2.120", 2000));
+        let (_, done) = e.maintain_leases(2000, true).unwrap();
+        assert_eq!(done, ["endpoint web: lease confirmed (INIT-REBOOT)"]);
+        assert_eq!(e.kernel.dhcp_log, ["acquire -", "acquire 192.0.2.120"]);
+        assert_eq!(e.endpoint("web").unwrap().lease.unwrap().acquired_at, 2000);
+    }
+
+    #[test]
+    fn static_networks_never_talk_dhcp() {
+        let mut e = crate::endpoint::tests::engine();
+        e.attach(&crate::endpoint::tests::attach("/run/netns/c1"))
+            .unwrap();
+        let (next, done) = e.maintain_leases(0, true).unwrap();
+        assert_eq!((next, done.len()), (None, 0));
+        assert!(e.kernel.dhcp_log.is_empty());
+    }
+}
