@@ -5,6 +5,7 @@
 
 mod alloc;
 pub mod dhcp;
+pub mod doctor;
 pub mod drift;
 mod endpoint;
 mod firewall;

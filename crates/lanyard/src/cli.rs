@@ -62,6 +62,10 @@ pub enum Command {
     Restore(JsonFlag),
     /// Forget endpoints whose namespace is gone; remove leftovers of crashes.
     Gc(GcArgs),
+    /// Find what stops networks from working (host access, parents, routes, firewall,
+    /// forwarding, gone namespaces, duplicate LAN addresses) and say how to fix each;
+    /// exit 1 if anything was found. Changes nothing.
+    Doctor(JsonFlag),
     /// Keep lanyard's nftables tables in place: rebuild them from the store when a
     /// flush or firewall reload drops them; gc now and then. Foreground; SIGTERM stops.
     Daemon(DaemonArgs),

@@ -11,6 +11,7 @@
 mod caps;
 mod cli;
 mod daemon;
+mod doctor;
 mod log;
 mod output;
 mod run;
@@ -185,6 +186,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
         Command::Endpoint(cmd) => return endpoint(engine, cli, cmd),
         Command::Run(r) => return run::run(engine, r),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
+        Command::Doctor(f) => return doctor::run(engine, cli, f.json),
         Command::Gc(f) => {
             if f.adopt_store {
                 engine.adopt_store()?;

@@ -41,7 +41,7 @@
 
 mod control;
 mod watch;
-mod worker;
+pub(crate) mod worker;
 
 use crate::cli::{Cli, DaemonArgs};
 use lanyard_core::model::Endpoint;

@@ -49,7 +49,7 @@ pub struct Worker {
 }
 
 /// Reads lanyard's tables over nfnetlink ([`nftwatch::table_shape`]).
-struct Nfnetlink;
+pub(crate) struct Nfnetlink;
 
 impl TableReader for Nfnetlink {
     fn table(&mut self, family: &str, name: &str) -> Result<Option<Shape>> {

@@ -9,6 +9,7 @@ mod attach;
 mod concurrency;
 mod daemon;
 mod dhcp;
+mod doctor;
 mod firewall;
 mod harness;
 mod kernel_vm;

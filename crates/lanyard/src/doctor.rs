@@ -1,0 +1,94 @@
+//! `lanyard doctor`: the engine's checks ([`lanyard_engine::doctor`]) with what they
+//! read from this host: nftables tables over nfnetlink, sysctls from /proc/sys (this
+//! namespace's), whether a link is wireless from sysfs (`LANYARD_SYSFS`, default
+//! `/sys`: a test hook, as sysfs shows the namespace it was mounted in), ARP probes
+//! sent from the parent links, and whether the daemon answers on its socket.
+
+use crate::cli::Cli;
+use crate::daemon::worker::Nfnetlink;
+use crate::Lanyard;
+use lanyard_core::model::MacAddr;
+use lanyard_core::name::IfName;
+use lanyard_core::{Error, Result};
+use lanyard_engine::doctor::{Finding, Inspect};
+use lanyard_engine::drift::{Shape, TableReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Test hook: where sysfs is (`/sys`).
+const SYSFS_ENV: &str = "LANYARD_SYSFS";
+
+/// How long doctor waits for ARP answers, all probes together.
+const ARP_WAIT: Duration = Duration::from_millis(300);
+
+struct Host {
+    sysfs: PathBuf,
+    daemon_socket: PathBuf,
+}
+
+impl TableReader for Host {
+    fn table(&mut self, family: &str, name: &str) -> Result<Option<Shape>> {
+        Nfnetlink.table(family, name)
+    }
+}
+
+impl Inspect for Host {
+    fn sysctl(&mut self, key: &str) -> Result<String> {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| Error::Other(format!("reading {}: {e}", path.display())))
+    }
+
+    fn is_wireless(&mut self, name: &str) -> bool {
+        let dev = self.sysfs.join("class/net").join(name);
+        dev.join("wireless").exists() || dev.join("phy80211").exists()
+    }
+
+    fn arp_holders(&mut self, probes: &[(IfName, Ipv4Addr)]) -> Result<Vec<Option<MacAddr>>> {
+        let here = Path::new("/proc/self/ns/net");
+        let sent: Vec<_> = probes
+            .iter()
+            .map(|(link, addr)| lanyard_kernel::dhcp::ArpProbe::send(here, link.as_str(), *addr))
+            .collect();
+        let deadline = Instant::now() + ARP_WAIT;
+        sent.into_iter()
+            .zip(probes)
+            .map(|(probe, (link, addr))| {
+                let probe = probe
+                    .map_err(|e| Error::Other(format!("ARP probe for {addr} on {link}: {e}")))?;
+                probe
+                    .wait(deadline)
+                    .map(|m| m.map(MacAddr))
+                    .map_err(|e| Error::Other(format!("ARP probe for {addr} on {link}: {e}")))
+            })
+            .collect()
+    }
+
+    fn daemon_running(&mut self) -> bool {
+        lanyard_kernel::handoff::Client::connect(&self.daemon_socket).is_ok()
+    }
+}
+
+/// Runs the checks and prints them; exit 1 when anything was found.
+pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
+    let mut host = Host {
+        sysfs: std::env::var_os(SYSFS_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/sys")),
+        daemon_socket: cli.run_dir.join(lanyard_kernel::handoff::SOCKET),
+    };
+    let findings: Vec<Finding> = engine.doctor(&mut host)?;
+    if json {
+        crate::output::json(&findings)?;
+    } else if findings.is_empty() {
+        println!("no problems found");
+    } else {
+        for f in &findings {
+            println!("[{}] {}: {}", f.check, f.subject, f.problem);
+            println!("    fix: {}", f.fix);
+        }
+    }
+    Ok(if findings.is_empty() { 0 } else { 1 })
+}
