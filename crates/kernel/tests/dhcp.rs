@@ -103,6 +103,20 @@ fn lan() -> SideNetns {
     sh(&["ip", "addr", "add", "192.0.2.1/24", "dev", "srv0"]);
     let net = format!("--net={}", side.path.display());
     sh(&["nsenter", &net, "ip", "link", "set", "cli0", "up"]);
+    // A frame sent before the pair has carrier is dropped: wait for it (a busy
+    // machine may take a while), so the first probe or DISCOVER is not lost.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = Command::new("nsenter")
+            .args([net.as_str(), "ip", "-br", "link", "show", "cli0"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(" UP ") {
+            break;
+        }
+        assert!(Instant::now() < end, "cli0 got no carrier");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     side
 }
 
