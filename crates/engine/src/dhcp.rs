@@ -38,6 +38,42 @@ pub(crate) fn who(net: &Network, ep: &Endpoint) -> DhcpWho {
     }
 }
 
+/// On a DHCP network with `--ipv6`, IPv6 comes from the LAN's router
+/// advertisements (SLAAC, as the kernel does it in the namespace). So that interface
+/// ids are stable per endpoint and never derived from a MAC the endpoint shares (ipvlan:
+/// the parent's), the namespace's defaults, which a new link copies, get RFC 7217
+/// stable-privacy ids (`addr_gen_mode` 2) with a secret derived from the endpoint id.
+/// None for any other network.
+pub(crate) fn slaac_ops(net: &Network, ep: &Endpoint) -> Vec<Op> {
+    if net.ipam != IpamDriver::Dhcp || !net.ipv6 {
+        return vec![];
+    }
+    let ns = Netns::Path(ep.netns.clone());
+    let set = |key: &str, value: String| Op::SetSysctl {
+        netns: ns.clone(),
+        key: key.into(),
+        value,
+    };
+    vec![
+        set(
+            "net.ipv6.conf.default.stable_secret",
+            stable_secret(&ep.id).to_string(),
+        ),
+        set("net.ipv6.conf.default.addr_gen_mode", "2".into()),
+    ]
+}
+
+/// The RFC 7217 secret of an endpoint: 128 bits of its id (64 hex digits, random).
+fn stable_secret(id: &str) -> std::net::Ipv6Addr {
+    let hex: String = id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    let n = u128::from_str_radix(&format!("{hex:0<32}"), 16).unwrap_or(0);
+    std::net::Ipv6Addr::from(n)
+}
+
 /// The kernel steps that put `lease` on `ep` (whose record already carries it):
 /// its address, default route, classless routes and host-access routes.
 fn lease_ops(net: &Network, ep: &Endpoint, host: &View, lease: &Lease) -> Result<Vec<Op>> {

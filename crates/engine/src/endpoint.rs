@@ -247,6 +247,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         if ep.host_link.is_some() {
             ops.extend(plan::endpoint_ops_host(net, ep, host)?);
         } else {
+            // SLAAC on a DHCP network with --ipv6: stable interface ids, before the
+            // link is born (it copies the namespace's defaults).
+            ops.extend(crate::dhcp::slaac_ops(net, ep));
             ops.extend(plan::endpoint_ops(net, ep, host)?);
         }
         // Infra is shared with other endpoints (and maybe being made by another

@@ -156,13 +156,6 @@ fn parse_ipam(
     if let Some(t) = timeout {
         crate::lease::parse_timeout(t)?;
     }
-    if req.ipv6 {
-        return Err(Error::invalid(
-            "--ipv6",
-            "true",
-            "does not go with --ipam-driver dhcp yet (DHCPv4 only)",
-        ));
-    }
     Ok(ipam)
 }
 

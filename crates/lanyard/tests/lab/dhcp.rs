@@ -282,3 +282,61 @@ fn an_address_the_lan_router_holds_is_refused_or_skipped_after_an_arp_probe() {
     assert_eq!(addr_of(&ep, false), "192.0.2.78", "{ep}");
     assert!(c1.ping("192.0.2.1"));
 }
+
+/// The interface id (last 64 bits) EUI-64 makes of `mac`.
+fn eui64(mac: &str) -> String {
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    format!(
+        "{:x}:{:x}:{:x}:{:x}",
+        u16::from_be_bytes([b[0] ^ 2, b[1]]),
+        u16::from_be_bytes([b[2], 0xff]),
+        u16::from_be_bytes([0xfe, b[3]]),
+        u16::from_be_bytes([b[4], b[5]])
+    )
+}
+
+/// The global IPv6 address SLAAC gave `eth0` in `ns`, waiting up to 15 s.
+fn slaac_address(ns: &crate::harness::Ns) -> String {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let j = ns.ip_json(&["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+        if let Some(a) = j[0]["addr_info"]
+            .as_array()
+            .and_then(|a| a.iter().find_map(|x| x["local"].as_str()))
+        {
+            return a.to_string();
+        }
+        assert!(Instant::now() < end, "no SLAAC address: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn dual_stack_ipv4_from_dhcp_and_ipv6_from_router_advertisements_with_stable_ids() {
+    let lab = lab!();
+    let _server = dnsmasq_with(
+        &lab,
+        "2m",
+        &["--enable-ra", "--dhcp-range=2001:db8:1::,ra-only,64"],
+    );
+    dhcp_network(&lab, &["--ipv6"]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let e1 = lab.attach("dlan", &c1, &[]);
+    lab.attach("dlan", &c2, &[]);
+    let a1 = slaac_address(&c1);
+    let a2 = slaac_address(&c2);
+    assert!(a1.starts_with("2001:db8:1:"), "{a1}");
+    assert_ne!(a1, a2);
+    let mac = e1["mac"].as_str().unwrap();
+    assert!(
+        !a1.ends_with(&eui64(mac)),
+        "{a1} is not derived from the MAC {mac}"
+    );
+    let mode = c1.ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/addr_gen_mode"]);
+    assert_eq!(mode.trim(), "2", "RFC 7217 stable privacy");
+    assert!(c1.ping("2001:db8:1::1"));
+    assert!(c1.ping("192.0.2.1"));
+}
