@@ -218,6 +218,9 @@ pub struct FailAt<K> {
     pub inner: K,
     /// Which apply fails.
     pub at: usize,
+    /// Instead of failing, call this (it never returns: the binary kills itself with
+    /// SIGKILL there, for the crash suite's `LANYARD_KILL_AT=N`).
+    pub kill: Option<fn() -> !>,
     calls: usize,
 }
 
@@ -227,6 +230,7 @@ impl<K> FailAt<K> {
         FailAt {
             inner,
             at,
+            kill: None,
             calls: 0,
         }
     }
@@ -249,6 +253,9 @@ impl<K: Kernel> Kernel for FailAt<K> {
         let n = self.calls;
         self.calls += 1;
         if n == self.at {
+            if let Some(kill) = self.kill {
+                kill();
+            }
             return Err(crate::Error::kernel(
                 op.to_string(),
                 format!("injected failure at step {n} (LANYARD_FAIL_AT)"),

@@ -34,6 +34,27 @@ pub type Lanyard = Engine<SqliteStore, Box<dyn Kernel>>;
 /// tests can check rollback on a real kernel at every step.
 const FAIL_AT_ENV: &str = "LANYARD_FAIL_AT";
 
+/// Test hook of the crash suite: `LANYARD_KILL_AT=N` makes the process kill itself
+/// with SIGKILL just before the N-th kernel step (0-based), as a `kill -9` would.
+const KILL_AT_ENV: &str = "LANYARD_KILL_AT";
+
+/// A test hook's step number, if set.
+fn hook(env: &str) -> Result<Option<usize>> {
+    match std::env::var(env) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid(env, v, "must be a number")),
+    }
+}
+
+/// `kill -9` of this process (the crash suite's hook).
+fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    std::process::abort()
+}
+
 fn open(cli: &Cli) -> Result<Lanyard> {
     // Only `network create` reads the config (its default address pools): every
     // other verb is spared the file, and a broken config never blocks a detach.
@@ -49,16 +70,13 @@ fn open(cli: &Cli) -> Result<Lanyard> {
     if !matches!(cli.command, Command::Run(_) | Command::Daemon(_)) {
         netlink.exits_soon();
     }
-    let kernel: Box<dyn Kernel> = match std::env::var(FAIL_AT_ENV).ok().map(|v| v.parse::<usize>())
-    {
-        None => Box::new(netlink),
-        Some(Ok(at)) => Box::new(FailAt::new(netlink, at)),
-        Some(Err(_)) => {
-            return Err(Error::invalid(
-                FAIL_AT_ENV,
-                std::env::var(FAIL_AT_ENV).unwrap_or_default(),
-                "must be a number",
-            ))
+    let kernel: Box<dyn Kernel> = match (hook(FAIL_AT_ENV)?, hook(KILL_AT_ENV)?) {
+        (None, None) => Box::new(netlink),
+        (Some(at), _) => Box::new(FailAt::new(netlink, at)),
+        (None, Some(at)) => {
+            let mut k = FailAt::new(netlink, at);
+            k.kill = Some(kill_self);
+            Box::new(k)
         }
     };
     let engine = Engine::new(store, kernel, config)

@@ -7,6 +7,7 @@
 
 mod attach;
 mod concurrency;
+mod crash;
 mod daemon;
 mod dhcp;
 mod doctor;
