@@ -61,8 +61,14 @@ fn an_allocated_endpoint_keeps_its_address_and_mac_across_unplug_and_plug_elsewh
         &c1.path().to_string_lossy(),
     ]);
     assert_eq!(state_of(&lab, &id), "active");
-    assert!(lab.lan().ping(&a), "router -> plugged endpoint");
-    assert!(lab.host().ping(&a), "host -> plugged endpoint");
+    assert!(
+        lab.lan().ping_within(&a, SETTLE),
+        "router -> plugged endpoint"
+    );
+    assert!(
+        lab.host().ping_within(&a, SETTLE),
+        "host -> plugged endpoint"
+    );
     lab.lanyard_ok(&["endpoint", "check", &id]);
 
     lab.lanyard_ok(&["endpoint", "unplug", &id]);
@@ -81,7 +87,10 @@ fn an_allocated_endpoint_keeps_its_address_and_mac_across_unplug_and_plug_elsewh
         Some(mac.as_str()),
         "same MAC"
     );
-    assert!(lab.lan().ping(&a), "router -> the same address, now in c2");
+    assert!(
+        lab.lan().ping_within(&a, SETTLE),
+        "router -> the same address, now in c2"
+    );
 
     // `check` sees what the kernel lost.
     c2.ip(&["addr", "del", &format!("{a}/24"), "dev", "eth0"]);

@@ -5,6 +5,11 @@
 //! the same host, and a macvlan network whose parent is a host bridge.
 
 use crate::harness::{addr, addr_of, exit, lab, Ns};
+use std::time::Duration;
+
+/// How long a first packet may take while neighbours are resolved (a slow VM): a
+/// wait, not a timing check.
+const SETTLE: Duration = Duration::from_secs(3);
 
 /// Everything about `br0` an administrator would notice changing: its settings
 /// (timers aside), addresses, the host's routes and its ports (lanyard's own veths
@@ -29,7 +34,8 @@ fn bridge_state(host: &Ns) -> String {
     let routes: Vec<String> = host
         .ip(&["route", "show", "table", "all"])
         .lines()
-        .filter(|l| !l.contains("lyv-"))
+        // IPv6 link-local routes appear when DAD ends (later in a slow VM).
+        .filter(|l| !l.contains("lyv-") && !l.contains("fe80"))
         .map(str::to_string)
         .collect();
     let ports: Vec<String> = host
@@ -93,9 +99,16 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
     assert_ne!(a1, addr::HOST_V4);
     assert_eq!(bridge_state(&host), before, "attach changed br0");
     let lan = lab.lan();
-    assert!(lan.ping(&a1), "LAN router -> endpoint, at layer 2");
-    assert!(host.ping(&a1), "host -> endpoint");
-    assert!(c1.ping(addr::ROUTER_V4) && c1.ping(addr::HOST_V4) && c1.ping(&a2));
+    assert!(
+        lan.ping_within(&a1, SETTLE),
+        "LAN router -> endpoint, at layer 2"
+    );
+    assert!(host.ping_within(&a1, SETTLE), "host -> endpoint");
+    assert!(
+        c1.ping_within(addr::ROUTER_V4, SETTLE)
+            && c1.ping_within(addr::HOST_V4, SETTLE)
+            && c1.ping_within(&a2, SETTLE)
+    );
     // No NAT: the router sees the endpoint's own address (its neighbour entry).
     let neigh = lan.ip(&["neigh", "show", &a1]);
     assert!(neigh.contains(e1["mac"].as_str().unwrap()), "{neigh}");
@@ -107,7 +120,7 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
     lab.lanyard_ok(&["network", "rm", "ext"]);
     assert_eq!(bridge_state(&host), before, "network rm changed br0");
     assert!(host.links().contains("br0"), "br0 is the administrator's");
-    assert!(host.ping(addr::ROUTER_V4));
+    assert!(host.ping_within(addr::ROUTER_V4, SETTLE));
 }
 
 /// The host's uplink moved into a bridge `br0` that holds the host's address.
@@ -175,7 +188,10 @@ fn a_macvlan_network_on_a_host_bridge_holding_the_uplink_reaches_the_lan_and_the
     ]);
     let c1 = lab.netns("c1");
     let a1 = addr_of(&lab.attach("lan", &c1, &[]), false);
-    assert!(lab.lan().ping(&a1), "LAN router -> endpoint");
-    assert!(host.ping(&a1), "host -> endpoint (through the shim on br0)");
-    assert!(c1.ping(addr::HOST_V4) && c1.ping(addr::ROUTER_V4));
+    assert!(lab.lan().ping_within(&a1, SETTLE), "LAN router -> endpoint");
+    assert!(
+        host.ping_within(&a1, SETTLE),
+        "host -> endpoint (through the shim on br0)"
+    );
+    assert!(c1.ping_within(addr::HOST_V4, SETTLE) && c1.ping_within(addr::ROUTER_V4, SETTLE));
 }
