@@ -36,7 +36,7 @@ fn bridge_state(host: &Ns) -> String {
         .lines()
         // IPv6 link-local routes appear when DAD ends (later in a slow VM).
         .filter(|l| !l.contains("lyv-") && !l.contains("fe80"))
-        .map(str::to_string)
+        .map(|l| l.replace(" linkdown", ""))
         .collect();
     let ports: Vec<String> = host
         .ip_json(&["link", "show", "master", "br0"])
@@ -133,6 +133,12 @@ fn uplink_in_br0(host: &Ns) {
         "addr add 192.0.2.2/24 dev br0",
         "route add default via 192.0.2.1",
     ]);
+    // The administrator's bridge settles first (carrier, which a slow VM shows late).
+    let end = std::time::Instant::now() + SETTLE;
+    while !host.ip(&["link", "show", "br0"]).contains("LOWER_UP") {
+        assert!(std::time::Instant::now() < end, "br0 got no carrier");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
