@@ -6,25 +6,11 @@
 //! held, no host route to it, no lanyard link left on the host, no firewall element
 //! of its port.
 
-use crate::harness::{addr, lab, Lab, Ns};
+use crate::harness::{lab, Lab, Ns};
 use std::os::unix::process::ExitStatusExt;
 
 fn networks(lab: &Lab) {
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "lan",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("lan", "macvlan", &[]);
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
 }
 

@@ -5,21 +5,7 @@ use crate::harness::{addr, addr_of, lab, Lab};
 use std::time::{Duration, Instant};
 
 fn macvlan_lan(lab: &Lab) {
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "lan",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("lan", "macvlan", &[]);
 }
 
 fn bridge(lab: &Lab) {

@@ -359,6 +359,29 @@ impl Lab {
         Bg::spawn(self.lanyard_command(args), &what)
     }
 
+    /// `lanyard network create NAME -d DRIVER -o parent=eth0 EXTRA…` on the lab's LAN
+    /// (192.0.2.0/24, the router as gateway, addresses from 192.0.2.128/25), which
+    /// must succeed: the network most tests start from.
+    pub fn lan_network(&self, name: &str, driver: &str, extra: &[&str]) {
+        let mut args = vec![
+            "network",
+            "create",
+            name,
+            "-d",
+            driver,
+            "-o",
+            "parent=eth0",
+            "--subnet",
+            addr::LAN_V4,
+            "--gateway",
+            addr::ROUTER_V4,
+            "--ip-range",
+            "192.0.2.128/25",
+        ];
+        args.extend_from_slice(extra);
+        self.lanyard_ok(&args);
+    }
+
     /// `lanyard attach NET --netns <ns> --json EXTRA…`, which must succeed; the
     /// endpoint's JSON.
     pub fn attach(&self, net: &str, ns: &Ns, extra: &[&str]) -> serde_json::Value {

@@ -9,21 +9,7 @@ use crate::harness::{addr, addr_of, exit, lab, Lab, Ns};
 fn vm_ipvlan_l2_endpoints_the_lan_and_the_host_reach_each_other() {
     let lab = lab!();
     lab.require_kernel("ipvlan");
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "iv",
-        "-d",
-        "ipvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("iv", "ipvlan", &[]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     let (a1, a2) = (
         addr_of(&lab.attach("iv", &c1, &[]), false),
@@ -195,21 +181,7 @@ fn vm_vlan_parent_eth0_10_is_made_on_first_use_and_removed_with_its_last_network
 fn vm_ipvlan_a_second_mode_on_one_parent_is_refused_and_the_first_keeps_working() {
     let lab = lab!();
     lab.require_kernel("ipvlan");
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "l2",
-        "-d",
-        "ipvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("l2", "ipvlan", &[]);
     let c1 = lab.netns("c1");
     let a1 = addr_of(&lab.attach("l2", &c1, &[]), false);
     let err = lab.lanyard_fails(

@@ -11,21 +11,7 @@ use std::time::Duration;
 const SETTLE: Duration = Duration::from_secs(3);
 
 fn macvlan_lan(lab: &Lab) {
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "lan",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("lan", "macvlan", &[]);
 }
 
 fn state_of(lab: &Lab, id: &str) -> String {

@@ -145,21 +145,7 @@ fn uplink_in_br0(host: &Ns) {
 fn a_bridge_endpoint_reaches_a_macvlan_endpoint_of_the_same_host_as_the_hosts_lan_address() {
     let lab = lab!();
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "lan",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-    ]);
+    lab.lan_network("lan", "macvlan", &[]);
     let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
     lab.attach("br", &c1, &[]);
     let e2 = lab.attach("lan", &c2, &[]);
