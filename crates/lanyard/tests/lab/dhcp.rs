@@ -340,3 +340,33 @@ fn dual_stack_ipv4_from_dhcp_and_ipv6_from_router_advertisements_with_stable_ids
     assert!(c1.ping("2001:db8:1::1"));
     assert!(c1.ping("192.0.2.1"));
 }
+
+#[test]
+fn vm_ipvlan_endpoints_sharing_the_parents_mac_get_distinct_leases() {
+    let lab = lab!();
+    lab.require_kernel("ipvlan");
+    let server = dnsmasq(&lab, "2m");
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "dlan",
+        "-d",
+        "ipvlan",
+        "-o",
+        "parent=eth0",
+        "--ipam-driver",
+        "dhcp",
+    ]);
+    let (c1, c2) = (lab.netns("c1"), lab.netns("c2"));
+    let a1 = addr_of(&lab.attach("dlan", &c1, &["--name", "one"]), false);
+    let a2 = addr_of(&lab.attach("dlan", &c2, &["--name", "two"]), false);
+    assert_ne!(a1, a2, "one MAC, two ClientIDs, two leases");
+    let leases = server.leases();
+    assert!(leases.contains(&format!(" {a1} one ")), "{leases}");
+    assert!(leases.contains(&format!(" {a2} two ")), "{leases}");
+    assert!(c1.ping("192.0.2.1") && c2.ping("192.0.2.1"));
+    lab.lanyard_ok(&["detach", "one"]);
+    server.wait_until("released", Duration::from_secs(5), |l| {
+        !l.contains(&format!(" {a1} "))
+    });
+}
