@@ -18,6 +18,11 @@
 //!   on that connection.
 //! - `status`: the daemon answers `status` with its pid, protocol version and
 //!   counters.
+//! - `verb JSON`: a CLI call hands the daemon its whole verb (attach, detach), so it
+//!   opens no store and no netlink sockets of its own; the daemon answers `verb-ok
+//!   JSON` or `verb-err CODE MESSAGE` (the CLI's exit code and message). Code `-1`
+//!   means "not here" (the caller runs in another network namespace): the caller runs
+//!   the verb itself.
 //!
 //! **Who may receive a namespace.** Before sending anything the sender checks
 //! ([`Client::connect`]) that the run directory is owned by root (its own user) and
@@ -54,8 +59,9 @@ const MAGIC: &str = "lanyard/2";
 /// one message is 253).
 pub const MAX_BATCH: usize = 64;
 
-/// Largest message: the magic, a verb and `MAX_BATCH` names of at most 15 bytes.
-pub const MAX_LEN: usize = 4096;
+/// Largest message: a verb's JSON (an endpoint with its published ports), well above
+/// the magic, a verb and `MAX_BATCH` names of at most 15 bytes.
+pub const MAX_LEN: usize = 65536;
 
 /// Connections the daemon's listener queues before senders get `EAGAIN`.
 const BACKLOG: i32 = 256;
@@ -102,10 +108,17 @@ pub enum Message {
     StatusIs(Vec<String>),
     /// A message the receiver could not take, and why.
     Error(String),
+    /// A CLI verb for the daemon to run (JSON, the binary's own format).
+    Verb(String),
+    /// The verb's outcome (JSON).
+    VerbOk(String),
+    /// The verb failed: the CLI's exit code and message (`-1`: run it yourself).
+    VerbErr(i32, String),
 }
 
 /// The payload of `m`: the magic, the verb, its fields, each followed by a NUL.
 pub fn encode(m: &Message) -> Vec<u8> {
+    let code_text;
     let mut fields: Vec<&str> = vec![MAGIC];
     match m {
         Message::Reap(names) => {
@@ -125,6 +138,12 @@ pub fn encode(m: &Message) -> Vec<u8> {
             fields.extend(kv.iter().map(String::as_str));
         }
         Message::Error(why) => fields.extend(["error", why]),
+        Message::Verb(json) => fields.extend(["verb", json]),
+        Message::VerbOk(json) => fields.extend(["verb-ok", json]),
+        Message::VerbErr(code, why) => {
+            code_text = code.to_string();
+            fields.extend(["verb-err", &code_text, why]);
+        }
     }
     let mut out = Vec::with_capacity(fields.iter().map(|f| f.len() + 1).sum());
     for f in fields {
@@ -180,6 +199,13 @@ pub fn decode(payload: &[u8]) -> Result<Message, String> {
         ("status", []) => Message::Status,
         ("status-is", kv) => Message::StatusIs(kv.to_vec()),
         ("error", [why]) => Message::Error(why.clone()),
+        ("verb", [json]) => Message::Verb(json.clone()),
+        ("verb-ok", [json]) => Message::VerbOk(json.clone()),
+        ("verb-err", [code, why]) => Message::VerbErr(
+            code.parse()
+                .map_err(|_| format!("verb-err code {code:?} is not a number"))?,
+            why.clone(),
+        ),
         (verb, _) => return Err(format!("verb {verb:?} unknown or with wrong fields")),
     };
     Ok(m)

@@ -11,6 +11,7 @@
 mod caps;
 mod cli;
 mod daemon;
+mod delegate;
 mod doctor;
 mod log;
 mod output;
@@ -55,14 +56,19 @@ fn kill_self() -> ! {
     std::process::abort()
 }
 
-fn open(cli: &Cli) -> Result<Lanyard> {
+pub(crate) fn open(cli: &Cli) -> Result<Lanyard> {
+    open_with(cli, SqliteStore::open(&cli.state_dir)?)
+}
+
+/// The engine over `store` (the daemon keeps one open across delegated verbs) and a
+/// fresh netlink kernel.
+pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
     // Only `network create` reads the config (its default address pools): every
     // other verb is spared the file, and a broken config never blocks a detach.
     let config = match &cli.command {
         Command::Network(NetworkCmd::Create(_)) => Config::load(&cli.config)?,
         _ => Config::default(),
     };
-    let store = SqliteStore::open(&cli.state_dir)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(cli.run_dir.join(lanyard_kernel::handoff::SOCKET));
     // Every verb but `run` (which outlives its detaches) and the daemon (whose
@@ -141,6 +147,11 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         }
         // Opens the store and kernel afresh for every check.
         Command::Daemon(d) => return daemon::run(cli, d),
+        Command::Attach(_) | Command::Detach(_) => {
+            if let Some(code) = delegated(cli)? {
+                return Ok(code);
+            }
+        }
         _ => {}
     }
     let mut engine = open(cli)?;
@@ -151,6 +162,54 @@ fn dispatch(cli: &Cli) -> Result<i32> {
     // cost ~5% of a short call (unmapping, freeing every cached page).
     std::mem::forget(engine);
     result
+}
+
+/// `attach` or `detach` run by `lanyard daemon` ([`delegate`]): its exit code, or
+/// `None` when no daemon took it (the caller then runs it itself).
+fn delegated(cli: &Cli) -> Result<Option<i32>> {
+    use delegate::{Failed, Outcome, Verb};
+    let (verb, ns, json) = match &cli.command {
+        Command::Attach(a) => {
+            let Some(netns) = a.ns.path() else {
+                return Ok(None); // the local path words the error
+            };
+            // The daemon resolves nothing relative to the caller's directory.
+            let Ok(netns) = std::path::absolute(&netns) else {
+                return Ok(None);
+            };
+            let req = a.opts.request(&a.network, netns, a.ifname.clone());
+            (Verb::Attach(Box::new(req)), &a.ns, a.json)
+        }
+        Command::Detach(d) => {
+            let req = match d.ns.path().map(std::path::absolute) {
+                Some(Ok(netns)) => DetachRequest::Netns {
+                    network: d.target.clone(),
+                    netns,
+                },
+                Some(Err(_)) => return Ok(None),
+                None => DetachRequest::Endpoint(d.target.clone()),
+            };
+            (Verb::Detach(req), &d.ns, false)
+        }
+        _ => return Ok(None),
+    };
+    match delegate::to_daemon(cli, verb) {
+        None => Ok(None),
+        Some(Ok(Outcome::Attached(ep))) => {
+            if json {
+                output::json(&ep)?;
+            } else {
+                println!("{}", ep.id);
+            }
+            Ok(Some(0))
+        }
+        Some(Ok(Outcome::Detached(_))) => Ok(Some(0)),
+        Some(Err(Failed::Error(e))) => Err(ns.blame(e)),
+        Some(Err(Failed::Raw(code, message))) => {
+            eprintln!("lanyard: {message}");
+            Ok(Some(code))
+        }
+    }
 }
 
 /// Runs the engine verb `cli` asks for.

@@ -9,6 +9,7 @@
 //! is taken over. Without the daemon (or with its socket failed) detaches fork their
 //! own workers.
 
+use super::worker::Worker;
 use crate::cli::Cli;
 use lanyard_core::{Error, Result};
 use lanyard_kernel::handoff::{self, Message};
@@ -33,6 +34,7 @@ pub struct Control {
 struct Counters {
     tombstones: AtomicU64,
     notices: AtomicU64,
+    verbs: AtomicU64,
 }
 
 /// A connected socket the loop can poll.
@@ -98,7 +100,10 @@ impl Control {
     /// Starts the reaper thread and returns the task that serves the socket (to
     /// spawn on the loop). If the socket fails the task ends; senders then get
     /// `ECONNREFUSED` and fork their own workers.
-    pub fn serve(&mut self) -> Result<impl std::future::Future<Output = ()> + Send> {
+    pub fn serve(
+        &mut self,
+        worker: Worker,
+    ) -> Result<impl std::future::Future<Output = ()> + Send> {
         let listener = self
             .listener
             .take()
@@ -114,7 +119,13 @@ impl Control {
         let fd = unsafe { AsyncFd::register(listener) }
             .map_err(|e| Error::Other(format!("daemon: polling the control socket: {e}")))?;
         let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
-        Ok(accept(fd, tx, events, Arc::new(Counters::default())))
+        Ok(accept(
+            fd,
+            tx,
+            events,
+            Arc::new(Counters::default()),
+            worker,
+        ))
     }
 
     /// Removes the socket file, so that CLI calls fork their own reapers again
@@ -130,6 +141,7 @@ async fn accept(
     reaper: mpsc::Sender<(OwnedFd, String)>,
     events: broadcast::Sender<Message>,
     counters: Arc<Counters>,
+    worker: Worker,
 ) {
     loop {
         let mut guard = match fd.readable().await {
@@ -148,6 +160,7 @@ async fn accept(
                             reaper.clone(),
                             events.clone(),
                             counters.clone(),
+                            worker.clone(),
                         ));
                     }
                     Err(e) => tracing::warn!("daemon: polling a control connection: {e}"),
@@ -168,6 +181,7 @@ async fn connection(
     reaper: mpsc::Sender<(OwnedFd, String)>,
     events: broadcast::Sender<Message>,
     counters: Arc<Counters>,
+    worker: Worker,
 ) {
     loop {
         let mut guard = match c.readable().await {
@@ -220,11 +234,20 @@ async fn connection(
                     format!("version={}", handoff::VERSION),
                     format!("tombstones={}", counters.tombstones.load(Ordering::Relaxed)),
                     format!("notices={}", counters.notices.load(Ordering::Relaxed)),
+                    format!("verbs={}", counters.verbs.load(Ordering::Relaxed)),
                     format!("subscribers={}", events.receiver_count()),
                 ]);
                 let _ = reply(&c, &s);
             }
             Message::Subscribe => return subscriber(c, events.subscribe()).await,
+            Message::Verb(json) => {
+                counters.verbs.fetch_add(1, Ordering::Relaxed);
+                let (answer, notice) = worker.verb(json).await;
+                let _ = reply(&c, &answer);
+                if let Some(n) = notice {
+                    let _ = events.send(n);
+                }
+            }
             other => {
                 let _ = reply(&c, &Message::Error(format!("unexpected {other:?}")));
             }

@@ -352,7 +352,7 @@ async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control
     signals(tx.clone())
         .await
         .map_err(|e| Error::Other(format!("daemon: signal handlers: {e}")))?;
-    tokio::spawn(handoff.serve()?);
+    tokio::spawn(handoff.serve(worker.clone())?);
     // Subscribed before the first check: every later change is heard.
     let first = NftWatch::open().ok();
     let mut checker = Checker {

@@ -13,7 +13,9 @@ use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
+use lanyard_kernel::handoff::Message;
 use lanyard_kernel::nftwatch;
+use lanyard_store::SqliteStore;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -30,6 +32,11 @@ enum Job {
     /// `gc`.
     Gc {
         done: oneshot::Sender<Result<Report>>,
+    },
+    /// A CLI call's verb ([`crate::delegate`]): its answer and endpoint notice.
+    Verb {
+        json: String,
+        done: oneshot::Sender<(Message, Option<Message>)>,
     },
     /// Every endpoint in the store.
     Endpoints {
@@ -79,8 +86,11 @@ impl Worker {
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn_scoped(scope, move || {
+                // Kept open across delegated verbs: no open, no WAL-index rebuild,
+                // statements stay prepared. Other jobs open their own.
+                let mut store = None;
                 for job in rx {
-                    run(cli, &expected, job);
+                    run(cli, &expected, job, &mut store);
                 }
             })
             .map_err(|e| Error::Other(format!("daemon: starting the engine thread: {e}")))?;
@@ -116,6 +126,19 @@ impl Worker {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Runs a CLI call's verb on the engine thread.
+    pub async fn verb(&self, json: String) -> (Message, Option<Message>) {
+        let (done, rx) = oneshot::channel();
+        if self.send(Job::Verb { json, done }).is_err() {
+            return (
+                Message::VerbErr(crate::delegate::NOT_HERE, "no engine".into()),
+                None,
+            );
+        }
+        rx.await
+            .unwrap_or_else(|_| (Message::VerbErr(1, gone().to_string()), None))
+    }
+
     fn send(&self, job: Job) -> Result<()> {
         self.jobs.send(job).map_err(|_| gone())
     }
@@ -126,8 +149,27 @@ fn gone() -> Error {
 }
 
 /// Runs one job; a dropped answer (the loop stopping) is fine.
-fn run(cli: &Cli, expected: &[Expected], job: Job) {
+fn run(cli: &Cli, expected: &[Expected], job: Job, store: &mut Option<SqliteStore>) {
     match job {
+        Job::Verb { json, done } => {
+            let opened = match store.take() {
+                Some(s) => Ok(s),
+                None => SqliteStore::open(&cli.state_dir),
+            };
+            let r = match opened.and_then(|s| crate::open_with(cli, s)) {
+                Ok(mut engine) => {
+                    let r = crate::delegate::serve(&mut engine, &json);
+                    *store = Some(engine.store);
+                    r
+                }
+                // Not opened here: the caller runs the verb itself, and says why.
+                Err(_) => (
+                    Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
+                    None,
+                ),
+            };
+            let _ = done.send(r);
+        }
         Job::Check { force, done } => {
             let r = crate::open(cli).and_then(|mut engine| {
                 engine.repair_firewall_drift(expected, &mut Nfnetlink, force.as_deref())

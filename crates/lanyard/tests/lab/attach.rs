@@ -226,7 +226,9 @@ fn tombstones_go(ns: &crate::harness::Ns) {
 fn detach_logged(lab: &Lab, c1: &crate::harness::Ns) -> String {
     let path = c1.path();
     let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", path.to_str().unwrap()]);
-    cmd.env("LANYARD_LOG", "lanyard_kernel=debug");
+    // The CLI's own detach (a daemon up would otherwise run the whole verb itself).
+    cmd.env("LANYARD_LOG", "lanyard_kernel=debug")
+        .env("LANYARD_NO_DAEMON", "1");
     let out = cmd.output().expect("run lanyard");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "detach failed: {err}");

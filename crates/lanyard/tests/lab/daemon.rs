@@ -165,7 +165,10 @@ fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart()
     for c in &cs {
         let path = c.path();
         let mut cmd = lab.lanyard_command(&["detach", "lan", "--netns", path.to_str().unwrap()]);
-        cmd.env("LANYARD_LOG", "lanyard_kernel=debug");
+        // The CLI's own detach, handing its tombstone over (a stopped daemon would
+        // not answer a delegated verb).
+        cmd.env("LANYARD_LOG", "lanyard_kernel=debug")
+            .env("LANYARD_NO_DAEMON", "1");
         let out = cmd.output().expect("run lanyard");
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "detach failed: {err}");
@@ -234,11 +237,22 @@ fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
     match asker.recv(SETTLE).unwrap() {
         Message::StatusIs(kv) => {
             assert!(kv.contains(&"version=2".to_string()), "{kv:?}");
-            assert!(kv.contains(&"notices=2".to_string()), "{kv:?}");
+            // Both ran in the daemon (delegated), which told the subscriber itself.
+            assert!(kv.contains(&"verbs=2".to_string()), "{kv:?}");
             assert!(kv.contains(&"subscribers=1".to_string()), "{kv:?}");
         }
         other => panic!("{other:?}"),
     }
+    // A delegated verb's error reads and exits as the local one.
+    let err = lab.lanyard_fails(&["attach", "lan", "--pid", "999999999"], 2);
+    assert!(err.contains("invalid --pid \"999999999\""), "{err}");
+    let dup = lab.attach("lan", &c1, &[]);
+    let err = lab.lanyard_fails(&["attach", "lan", "--netns", path.to_str().unwrap()], 3);
+    assert!(err.contains("already on network lan"), "{err}");
+    // The daemon gone (kill -9, its socket file left), the CLI runs verbs itself.
+    daemon.kill();
+    lab.lanyard_ok(&["detach", dup["id"].as_str().unwrap()]);
+    assert!(!c1.links().contains("eth0"));
 }
 
 #[test]
