@@ -232,8 +232,15 @@ pub mod mem {
                     e.display_name()
                 )));
             }
+            // As the SQLite store: refused when an endpoint is recorded; an update of
+            // one from before MACs were held goes on.
+            let recording = matches!(
+                e.state,
+                crate::model::EndpointState::Pending | crate::model::EndpointState::Allocated
+            );
             if let Some(o) = self.endpoints.values().find(|o| {
                 o.id != e.id
+                    && recording
                     && ((e.owner.is_some() && o.owner == e.owner)
                         || (e.mac.is_some() && o.network_id == e.network_id && o.mac == e.mac))
             }) {

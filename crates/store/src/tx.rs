@@ -4,7 +4,7 @@
 
 use crate::txn::{is_busy, store_error};
 use ipnet::IpNet;
-use lanyard_core::model::{Endpoint, MacAddr, Network, PortMapping};
+use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, PortMapping};
 use lanyard_core::owner::{Owner, OwnerScope};
 use lanyard_core::store::{is_full_id, Tx, Unreadable};
 use lanyard_core::{Error, Result};
@@ -300,13 +300,22 @@ impl Tx for SqliteTx<'_> {
                 params![scope, key],
                 what,
             )?;
-            if let Some(holder) = held.filter(|h| *h != e.id) {
-                return Err(Error::Conflict(format!(
-                    "{kind} {key} is already held by endpoint {}",
-                    short(&holder)
-                )));
+            match held {
+                Some(holder) if holder == e.id => {}
+                // Refused when an endpoint is recorded; an update of one recorded
+                // before MACs were held (two that already shared one) keeps going,
+                // so it can still be detached.
+                Some(holder)
+                    if matches!(e.state, EndpointState::Pending | EndpointState::Allocated) =>
+                {
+                    return Err(Error::Conflict(format!(
+                        "{kind} {key} is already held by endpoint {}",
+                        short(&holder)
+                    )));
+                }
+                Some(_) => {}
+                None => self.exec(HOLD, params![scope, key, e.id], what)?,
             }
-            self.exec(HOLD, params![scope, key, e.id], what)?;
         }
         // The endpoint's entry in its namespace's index (gone with the endpoint, or
         // when it leaves the namespace: `unplug`).

@@ -311,3 +311,30 @@ fn marking_an_endpoint_active_writes_one_page_and_its_namespace_entry_none() {
         vec![ep.clone()]
     );
 }
+
+#[test]
+fn a_mac_is_held_once_per_network_but_endpoints_from_before_that_share_one_still_update() {
+    let (_tmp, s) = open_new();
+    let lan = network("lan", &hex_id(1, 1), "192.0.2.0/24");
+    let mac = lanyard_core::model::MacAddr::parse_for("--mac", "02:00:5e:00:00:01").unwrap();
+    let with = |n: u64, state| lanyard_core::model::Endpoint {
+        mac: Some(mac),
+        state,
+        ..endpoint(&hex_id(2, n), None, &lan, vec![])
+    };
+    s.write(&mut |tx| tx.put_network(&lan)).unwrap();
+    s.write(&mut |tx| tx.put_endpoint(&with(1, EndpointState::Pending)))
+        .unwrap();
+    // A new endpoint with the same MAC on the network: refused.
+    let err = s
+        .write(&mut |tx| tx.put_endpoint(&with(2, EndpointState::Pending)))
+        .unwrap_err();
+    assert_eq!(kind(&err), "Conflict", "{err}");
+    // One already recorded (from before MACs were held) updates, so it can be detached.
+    s.write(&mut |tx| tx.put_endpoint(&with(3, EndpointState::Detaching)))
+        .unwrap();
+    assert_eq!(
+        s.read(&mut |tx| tx.mac_holder(&lan.id, &mac)).unwrap(),
+        Some(hex_id(2, 1))
+    );
+}
