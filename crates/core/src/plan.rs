@@ -35,14 +35,15 @@ pub fn shim_name(parent: &IfName) -> IfName {
         .unwrap_or_else(|_| unreachable!("12 bytes"))
 }
 
-/// The MAC of the host side of an endpoint's veth: `fe:` and five bytes of the
-/// endpoint's id. A Linux bridge without a MAC of its own set takes the lowest of its
-/// ports': `fe:` (locally administered, unicast) is above any vendor's MAC, so adding
-/// or removing an endpoint never changes the MAC of a bridge (the host's own LAN
-/// bridge, with `bridge_external`, above all: its neighbours would lose it).
+/// The MAC of the host side of an endpoint's veth: `fe:ff:ff:` and three bytes of
+/// the endpoint's id. A Linux bridge without a MAC of its own set takes the lowest of
+/// its ports': `fe:ff:ff` (locally administered, unicast) is above any vendor's MAC
+/// and almost every random one (a random veth's may start with `fe:`), so adding or
+/// removing an endpoint never changes the MAC of a bridge (the host's own LAN bridge,
+/// with `bridge_external`, above all: its neighbours would lose it).
 pub fn host_side_mac(endpoint_id: &str) -> MacAddr {
-    let mut mac = [0xfe, 0, 0, 0, 0, 0];
-    for (i, b) in mac.iter_mut().skip(1).enumerate() {
+    let mut mac = [0xfe, 0xff, 0xff, 0, 0, 0];
+    for (i, b) in mac.iter_mut().skip(3).enumerate() {
         *b = endpoint_id
             .get(2 * i..2 * i + 2)
             .and_then(|h| u8::from_str_radix(h, 16).ok())

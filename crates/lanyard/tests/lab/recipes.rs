@@ -126,6 +126,9 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
 /// The host's uplink moved into a bridge `br0` that holds the host's address.
 fn uplink_in_br0(host: &Ns) {
     host.ip_batch(&[
+        // A high locally administered MAC, as a random one may be: lanyard's veths
+        // must still never become the bridge's lowest port MAC.
+        "link set eth0 address fe:ff:00:00:00:02",
         "link add br0 type bridge",
         "link set br0 up",
         "addr del 192.0.2.2/24 dev eth0",
