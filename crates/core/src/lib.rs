@@ -6,6 +6,7 @@
 
 pub mod apply;
 pub mod config;
+pub mod dnsname;
 pub mod error;
 pub mod firewall;
 pub mod ipam;
