@@ -81,8 +81,16 @@ fn lease_ops(net: &Network, ep: &Endpoint, host: &View, lease: &Lease) -> Result
         .into_iter()
         .filter(|o| matches!(o, Op::AddAddress { .. } | Op::AddRoute { .. }))
         .collect();
-    for (dst, via) in lease.static_routes() {
-        ops.push(Op::AddRoute {
+    ops.extend(lease_routes(ep, lease));
+    Ok(ops)
+}
+
+/// The classless static routes (option 121) of `lease`, inside `ep`'s namespace.
+/// `restore` adds them too when it re-creates an endpoint.
+pub(crate) fn lease_routes(ep: &Endpoint, lease: &Lease) -> Vec<Op> {
+    lease
+        .static_routes()
+        .map(|(dst, via)| Op::AddRoute {
             netns: Netns::Path(ep.netns.clone()),
             route: RouteSpec {
                 dst: IpNet::V4(*dst),
@@ -91,9 +99,8 @@ fn lease_ops(net: &Network, ep: &Endpoint, host: &View, lease: &Lease) -> Result
                 src: None,
                 metric: ep.route_metric,
             },
-        });
-    }
-    Ok(ops)
+        })
+        .collect()
 }
 
 /// `ep` as it is with `lease`: its address, gateway and the lease itself.

@@ -195,7 +195,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             })?;
         }
         let host = self.kernel.view(&Netns::Host)?;
-        apply_all(&mut self.kernel, &plan::endpoint_ops(net, ep, &host)?)?;
+        let mut ops = plan::endpoint_ops(net, ep, &host)?;
+        // A DHCP endpoint's classless routes (option 121) come from its lease.
+        if let Some(lease) = &ep.lease {
+            ops.extend(crate::dhcp::lease_routes(ep, lease));
+        }
+        apply_all(&mut self.kernel, &ops)?;
         Ok(true)
     }
 

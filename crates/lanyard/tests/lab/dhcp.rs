@@ -241,6 +241,35 @@ fn the_daemon_renews_leases_and_asks_for_the_same_address_after_a_restart_and_re
 }
 
 #[test]
+fn classless_routes_come_with_the_lease_and_come_back_with_restore() {
+    let lab = lab!();
+    let _server = dnsmasq_with(
+        &lab,
+        "2m",
+        &["--dhcp-option=option:classless-static-route,198.51.100.0/24,192.0.2.1,0.0.0.0/0,192.0.2.1"],
+    );
+    dhcp_network(&lab, &[]);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("dlan", &c1, &["--name", "web"]);
+    let ip = addr_of(&ep, false);
+    let routes = c1.ip(&["route", "show"]);
+    assert!(routes.contains("198.51.100.0/24 via 192.0.2.1"), "{routes}");
+    // The link is lost (as after a reboot that kept the namespace's path but not its
+    // links): restore brings back address, default route and the option-121 route.
+    c1.ip(&["link", "del", "eth0"]);
+    lab.lanyard_ok(&["restore"]);
+    let routes = c1.ip(&["route", "show"]);
+    assert!(
+        routes.contains("198.51.100.0/24 via 192.0.2.1"),
+        "option 121 route after restore: {routes}"
+    );
+    assert!(routes.contains("default via 192.0.2.1"), "{routes}");
+    let addrs = c1.ip(&["-4", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{ip}/24")), "{addrs}");
+    assert!(c1.ping("192.0.2.1"));
+}
+
+#[test]
 fn an_address_the_lan_router_holds_is_refused_or_skipped_after_an_arp_probe() {
     let lab = lab!();
     lab.lan()
