@@ -42,6 +42,10 @@ pub struct AddrInfo {
     pub index: u32,
     /// Address with prefix length.
     pub addr: IpNet,
+    /// IPv6 duplicate address detection failed: another host on the link holds it
+    /// (`dadfailed` in `ip addr`).
+    #[serde(default)]
+    pub dad_failed: bool,
 }
 
 /// A route as observed (main table only).
@@ -427,7 +431,11 @@ pub mod fake {
             });
             for a in addrs {
                 let addr: IpNet = a.parse().unwrap_or_else(|_| panic!("test address {a}"));
-                k.host.addresses.push(AddrInfo { index: 2, addr });
+                k.host.addresses.push(AddrInfo {
+                    index: 2,
+                    addr,
+                    dad_failed: false,
+                });
                 k.host.routes.push(RouteInfo {
                     dst: addr.trunc(),
                     gateway: None,

@@ -417,12 +417,28 @@ pub fn endpoint_ops(net: &Network, ep: &Endpoint, host: &View) -> Result<Vec<Op>
             value: p.to_string(),
         });
     }
+    // On the LAN (macvlan, ipvlan, a bridge onto the LAN's own bridge) another host
+    // may hold an IPv6 address: DAD runs, optimistic (RFC 4429) so the attach never
+    // waits for it (waiting made pod start 4x slower, kubernetes#54651); a failure
+    // shows as `dadfailed` on the address, which `lanyard doctor` reports. On
+    // lanyard's own bridge subnets its IPAM alone hands addresses out: no DAD.
+    let lan_v6 = (net.driver.needs_parent() || net.bridge_external)
+        && (net.ipv6 || ep.addresses.iter().any(|a| a.addr().is_ipv6()));
+    if lan_v6 {
+        for key in ["optimistic_dad", "use_optimistic"] {
+            ops.push(Op::SetSysctl {
+                netns: ns.clone(),
+                key: format!("net.ipv6.conf.{ifname}.{key}"),
+                value: "1".into(),
+            });
+        }
+    }
     for a in &ep.addresses {
         ops.push(Op::AddAddress {
             netns: ns.clone(),
             link: ifname.clone(),
             addr: *a,
-            nodad: true,
+            nodad: !(lan_v6 && a.addr().is_ipv6()),
         });
     }
     // macvlan and ipvlan links are born up (one RTM_NEWLINK); a veth peer is not.
@@ -701,10 +717,12 @@ mod tests {
         host.addresses.push(crate::kernel::AddrInfo {
             index: 9,
             addr: "192.0.2.2/32".parse().unwrap(),
+            dad_failed: false,
         });
         host.addresses.push(crate::kernel::AddrInfo {
             index: 9,
             addr: "2001:db8:1::2/128".parse().unwrap(),
+            dad_failed: false,
         });
         assert_eq!(network_infra(&n, &host).unwrap(), vec![]);
     }
@@ -816,6 +834,7 @@ mod tests {
             full.addresses.push(crate::kernel::AddrInfo {
                 index: 10 + i as u32,
                 addr: format!("203.0.113.{}/24", i + 1).parse().unwrap(),
+                dad_failed: false,
             });
         }
         let mut shim = full.links[1].clone();
@@ -824,6 +843,7 @@ mod tests {
         full.addresses.push(crate::kernel::AddrInfo {
             index: 9,
             addr: "192.0.2.2/32".parse().unwrap(),
+            dad_failed: false,
         });
         for (n, a) in [
             (

@@ -88,6 +88,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     ),
                     "lanyard gc",
                 ));
+            } else if ep.in_netns() && ep.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                self.check_dad(ep, &mut out);
             }
         }
         check_duplicates(&networks, &endpoints, inspect, &mut out)?;
@@ -129,6 +131,34 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             ));
         }
         Ok(out)
+    }
+}
+
+impl<S: Store, K: Kernel> Engine<S, K> {
+    /// IPv6 addresses of `ep` whose duplicate address detection failed: another LAN
+    /// host holds them (DAD runs optimistic, after the attach has returned).
+    fn check_dad(&mut self, ep: &Endpoint, out: &mut Vec<Finding>) {
+        let Ok(view) = self.kernel.view(&Netns::Path(ep.netns.clone())) else {
+            return;
+        };
+        let Some(link) = view.link(ep.ifname.as_str()) else {
+            return;
+        };
+        for a in view.addresses.iter().filter(|a| a.index == link.index) {
+            if a.dad_failed && ep.addresses.contains(&a.addr) {
+                out.push(finding(
+                    "duplicate-address",
+                    format!("endpoint {}", ep.display_name()),
+                    format!(
+                        "{} failed duplicate address detection: another host on the LAN \
+                         holds it, and the endpoint cannot use it",
+                        a.addr.addr()
+                    ),
+                    "lanyard detach, then attach with another --ip6 (find the holder with \
+                     `ip -6 neigh` on the LAN)",
+                ));
+            }
+        }
     }
 }
 

@@ -484,6 +484,7 @@ pub(crate) mod tests {
                 .push(lanyard_core::kernel::AddrInfo {
                     index: 9,
                     addr: a.parse().unwrap(),
+                    dad_failed: false,
                 });
         }
         e

@@ -32,8 +32,11 @@ fn message(index: u32, addr: IpNet) -> AddressMessage {
     m
 }
 
-/// `ip addr add ADDR dev LINK [nodad] [noprefixroute]`. With `nodad`, IPv6 skips
-/// duplicate address detection, and a host prefix (/32, /128) gets no prefix route.
+/// `ip addr add ADDR dev LINK [nodad|optimistic] [noprefixroute]`. With `nodad`, IPv6
+/// skips duplicate address detection, and a host prefix (/32, /128) gets no prefix
+/// route. Without it an IPv6 address is added `optimistic` (RFC 4429): usable at once
+/// while DAD runs, where the link's `optimistic_dad` sysctl is on (else the kernel
+/// ignores the flag and the address is tentative until DAD ends).
 /// IPv4 prefixes up to /30 get their broadcast address, as `ip … brd +` would.
 /// An address already there is fine.
 pub(crate) fn add(
@@ -55,6 +58,8 @@ pub(crate) fn add(
         if addr.prefix_len() == addr.max_prefix_len() {
             flags |= AddressFlags::Noprefixroute;
         }
+    } else if addr.addr().is_ipv6() {
+        flags |= AddressFlags::Optimistic;
     }
     if !flags.is_empty() {
         // The header holds the low 8 bits for old kernels; IFA_FLAGS holds them all.

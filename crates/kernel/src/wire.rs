@@ -22,6 +22,9 @@ const IFLA_LINKINFO: u16 = 18;
 const IFLA_INFO_KIND: u16 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
+const IFA_FLAGS: u16 = 8;
+/// `ifa_flags`: IPv6 duplicate address detection failed.
+const IFA_F_DADFAILED: u32 = 0x08;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
@@ -138,12 +141,15 @@ pub(crate) fn addr(p: &[u8]) -> Option<AddrInfo> {
         return None;
     }
     let prefix = p[1];
+    // ifa_flags (low 8 bits), superseded by IFA_FLAGS when present.
+    let mut flags = u32::from(p[2]);
     let index = u32_of(&p[4..8])?;
     let (mut local, mut address) = (None, None);
     for (kind, v) in attrs(&p[8..]) {
         match kind {
             IFA_LOCAL => local = ip_of(v),
             IFA_ADDRESS => address = ip_of(v),
+            IFA_FLAGS => flags = u32_of(v).unwrap_or(flags),
             _ => {}
         }
     }
@@ -153,6 +159,7 @@ pub(crate) fn addr(p: &[u8]) -> Option<AddrInfo> {
     Some(AddrInfo {
         index,
         addr: IpNet::new(ip, prefix).ok()?,
+        dad_failed: flags & IFA_F_DADFAILED != 0,
     })
 }
 

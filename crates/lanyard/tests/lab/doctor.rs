@@ -177,3 +177,61 @@ fn doctor_says_when_dhcp_networks_have_no_daemon_to_renew_their_leases() {
     ]);
     finds(&lab, &[], "daemon", &["not running"]);
 }
+
+/// An IPv6 address another LAN host already holds: the attach does not wait for
+/// duplicate address detection (the address is usable at once, `optimistic`), DAD
+/// runs behind it, and doctor names the address it failed for. A free address is
+/// optimistic at first and passes.
+#[test]
+fn an_ipv6_address_another_lan_host_holds_is_not_waited_for_and_doctor_reports_it() {
+    let lab = lab!();
+    lab.lan().ip(&[
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:1::77/64",
+        "dev",
+        "lan0",
+        "nodad",
+    ]);
+    lab.lan_network("lan", "macvlan", &["--ipv6", "--subnet", addr::LAN_V6]);
+    let c1 = lab.netns("c1");
+    lab.attach("lan", &c1, &["--ip6", "2001:db8:1::66"]);
+    let fresh = c1.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+    assert!(
+        fresh.contains("2001:db8:1::66/64") && fresh.contains("optimistic"),
+        "a free address is optimistic while DAD runs: {fresh}"
+    );
+    let c2 = lab.netns("c2");
+    lab.attach("lan", &c2, &["--ip6", "2001:db8:1::77", "--name", "dup"]);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = c2.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+        if a.contains("dadfailed") {
+            break;
+        }
+        assert!(Instant::now() < end, "DAD never failed: {a}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    finds(&lab, &[], "duplicate-address", &["dup", "2001:db8:1::77"]);
+    // The free address passes DAD (about a second) and stays.
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = c1.ip(&["-6", "addr", "show", "dev", "eth0", "scope", "global"]);
+        assert!(!ok.contains("dadfailed"), "{ok}");
+        if ok.contains("2001:db8:1::66/64") && !ok.contains("tentative") {
+            break;
+        }
+        assert!(Instant::now() < end, "DAD never ended: {ok}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, found) = doctor(&lab, &[]);
+    assert_eq!(
+        found
+            .iter()
+            .filter(|(c, _)| c == "duplicate-address")
+            .count(),
+        1,
+        "{found:#?}"
+    );
+}
