@@ -47,7 +47,8 @@
 //!   an address the port owns (`addr4`: `port . mac . address`), IPv6 likewise
 //!   (`addr6`, which also holds the port's own link-local address, EUI-64 of its
 //!   MAC: no other fe80::/10 source passes), except the unspecified source for DAD
-//!   neighbour solicitations and MLD reports, and ARP probes from `0.0.0.0`. A
+//!   neighbour solicitations and MLD reports, ARP probes from `0.0.0.0`, and a DHCP
+//!   client's broadcasts from `0.0.0.0` (a DHCP network onto the LAN's bridge). A
 //!   Neighbour Advertisement must name as its target an address the port owns
 //!   (`na6`, matched on the raw target field, `@th,64,128`), as ARP's sender is
 //!   checked: no endpoint can take over another's IPv6 address in a neighbour
@@ -154,6 +155,7 @@ const BRIDGE_TABLE: &str = r#"table bridge lanyard {
 		iifname . arp saddr ether . arp saddr ip @behind4 accept
 		iifname . ether saddr . ip6 saddr @behind6 accept
 		arp saddr ip 0.0.0.0 accept
+		ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
 		ip6 saddr :: icmpv6 type { nd-neighbor-solicit, mld2-listener-report } accept
 		counter drop
 	}

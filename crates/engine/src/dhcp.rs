@@ -266,6 +266,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         let moved = with_lease(ep, lease.clone());
+        // A bridge onto the LAN: its anti-spoof guard moves to the new address.
+        self.firewall_remove(net, ep);
+        self.firewall_add(net, &moved)?;
         apply_all(&mut self.kernel, &lease_ops(net, &moved, &host, &lease)?)?;
         let from = old.map(|a| a.to_string()).unwrap_or_default();
         let kept = self.store_lease(ep, lease, Some(&moved))?;

@@ -205,7 +205,7 @@ mod tests {
         assert!(inet.sets.contains("dnat4_any") && inet.sets.contains("bridges"));
         assert_eq!(inet.sets.len(), 15);
         let bridge = &t[1].shape;
-        assert_eq!(bridge.chains.get("prerouting"), Some(&12));
+        assert_eq!(bridge.chains.get("prerouting"), Some(&13));
         assert_eq!(bridge.sets.len(), 7);
     }
 

@@ -173,7 +173,12 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let mut active = if net.ipam == IpamDriver::Dhcp {
             // The LAN's server gives the address: asked from inside the namespace
             // now that the link is there. No answer: the link and record go.
-            match self.bind_lease(&net, &ep, &host, None) {
+            // On a bridge onto the LAN, the bridge's anti-spoof guard learns the
+            // leased address now (its other elements went in with the link).
+            match self
+                .bind_lease(&net, &ep, &host, None)
+                .and_then(|bound| self.firewall_add(&net, &bound).map(|_| bound))
+            {
                 Ok(bound) => bound,
                 Err(e) => {
                     let _ = self.unwire(&ep, Some(&net), Then::Forget);

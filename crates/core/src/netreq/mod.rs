@@ -53,7 +53,7 @@ impl NetworkRequest {
         let options = options::parse_options(&self.options)?;
         let labels = options::parse_labels(&self.labels)?;
         let links = driver::parse(driver, &options, &id)?;
-        let ipam = parse_ipam(self, driver, &options)?;
+        let ipam = parse_ipam(self, driver, links.bridge_external, &options)?;
         if let Some(p) = options.get(crate::lease::ARP_PROBE_OPTION) {
             crate::lease::parse_arp_probe(p)?;
             if !driver.needs_parent() {
@@ -103,11 +103,13 @@ impl NetworkRequest {
     }
 }
 
-/// `--ipam-driver`: `dhcp` only on macvlan and ipvlan, and then without the
-/// address options (the LAN's server decides).
+/// `--ipam-driver`: `dhcp` only on the LAN (macvlan, ipvlan, a bridge network onto
+/// the LAN's own bridge), and then without the address options (the LAN's server
+/// decides).
 fn parse_ipam(
     req: &NetworkRequest,
     driver: Driver,
+    bridge_external: bool,
     options: &std::collections::BTreeMap<String, String>,
 ) -> Result<IpamDriver> {
     let raw = req.ipam_driver.as_deref().unwrap_or("default");
@@ -132,11 +134,15 @@ fn parse_ipam(
             ))
         }
     };
-    if !driver.needs_parent() {
+    if !driver.needs_parent() && !bridge_external {
         return Err(Error::invalid(
             "--ipam-driver",
             raw,
-            format!("needs a macvlan or ipvlan network (the LAN's server); this one is {driver}"),
+            format!(
+                "needs a network on the LAN (the LAN's server): macvlan, ipvlan, or a bridge \
+                 network onto the LAN's bridge (-o bridge=BR -o bridge_external=true); this \
+                 one is {driver}"
+            ),
         ));
     }
     for (field, given) in [

@@ -172,7 +172,7 @@ fn address_options_do_not_go_with_dhcp() {
         &["network", "create", "b", "--ipam-driver", "dhcp"],
         exit::USAGE,
     );
-    assert!(err.contains("macvlan or ipvlan"), "{err}");
+    assert!(err.contains("bridge_external=true"), "{err}");
 }
 
 #[test]
@@ -267,6 +267,44 @@ fn classless_routes_come_with_the_lease_and_come_back_with_restore() {
     let addrs = c1.ip(&["-4", "addr", "show", "dev", "eth0"]);
     assert!(addrs.contains(&format!("{ip}/24")), "{addrs}");
     assert!(c1.ping("192.0.2.1"));
+}
+
+#[test]
+fn a_bridge_network_onto_the_lans_own_bridge_takes_leases_from_the_lan_server() {
+    let lab = lab!();
+    let server = dnsmasq(&lab, "2m");
+    let host = lab.host();
+    crate::recipes::uplink_in_br0(&host);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "ext",
+        "-o",
+        "bridge=br0",
+        "-o",
+        "bridge_external=true",
+        "--ipam-driver",
+        "dhcp",
+    ]);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("ext", &c1, &["--name", "web"]);
+    let ip = addr_of(&ep, false);
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((100..=150).contains(&last), "{ep}");
+    assert!(
+        server.leases().contains(&format!(" {ip} web ")),
+        "{}",
+        server.leases()
+    );
+    assert!(c1.ping_within("192.0.2.1", Duration::from_secs(3)));
+    assert!(
+        host.ping_within(&ip, Duration::from_secs(3)),
+        "host -> endpoint"
+    );
+    lab.lanyard_ok(&["detach", "web"]);
+    server.wait_until("lease released on detach", Duration::from_secs(5), |l| {
+        !l.contains(&format!(" {ip} "))
+    });
 }
 
 #[test]

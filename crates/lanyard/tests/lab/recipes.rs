@@ -124,7 +124,7 @@ fn a_network_on_the_hosts_own_bridge_joins_the_lan_and_leaves_the_bridge_exactly
 }
 
 /// The host's uplink moved into a bridge `br0` that holds the host's address.
-fn uplink_in_br0(host: &Ns) {
+pub(crate) fn uplink_in_br0(host: &Ns) {
     host.ip_batch(&[
         // A high locally administered MAC, as a random one may be: lanyard's veths
         // must still never become the bridge's lowest port MAC.
