@@ -6,9 +6,18 @@ use lanyard_core::model::AttachRequest;
 use lanyard_core::Error;
 use std::path::PathBuf;
 
+/// `lanyard --version`: the package version and the git commit it was built from
+/// ("unknown" outside a git checkout; crates/lanyard/build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LANYARD_GIT_COMMIT"),
+    ")"
+);
+
 /// Container networks on your real LAN.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about, long_about = None, propagate_version = true)]
+#[command(name = "lanyard", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Where the state database lives.
     #[arg(
@@ -69,6 +78,9 @@ pub enum Command {
     /// Keep lanyard's nftables tables in place: rebuild them from the store when a
     /// flush or firewall reload drops them; gc now and then. Foreground; SIGTERM stops.
     Daemon(DaemonArgs),
+    /// Show version, paths in use, the store, kernel features found and front ends
+    /// in place. Changes nothing.
+    Info(JsonFlag),
     /// Print shell completions.
     Completions {
         /// bash, zsh, fish, elvish or powershell.

@@ -13,6 +13,7 @@ mod cli;
 mod daemon;
 mod delegate;
 mod doctor;
+mod info;
 mod log;
 mod output;
 mod run;
@@ -141,10 +142,12 @@ fn dispatch(cli: &Cli) -> Result<i32> {
         }
         Command::Man => {
             clap_mangen::Man::new(Cli::command())
+                .section("8")
                 .render(&mut std::io::stdout())
                 .map_err(|e| Error::Other(e.to_string()))?;
             return Ok(0);
         }
+        Command::Info(f) => return info::run(cli, f.json),
         // Opens the store and kernel afresh for every check.
         Command::Daemon(d) => return daemon::run(cli, d),
         Command::Attach(_) | Command::Detach(_) => {
@@ -270,7 +273,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
             }
             report(engine.gc()?, f.json)?
         }
-        Command::Completions { .. } | Command::Man | Command::Daemon(_) => {
+        Command::Completions { .. } | Command::Man | Command::Info(_) | Command::Daemon(_) => {
             unreachable!("handled above")
         }
     }
