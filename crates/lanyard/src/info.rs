@@ -225,7 +225,10 @@ pub fn run(cli: &Cli, json: bool) -> Result<i32> {
     for (name, fe) in &info.front_ends {
         let paths: Vec<String> = fe.paths.iter().map(|p| p.display().to_string()).collect();
         let state = if fe.enabled { "enabled" } else { "not found" };
-        println!("  {}", format!("{name:<10} {state} {}", paths.join(" ")).trim_end());
+        println!(
+            "  {}",
+            format!("{name:<10} {state} {}", paths.join(" ")).trim_end()
+        );
     }
     Ok(0)
 }
