@@ -8,6 +8,7 @@
 mod common;
 mod damaged;
 mod file;
+mod fixtures;
 mod objects;
 mod processes;
 mod transactions;
