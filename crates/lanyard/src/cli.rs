@@ -86,8 +86,13 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout.
-    Man,
+    /// Print the man page lanyard(8) (roff) to stdout, or write it and one page per
+    /// subcommand (lanyard-network-create(8), …) into a directory.
+    Man {
+        /// Write every page into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 // `--json`: a plain comment, not a doc comment, which clap would take as the

@@ -15,6 +15,7 @@ mod delegate;
 mod doctor;
 mod info;
 mod log;
+mod manpage;
 mod output;
 mod run;
 
@@ -140,13 +141,7 @@ fn dispatch(cli: &Cli) -> Result<i32> {
             );
             return Ok(0);
         }
-        Command::Man => {
-            clap_mangen::Man::new(Cli::command())
-                .section("8")
-                .render(&mut std::io::stdout())
-                .map_err(|e| Error::Other(e.to_string()))?;
-            return Ok(0);
-        }
+        Command::Man { dir } => return manpage::run(dir.as_deref()),
         Command::Info(f) => return info::run(cli, f.json),
         // Opens the store and kernel afresh for every check.
         Command::Daemon(d) => return daemon::run(cli, d),
@@ -273,7 +268,10 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
             }
             report(engine.gc()?, f.json)?
         }
-        Command::Completions { .. } | Command::Man | Command::Info(_) | Command::Daemon(_) => {
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::Info(_)
+        | Command::Daemon(_) => {
             unreachable!("handled above")
         }
     }
