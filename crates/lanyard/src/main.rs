@@ -10,6 +10,7 @@
 
 mod caps;
 mod cli;
+mod cni;
 mod daemon;
 mod delegate;
 mod doctor;
@@ -106,6 +107,7 @@ fn node(cli: &Cli) -> Option<String> {
 }
 
 fn main() {
+    cni::run_if_plugin(); // returns unless CNI_COMMAND is set or argv[0] is lanyard-ipam
     let cli = parse_args();
     log::init(matches!(cli.command, Command::Daemon(_)));
     let code = match dispatch(&cli) {
