@@ -251,6 +251,34 @@ impl Lab {
         ns
     }
 
+    /// Makes `n` container namespaces `lyt-<id>-<prefix><i>` with one `ip` process
+    /// (lo left down), removed with the lab.
+    pub fn netns_many(&self, prefix: &str, n: usize) -> Vec<Ns> {
+        let all: Vec<Ns> = (0..n)
+            .map(|i| Ns {
+                name: format!("{PREFIX}{}-{prefix}{i}", self.id),
+            })
+            .collect();
+        let script: String = all
+            .iter()
+            .map(|ns| format!("netns add {}\n", ns.name))
+            .collect();
+        // Registered first: a batch that stops half-way leaves none behind.
+        self.namespaces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(all.iter().map(|ns| ns.name.clone()));
+        let out = try_run_with_input(
+            ip(&["-batch", "-"]),
+            script.as_bytes(),
+            "ip netns add",
+            COMMAND_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "ip netns add: {}", describe(&out));
+        all
+    }
+
     /// Names of every namespace this lab made so far.
     pub fn namespaces(&self) -> Vec<String> {
         self.namespaces
@@ -765,7 +793,7 @@ fn run(cmd: Command, what: &str, timeout: Duration) -> Output {
 }
 
 /// Runs `cmd` with `input` on stdin (none: /dev/null) to the end, at most `timeout`.
-fn try_run_with_input(
+pub fn try_run_with_input(
     mut cmd: Command,
     input: &[u8],
     what: &str,

@@ -6,6 +6,7 @@
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
 mod attach;
+mod cni;
 mod concurrency;
 mod crash;
 mod daemon;
