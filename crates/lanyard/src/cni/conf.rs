@@ -358,17 +358,28 @@ impl NetConf {
         Ok(Source::Inline(req))
     }
 
-    /// The caller's wants from `runtimeConfig` (`ips`, `mac`, `portMappings`).
-    pub fn wants(&self) -> Result<Wants> {
+    /// The caller's wants from `runtimeConfig` (`ips`, `mac`, `portMappings`), else
+    /// from `CNI_ARGS` (`IP=ADDR[,ADDR]`, `MAC=…`: what Podman's CNI backend and
+    /// host-local's users pass).
+    pub fn wants(&self, cni_args: Option<&str>) -> Result<Wants> {
         let mut w = Wants::default();
-        let Some(rc) = &self.runtime_config else {
-            return Ok(w);
+        let none = RuntimeConfig::default();
+        let rc = self.runtime_config.as_ref().unwrap_or(&none);
+        let args = parse_cni_args(cni_args.unwrap_or(""))?;
+        let (ips, field): (Vec<String>, &str) = if !rc.ips.is_empty() {
+            (rc.ips.clone(), "runtimeConfig.ips")
+        } else {
+            let ips = args
+                .get("IP")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            (ips, "CNI_ARGS")
         };
-        for raw in &rc.ips {
+        for raw in &ips {
             let addr = raw.split_once('/').map(|(a, _)| a).unwrap_or(raw);
             let ip: IpAddr = addr.parse().map_err(|_| {
                 Error::invalid(
-                    "runtimeConfig.ips",
+                    field,
                     raw,
                     "not an address like 192.0.2.10/24 or 2001:db8::10/64",
                 )
@@ -376,14 +387,14 @@ impl NetConf {
             let slot = if ip.is_ipv4() { &mut w.ip } else { &mut w.ip6 };
             if slot.is_some() {
                 return Err(Error::invalid(
-                    "runtimeConfig.ips",
+                    field,
                     raw,
                     "lanyard gives an attachment one address per family",
                 ));
             }
             *slot = Some(ip.to_string());
         }
-        w.mac.clone_from(&rc.mac);
+        w.mac = rc.mac.clone().or_else(|| args.get("MAC").cloned());
         for p in &rc.port_mappings {
             let proto = p.protocol.as_deref().unwrap_or("tcp").to_ascii_lowercase();
             if proto != "tcp" && proto != "udp" {
@@ -572,6 +583,26 @@ fn ip_range(at: &str, subnet: &ipnet::IpNet, r: &RangeConf) -> Result<Option<ipn
     Ok(Some(net))
 }
 
+/// `CNI_ARGS`: `KEY=VALUE` pairs separated by `;`.
+fn parse_cni_args(raw: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for pair in raw.split(';').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                out.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "CNI_ARGS",
+                    raw,
+                    format!("{pair:?} is not KEY=VALUE"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// A CNI network name: starts alphanumeric, then alphanumerics, `_`, `.`, `-`.
 pub fn valid_cni_name(name: &str) -> Result<()> {
     let ok = name
@@ -677,7 +708,7 @@ mod tests {
             }
         }))
         .unwrap();
-        let w = c.wants().unwrap();
+        let w = c.wants(Some("IgnoreUnknown=1;IP=192.0.2.99")).unwrap();
         assert_eq!(w.ip.as_deref(), Some("192.0.2.10"));
         assert_eq!(w.ip6.as_deref(), Some("2001:db8:1::10"));
         assert_eq!(w.mac.as_deref(), Some("02:00:00:00:00:01"));
@@ -786,14 +817,29 @@ mod tests {
         let c = conf(serde_json::json!({"name": "a",
             "runtimeConfig": {"ips": ["192.0.2.1", "192.0.2.2"]}}))
         .unwrap();
-        assert_eq!(field(c.wants().unwrap_err()), "runtimeConfig.ips");
+        assert_eq!(field(c.wants(None).unwrap_err()), "runtimeConfig.ips");
         let c = conf(serde_json::json!({"name": "a",
             "runtimeConfig": {"portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "sctp"}]}}))
         .unwrap();
         assert_eq!(
-            field(c.wants().unwrap_err()),
+            field(c.wants(None).unwrap_err()),
             "runtimeConfig.portMappings.protocol"
         );
+    }
+
+    #[test]
+    fn cni_args_give_the_address_and_mac_when_runtime_config_does_not() {
+        let c = conf(serde_json::json!({"name": "a", "network": "n"})).unwrap();
+        let w = c
+            .wants(Some(
+                "IgnoreUnknown=1;K8S_POD_NAME=c2;IP=192.0.2.128,2001:db8::8;MAC=02:00:00:00:00:02",
+            ))
+            .unwrap();
+        assert_eq!(w.ip.as_deref(), Some("192.0.2.128"));
+        assert_eq!(w.ip6.as_deref(), Some("2001:db8::8"));
+        assert_eq!(w.mac.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(field(c.wants(Some("IP")).unwrap_err()), "CNI_ARGS");
+        assert_eq!(field(c.wants(Some("IP=x")).unwrap_err()), "CNI_ARGS");
     }
 
     #[test]
@@ -831,7 +877,7 @@ mod tests {
             }
             if let Ok(c) = parse(&b) {
                 let _ = c.source();
-                let _ = c.wants();
+                let _ = c.wants(Some("IP=1;x"));
                 let _ = c.prev_result();
                 let _ = c.network_name();
             }

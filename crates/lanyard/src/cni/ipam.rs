@@ -35,7 +35,7 @@ pub fn run(
         Verb::Add => {
             let owner = owner_of(inv, &name)?;
             let network = lanyard_network(conf).map_err(fail)?;
-            let wants = conf.wants().map_err(fail)?;
+            let wants = conf.wants(inv.args.as_deref()).map_err(fail)?;
             let dns = conf.dns.clone().unwrap_or_default();
             let mut engine = open(&state, &run_dir).map_err(fail)?;
             let net = network_for(&mut engine, &Source::Named(network)).map_err(fail)?;

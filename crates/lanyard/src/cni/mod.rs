@@ -102,6 +102,8 @@ pub struct Invocation {
     pub netns: Option<String>,
     /// `CNI_IFNAME`.
     pub ifname: Option<String>,
+    /// `CNI_ARGS`.
+    pub args: Option<String>,
     /// `LANYARD_STATE_DIR`.
     pub state_dir: Option<PathBuf>,
     /// `LANYARD_RUN_DIR`.
@@ -120,6 +122,7 @@ impl Invocation {
             container_id: var("CNI_CONTAINERID"),
             netns: var("CNI_NETNS"),
             ifname: var("CNI_IFNAME"),
+            args: var("CNI_ARGS"),
             state_dir: std::env::var_os("LANYARD_STATE_DIR").map(PathBuf::from),
             run_dir: std::env::var_os("LANYARD_RUN_DIR").map(PathBuf::from),
         }

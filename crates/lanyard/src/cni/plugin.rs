@@ -42,7 +42,7 @@ pub fn run(
             let owner = owner_of(inv, &name)?;
             let netns = inv.require("CNI_NETNS")?.to_string();
             let source = conf.source().map_err(fail)?;
-            let wants = conf.wants().map_err(fail)?;
+            let wants = conf.wants(inv.args.as_deref()).map_err(fail)?;
             let prev = conf.prev_result().map_err(fail)?;
             let dns = conf.dns.clone().unwrap_or_default();
             let mut engine = open(&state, &run_dir).map_err(fail)?;

@@ -18,6 +18,7 @@ mod kernel_vm;
 mod lifecycle;
 mod messages;
 mod network;
+mod podman;
 mod recipes;
 mod run_caps;
 mod smoke;
