@@ -109,15 +109,20 @@ pub(crate) fn retrying<T>(
         match op() {
             Ok(v) => return Ok(v),
             Err(e) if is_busy(&e) && backoff.wait() => continue,
+            // Transient by nature: a caller may run the whole verb again (the CNI
+            // front end does, a runtime may), so it is a try-again, not a failure.
             Err(e) if is_busy(&e) => {
-                return Err(store_error(
-                    path,
-                    what,
-                    format!(
-                        "{e}; still locked after {:.0?} of retries: another process holds a \
-                         write transaction open (a stuck lanyard process?)",
-                        backoff.elapsed()
-                    ),
+                return Err(Error::TryAgain(
+                    store_error(
+                        path,
+                        what,
+                        format!(
+                            "{e}; still locked after {:.0?} of retries: another process \
+                             holds a write transaction open (a stuck lanyard process?)",
+                            backoff.elapsed()
+                        ),
+                    )
+                    .to_string(),
                 ))
             }
             Err(e) => return Err(store_error(path, what, e)),

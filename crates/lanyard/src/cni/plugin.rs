@@ -12,7 +12,7 @@ use crate::Lanyard;
 use lanyard_core::config::Config;
 use lanyard_core::kernel::Kernel;
 use lanyard_core::model::{
-    AttachRequest, DetachRequest, Driver, Endpoint, Network, NetworkRequest,
+    AttachRequest, DetachRequest, Driver, Endpoint, EndpointState, Network, NetworkRequest,
 };
 use lanyard_core::owner::{EndpointRef, Owner, OwnerScope};
 use lanyard_core::{Error, ErrorKind, Result};
@@ -23,8 +23,10 @@ use lanyard_store::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How long a verb keeps retrying what another process is changing right now.
-const RETRY_FOR: Duration = Duration::from_secs(30);
+/// How long a verb keeps retrying what another process is changing right now, or a
+/// store still locked after the store's own 30 s of retries (200 ADDs at once on
+/// one emulated CPU starve some of them that long).
+const RETRY_FOR: Duration = Duration::from_secs(90);
 
 /// Runs `verb` of the `lanyard` plugin.
 pub fn run(
@@ -58,7 +60,7 @@ pub fn run(
                 owner: Some(owner),
                 ..Default::default()
             };
-            let ep = retrying(|| engine.attach(&req)).map_err(fail)?;
+            let ep = retrying(|| attach(&mut engine, &req)).map_err(fail)?;
             notify(&run_dir, Change::Added, &ep);
             let r = result::of_endpoint(&ep, &host_side(&net, &ep), &netns, net.mtu, &dns, prev);
             Ok(Some(to_json(r.in_version(version))))
@@ -159,6 +161,28 @@ pub fn retrying<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
             other => return other,
         }
     }
+}
+
+/// One try of ADD's attach. The runtime never runs two operations on one
+/// attachment at once (spec, section 3), so a record of this owner left *pending* or
+/// *detaching* when the attach says *try again* is this process's earlier try (its
+/// last store write starved) or a dead ADD or DEL: it is finished (detached) so that
+/// the next try starts clean, instead of waiting for it in vain.
+fn attach(engine: &mut Lanyard, req: &AttachRequest) -> Result<Endpoint> {
+    let err = match engine.attach(req) {
+        Err(e) if e.kind() == ErrorKind::TryAgain => e,
+        other => return other,
+    };
+    if let Some(owner) = &req.owner {
+        let r = EndpointRef::Owner(owner.clone());
+        if let Ok(Some(ep)) = engine.find_endpoint(&r) {
+            if matches!(ep.state, EndpointState::Pending | EndpointState::Detaching) {
+                // A failure here is the next try's to see.
+                let _ = engine.detach(&DetachRequest::Owner(owner.clone()));
+            }
+        }
+    }
+    Err(err)
 }
 
 /// Tells a running daemon (if any) of the change; never waits.
