@@ -17,5 +17,5 @@ mod store;
 mod tx;
 mod txn;
 
-pub use schema::SCHEMA_VERSION;
+pub use schema::{file_version, SCHEMA_VERSION};
 pub use store::{SqliteStore, DB_FILE};

@@ -181,3 +181,24 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<()> {
             .map_err(|e| store_error(path, "recording the schema version", e))
     })
 }
+
+/// The schema version of the store in `state_dir` as it is now (WAL included), read
+/// without migrating or creating anything; `None` when there is no store yet. A
+/// running daemon uses it to notice that a newer lanyard migrated its store.
+pub fn file_version(state_dir: &Path) -> Result<Option<u32>> {
+    use rusqlite::OpenFlags;
+    let path = state_dir.join(crate::DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| store_error(&path, "opening", e))?;
+    let mut backoff = Backoff::new();
+    txn::retrying(&mut backoff, &path, "reading the schema version", || {
+        user_version(&conn)
+    })
+    .map(Some)
+}

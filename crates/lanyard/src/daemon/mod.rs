@@ -102,6 +102,11 @@ struct Checker {
     /// The check after a failure waits until then.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// The state directory, looked at when a check fails: a newer lanyard may have
+    /// migrated the store.
+    state_dir: std::path::PathBuf,
+    /// Set when the store's schema is newer than this build's: the daemon stops.
+    newer: Option<Error>,
 }
 
 impl Checker {
@@ -145,6 +150,10 @@ impl Checker {
                 }
             }
             Err(e) => {
+                if let Some(stop) = newer_store(&self.state_dir) {
+                    self.newer = Some(stop);
+                    return;
+                }
                 tracing::warn!(
                     "daemon: checking lanyard's nftables tables after {why} failed: {e}; retrying in {:?}",
                     self.backoff
@@ -161,13 +170,14 @@ impl Checker {
         }
     }
 
-    /// Serves `msgs` until a stop; returns the signal that stopped it.
+    /// Serves `msgs` until a stop; returns the signal that stopped it, or the error
+    /// that says a newer lanyard migrated the store.
     async fn serve(
         &mut self,
         msgs: &mut UnboundedReceiver<Msg>,
         interval: Duration,
         debounce: Duration,
-    ) -> i32 {
+    ) -> Result<i32> {
         let mut next_tick = Instant::now() + interval;
         loop {
             let now = Instant::now();
@@ -179,8 +189,8 @@ impl Checker {
             tokio::select! {
                 m = msgs.recv() => match m {
                     Some(Msg::Arm { why, force }) => self.arm(why, force),
-                    Some(Msg::Stop(sig)) => return sig,
-                    None => return 0,
+                    Some(Msg::Stop(sig)) => return Ok(sig),
+                    None => return Ok(0),
                 },
                 _ = tokio::time::sleep_until(check_at) => {
                     let now = Instant::now();
@@ -193,6 +203,9 @@ impl Checker {
                             None => (now, "the periodic check".to_string(), None),
                         };
                         self.run_check(why, heard, force).await;
+                        if let Some(e) = self.newer.take() {
+                            return Err(e);
+                        }
                         next_tick = Instant::now() + interval;
                     }
                 }
@@ -270,6 +283,22 @@ async fn lease_loop(worker: Worker) {
     }
 }
 
+/// The error that stops the daemon when the store in `state_dir` has a schema newer
+/// than this build's (a newer lanyard was installed and migrated it): this build
+/// cannot read it, so it stops, with a failure status that makes systemd start the
+/// new binary (`Restart=on-failure` in dist/lanyard.service).
+fn newer_store(state_dir: &std::path::Path) -> Option<Error> {
+    let found = lanyard_store::file_version(state_dir).ok()??;
+    (found > lanyard_store::SCHEMA_VERSION).then(|| {
+        Error::Other(format!(
+            "daemon: the store in {} has schema version {found}, newer than this lanyard's \
+             ({}): a newer lanyard was installed; stopping so that it takes over",
+            state_dir.display(),
+            lanyard_store::SCHEMA_VERSION
+        ))
+    })
+}
+
 /// How often the lease task looks for DHCP endpoints at least.
 const LEASE_RESCAN: Duration = Duration::from_secs(30);
 
@@ -333,7 +362,7 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
     };
     let result = std::thread::scope(|scope| -> Result<i32> {
         let worker = Worker::start(scope, cli)?;
-        let r = rt.block_on(serve(args, worker, &mut handoff));
+        let r = rt.block_on(serve(args, &cli.state_dir, worker, &mut handoff));
         // Drops the tasks (and with them every handle on the engine thread, which
         // then ends and is joined by the scope).
         drop(rt);
@@ -344,7 +373,12 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
 }
 
 /// The loop's main task: starts the others, checks once, then serves.
-async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control) -> Result<i32> {
+async fn serve(
+    args: &DaemonArgs,
+    state_dir: &std::path::Path,
+    worker: Worker,
+    handoff: &mut control::Control,
+) -> Result<i32> {
     let interval = Duration::from_secs(args.interval);
     let gc_interval = (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval));
     let debounce = Duration::from_millis(args.debounce_ms);
@@ -360,6 +394,8 @@ async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control
         armed: None,
         retry_at: None,
         backoff: FIRST_BACKOFF,
+        state_dir: state_dir.to_path_buf(),
+        newer: None,
     };
     // The first check before saying so: whoever waits for the line below can rely on
     // the tables having been checked, and on every later change being heard.
@@ -385,6 +421,7 @@ async fn serve(args: &DaemonArgs, worker: Worker, handoff: &mut control::Control
     drop(tx);
     let sig = checker.serve(&mut msgs, interval, debounce).await;
     handoff.stop();
+    let sig = sig?;
     println!("lanyard daemon: stopped (signal {sig})");
     Ok(0)
 }

@@ -23,3 +23,4 @@ mod recipes;
 mod run_caps;
 mod smoke;
 mod store_safety;
+mod upgrade;
