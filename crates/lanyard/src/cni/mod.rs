@@ -11,11 +11,10 @@
 //! ifname), so a repeated ADD returns the same endpoint and DEL finds it whatever
 //! became of the namespace.
 
-pub mod conf;
-pub mod error;
 mod ipam;
 mod plugin;
-pub mod result;
+
+pub use lanyard_cni::{conf, error, result};
 
 use error::{plain, to_cni, INCOMPATIBLE_VERSION, INVALID_ENV};
 use result::{CniError, VersionResult, LATEST, SUPPORTED_VERSIONS};

@@ -11,8 +11,9 @@
 //! `cni.dev/` are the protocol's); unknown `runtimeConfig` keys are ignored, since
 //! the runtime fills it from whatever capabilities the administrator declared.
 
-use super::result::{CniResult, Dns};
+use crate::result::{CniResult, Dns};
 use lanyard_core::model::NetworkRequest;
+use lanyard_core::name::NetworkName;
 use lanyard_core::{Error, Result};
 use serde::Deserialize;
 use serde_json::Value;
@@ -225,6 +226,13 @@ fn decode_reason(e: &serde_json::Error) -> String {
     }
 }
 
+/// `name` as given in `field`, checked as a lanyard network name before any store
+/// is opened (an empty or malformed name is the config's fault, code 7).
+fn network_field(field: &str, name: String) -> Result<String> {
+    NetworkName::parse_for(field, &name)?;
+    Ok(name)
+}
+
 /// Where the addresses and the link come from, as the configuration says.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -254,8 +262,9 @@ impl NetConf {
     /// top level belongs to the plugin that calls it.
     pub fn refuse_unknown(&self) -> Result<()> {
         match self.rest.keys().find(|k| !k.starts_with("cni.dev/")) {
+            // An empty key is named as JSON writes it, so the error still names a field.
             Some(k) => Err(Error::invalid(
-                k,
+                if k.is_empty() { "\"\"" } else { k },
                 self.rest[k].to_string(),
                 "unknown field for the lanyard plugin (see the README's CNI section)",
             )),
@@ -300,7 +309,8 @@ impl NetConf {
                     m,
                     format!("differs from network {n:?}; give one"),
                 )),
-                (Some(n), _) | (None, Some(n)) => Ok(Source::Named(n)),
+                (Some(n), _) => Ok(Source::Named(network_field("network", n)?)),
+                (None, Some(n)) => Ok(Source::Named(network_field("ipam.network", n)?)),
                 (None, None) => Err(Error::invalid(
                     "network",
                     "",
@@ -310,7 +320,7 @@ impl NetConf {
             };
         }
         let name = match &self.network {
-            Some(n) => n.clone(),
+            Some(n) => network_field("network", n.clone())?,
             None => self.network_name()?,
         };
         let driver = self.driver.clone().unwrap_or_else(|| "macvlan".into());
@@ -637,6 +647,38 @@ mod tests {
         match e {
             Error::Invalid { field, .. } => field,
             other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_empty_key_is_refused_by_a_name_the_user_can_read() {
+        // Found by the cni_config fuzz target: the field was "", naming nothing.
+        let c = conf(serde_json::json!({
+            "cniVersion": "1.0.0", "name": "lan", "type": "lanyard", "network": "lan", "": 1
+        }))
+        .unwrap();
+        assert_eq!(field(c.refuse_unknown().unwrap_err()), "\"\"");
+    }
+
+    #[test]
+    fn an_empty_or_malformed_network_name_is_refused_before_the_store() {
+        // Found by the cni_config fuzz target: "network": "" was taken as a name.
+        for (j, want) in [
+            (
+                serde_json::json!({"name": "lan", "type": "lanyard", "network": ""}),
+                "network",
+            ),
+            (
+                serde_json::json!({"name": "lan", "type": "lanyard", "ipam": {"network": "a/b"}}),
+                "ipam.network",
+            ),
+            (
+                serde_json::json!({"name": "lan", "type": "lanyard", "network": "",
+                                   "master": "eth0", "ipam": {"subnet": "192.0.2.0/24"}}),
+                "network",
+            ),
+        ] {
+            assert_eq!(field(conf(j).unwrap().source().unwrap_err()), want);
         }
     }
 

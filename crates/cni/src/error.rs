@@ -2,7 +2,7 @@
 //! engine's field names (the CLI's flags) to the CNI configuration's or the
 //! environment's, so a runtime's user reads the name of what they wrote.
 
-use super::result::CniError;
+use crate::result::CniError;
 use lanyard_core::{Error, ErrorKind};
 
 /// Incompatible CNI version.
