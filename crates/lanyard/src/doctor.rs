@@ -6,6 +6,7 @@
 
 use crate::cli::Cli;
 use crate::daemon::worker::Nfnetlink;
+use crate::output::out;
 use crate::Lanyard;
 use lanyard_core::model::MacAddr;
 use lanyard_core::name::IfName;
@@ -83,11 +84,11 @@ pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
     if json {
         crate::output::json(&findings)?;
     } else if findings.is_empty() {
-        println!("no problems found");
+        out!("no problems found");
     } else {
         for f in &findings {
-            println!("[{}] {}: {}", f.check, f.subject, f.problem);
-            println!("    fix: {}", f.fix);
+            out!("[{}] {}: {}", f.check, f.subject, f.problem);
+            out!("    fix: {}", f.fix);
         }
     }
     Ok(if findings.is_empty() { 0 } else { 1 })

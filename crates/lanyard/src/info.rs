@@ -10,6 +10,7 @@
 //! others), *module* (in `modules.dep`: the kernel loads it on first use) or *absent*.
 
 use crate::cli::{Cli, VERSION};
+use crate::output::out;
 use lanyard_core::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -202,30 +203,30 @@ pub fn run(cli: &Cli, json: bool) -> Result<i32> {
         return Ok(0);
     }
     let yes = |b: bool| if b { "" } else { " (absent)" };
-    println!("version:    {}", info.version);
-    println!("state dir:  {}", info.state_dir.display());
-    println!("run dir:    {}", info.run_dir.display());
-    println!(
+    out!("version:    {}", info.version);
+    out!("state dir:  {}", info.state_dir.display());
+    out!("run dir:    {}", info.run_dir.display());
+    out!(
         "config:     {}{}",
         info.config.path.display(),
         yes(info.config.exists)
     );
-    println!(
+    out!(
         "store:      {} {}{} (schema version {})",
         info.store.kind,
         info.store.file.path.display(),
         yes(info.store.file.exists),
         info.store.schema_version
     );
-    println!("kernel:     {}", info.kernel.release);
+    out!("kernel:     {}", info.kernel.release);
     for (f, s) in &info.kernel.features {
-        println!("  {f:<10} {s}");
+        out!("  {f:<10} {s}");
     }
-    println!("front ends:");
+    out!("front ends:");
     for (name, fe) in &info.front_ends {
         let paths: Vec<String> = fe.paths.iter().map(|p| p.display().to_string()).collect();
         let state = if fe.enabled { "enabled" } else { "not found" };
-        println!(
+        out!(
             "  {}",
             format!("{name:<10} {state} {}", paths.join(" ")).trim_end()
         );

@@ -20,6 +20,7 @@ mod manpage;
 mod output;
 mod run;
 
+use crate::output::out;
 use clap::{CommandFactory, FromArgMatches};
 use cli::{Cli, Command, EndpointCmd, NetworkCmd};
 use lanyard_core::config::Config;
@@ -199,7 +200,7 @@ fn delegated(cli: &Cli) -> Result<Option<i32>> {
             if json {
                 output::json(&ep)?;
             } else {
-                println!("{}", ep.id);
+                out!("{}", ep.id);
             }
             Ok(Some(0))
         }
@@ -229,7 +230,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
             if a.json {
                 output::json(&ep)?;
             } else {
-                println!("{}", ep.id);
+                out!("{}", ep.id);
             }
         }
         Command::Detach(d) => {
@@ -289,7 +290,7 @@ fn endpoint(engine: &mut Lanyard, cli: &Cli, cmd: &EndpointCmd) -> Result<i32> {
         if json {
             output::json(ep)
         } else {
-            println!("{}", ep.id);
+            out!("{}", ep.id);
             Ok(())
         }
     };
@@ -356,7 +357,7 @@ fn endpoint(engine: &mut Lanyard, cli: &Cli, cmd: &EndpointCmd) -> Result<i32> {
                 output::json(&r)?;
             } else {
                 for p in &r.problems {
-                    println!("{p}");
+                    out!("{p}");
                 }
             }
             return Ok(if r.ok() { 0 } else { 1 });
@@ -370,10 +371,10 @@ fn report(r: lanyard_engine::Report, json: bool) -> Result<()> {
         output::json(&r)?;
     } else {
         for s in &r.restored {
-            println!("restored {s}");
+            out!("restored {s}");
         }
         for s in &r.removed {
-            println!("removed {s}");
+            out!("removed {s}");
         }
         for s in &r.errors {
             eprintln!("error: {s}");
@@ -402,14 +403,14 @@ fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
                 options: c.opt.clone(),
                 ipam_driver: c.ipam_driver.clone(),
             })?;
-            println!("{}", net.id);
+            out!("{}", net.id);
         }
         NetworkCmd::Ls { json, quiet } => {
             let nets = engine.networks()?;
             if *json {
                 output::json(&nets)?;
             } else if *quiet {
-                nets.iter().for_each(|n| println!("{}", n.network.name));
+                nets.iter().for_each(|n| out!("{}", n.network.name));
             } else {
                 output::network_table(&nets);
             }
@@ -433,7 +434,7 @@ fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
             let mut last_err: Option<Error> = None;
             for key in networks {
                 match engine.remove_network(key) {
-                    Ok(n) => println!("{}", n.name),
+                    Ok(n) => out!("{}", n.name),
                     Err(e) => {
                         if let Some(earlier) = last_err.replace(e) {
                             eprintln!("lanyard: {earlier}");
@@ -447,7 +448,7 @@ fn network(engine: &mut Lanyard, cmd: &NetworkCmd) -> Result<()> {
         }
         NetworkCmd::Prune { .. } => {
             for n in engine.prune_networks()? {
-                println!("{}", n.name);
+                out!("{}", n.name);
             }
         }
     }

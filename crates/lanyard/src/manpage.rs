@@ -5,6 +5,7 @@
 //! them.
 
 use crate::cli::Cli;
+use crate::output::out;
 use clap::CommandFactory;
 use lanyard_core::{Error, Result};
 use std::path::Path;
@@ -47,6 +48,6 @@ fn write_all(cmd: clap::Command, dir: &Path) -> Result<()> {
         write_all(sub.clone(), dir)?;
     }
     let path = page(cmd).generate_to(dir).map_err(|e| io(dir, e))?;
-    println!("{}", path.display());
+    out!("{}", path.display());
     Ok(())
 }

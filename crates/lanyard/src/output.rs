@@ -6,10 +6,36 @@ use lanyard_core::{Error, Result};
 use lanyard_engine::NetworkSummary;
 use serde::Serialize;
 
+/// `println!` for the CLI's results: a reader that went away (`lanyard ls | head`) ends
+/// the call quietly with status 1 instead of a panic (lanyard ignores SIGPIPE, so a
+/// write to a closed pipe is an error, not death); any other write error is said on
+/// stderr, status 1.
+macro_rules! out {
+    () => {
+        $crate::output::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+/// Writes one line to stdout ([`out!`]).
+pub fn line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_fmt(args).and_then(|()| o.write_all(b"\n")) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(std::io::stderr(), "lanyard: writing the output: {e}");
+        }
+        std::process::exit(1);
+    }
+}
+
 /// Prints `v` as pretty JSON.
 pub fn json<T: Serialize + ?Sized>(v: &T) -> Result<()> {
     let s = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
-    println!("{s}");
+    out!("{s}");
     Ok(())
 }
 
@@ -27,7 +53,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", s.join("   ").trim_end());
+        out!("{}", s.join("   ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     rows.into_iter().for_each(line);
@@ -73,48 +99,48 @@ pub fn network_table(nets: &[NetworkSummary]) {
 /// `network inspect` without `--json`.
 pub fn network_detail(s: &NetworkSummary) {
     let n = &s.network;
-    println!("Name:        {}", n.name);
-    println!("Id:          {}", n.id);
-    println!("Driver:      {}", n.driver);
+    out!("Name:        {}", n.name);
+    out!("Id:          {}", n.id);
+    out!("Driver:      {}", n.driver);
     if let Some(p) = &n.parent {
-        println!("Parent:      {p}");
+        out!("Parent:      {p}");
     }
     if let Some(m) = n.macvlan_mode {
-        println!("Mode:        macvlan {}", format!("{m:?}").to_lowercase());
+        out!("Mode:        macvlan {}", format!("{m:?}").to_lowercase());
     }
     if let Some(m) = n.ipvlan_mode {
-        println!("Mode:        ipvlan {}", format!("{m:?}").to_lowercase());
+        out!("Mode:        ipvlan {}", format!("{m:?}").to_lowercase());
     }
     if let Some(b) = &n.bridge {
-        println!("Bridge:      {b}");
+        out!("Bridge:      {b}");
     }
     for sc in &n.subnets {
-        print!("Subnet:      {}", sc.subnet);
+        let mut l = format!("Subnet:      {}", sc.subnet);
         if let Some(g) = sc.gateway {
-            print!("  gateway {g}");
+            l.push_str(&format!("  gateway {g}"));
         }
         if let Some(r) = sc.ip_range {
-            print!("  ip-range {r}");
+            l.push_str(&format!("  ip-range {r}"));
         }
         for (k, a) in &sc.aux_addresses {
-            print!("  aux {k}={a}");
+            l.push_str(&format!("  aux {k}={a}"));
         }
-        println!();
+        out!("{l}");
     }
-    println!("Internal:    {}", n.internal);
-    println!("IPv6:        {}", n.ipv6);
-    println!("Host access: {}", if n.host_access { "on" } else { "off" });
+    out!("Internal:    {}", n.internal);
+    out!("IPv6:        {}", n.ipv6);
+    out!("Host access: {}", if n.host_access { "on" } else { "off" });
     if let Some(m) = n.mtu {
-        println!("MTU:         {m}");
+        out!("MTU:         {m}");
     }
     if let Some(s) = n.snat_source {
-        println!("SNAT source: {s}");
+        out!("SNAT source: {s}");
     }
     for (k, v) in &n.labels {
-        println!("Label:       {k}={v}");
+        out!("Label:       {k}={v}");
     }
-    println!("Endpoints:   {}", s.endpoints);
-    println!();
+    out!("Endpoints:   {}", s.endpoints);
+    out!();
 }
 
 /// `endpoint ls`.
@@ -162,38 +188,38 @@ pub fn endpoint_table(eps: &[Endpoint]) {
 
 /// `endpoint inspect` without `--json`.
 pub fn endpoint_detail(e: &Endpoint) {
-    println!("Id:        {}", e.id);
+    out!("Id:        {}", e.id);
     if let Some(n) = &e.name {
-        println!("Name:      {n}");
+        out!("Name:      {n}");
     }
-    println!("Network:   {}", e.network);
+    out!("Network:   {}", e.network);
     if e.in_netns() {
-        println!("Netns:     {}", e.netns.display());
-        println!("Interface: {}", e.ifname);
+        out!("Netns:     {}", e.netns.display());
+        out!("Interface: {}", e.ifname);
     }
     if let Some(h) = &e.host_link {
-        println!("Host link: {h} (plugged host-side)");
+        out!("Host link: {h} (plugged host-side)");
     }
     if let Some(o) = &e.owner {
-        println!("Owner:     {o}");
+        out!("Owner:     {o}");
     }
     if let Some(n) = &e.node {
-        println!("Node:      {n}");
+        out!("Node:      {n}");
     }
     if let Some(h) = &e.host_ifname {
-        println!("Host side: {h}");
+        out!("Host side: {h}");
     }
     if let Some(m) = e.mac {
-        println!("MAC:       {m}");
+        out!("MAC:       {m}");
     }
     for a in &e.addresses {
-        println!("Address:   {a}");
+        out!("Address:   {a}");
     }
     for g in &e.gateways {
-        println!("Gateway:   {g}");
+        out!("Gateway:   {g}");
     }
     for p in &e.ports {
-        println!("Publish:   {p}");
+        out!("Publish:   {p}");
     }
-    println!("State:     {}", format!("{:?}", e.state).to_lowercase());
+    out!("State:     {}", format!("{:?}", e.state).to_lowercase());
 }

@@ -91,3 +91,27 @@ fn a_closed_pipe_is_an_error_not_a_signal() {
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), None, "{status:?}");
 }
+
+/// A reader that hangs up on a listing (`lanyard network ls --json | head -0`) ends
+/// the call with an error status, never a panic.
+#[test]
+fn a_closed_pipe_on_a_listing_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanyard"))
+        .args(["--state-dir"])
+        .arg(dir.path().join("state"))
+        .args(["--run-dir"])
+        .arg(dir.path().join("run"))
+        .args(["info", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lanyard");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "{:?}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+}
