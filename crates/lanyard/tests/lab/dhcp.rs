@@ -307,6 +307,46 @@ fn a_bridge_network_onto_the_lans_own_bridge_takes_leases_from_the_lan_server() 
     });
 }
 
+/// The CNI front end on a DHCP network: ADD returns the lease's address and gateway,
+/// CHECK finds them, DEL releases the lease (a runtime's view: conflist, libcni's
+/// rules, lanyard before the reference `tuning`).
+#[test]
+fn a_cni_add_on_a_dhcp_network_returns_the_lease_and_del_releases_it() {
+    use crate::cni::{Att, Runtime};
+    let lab = lab!();
+    let server = dnsmasq(&lab, "2m");
+    dhcp_network(&lab, &[]);
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "dlan",
+        "plugins": [
+            {"type": "lanyard", "network": "dlan"},
+            {"type": "tuning", "sysctl": {"net.core.somaxconn": "512"}}
+        ]
+    });
+    let rt = Runtime::new(&lab, conflist);
+    let c1 = lab.netns("c1");
+    let att = Att::new("dhcp-ctr", &c1);
+    let result = rt.add(&att).unwrap_or_else(|e| panic!("ADD: {e}"));
+    let ip = result["ips"][0]["address"].as_str().unwrap_or_default();
+    let ip = ip.split('/').next().unwrap().to_string();
+    let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+    assert!((100..=150).contains(&last), "{result}");
+    assert_eq!(result["ips"][0]["gateway"], "192.0.2.1", "{result}");
+    assert!(
+        server.leases().contains(&format!(" {ip} ")),
+        "{}",
+        server.leases()
+    );
+    assert!(c1.ping("192.0.2.1"));
+    rt.check_but(&att, &[])
+        .unwrap_or_else(|e| panic!("CHECK: {e}"));
+    rt.del(&att).unwrap_or_else(|e| panic!("DEL: {e}"));
+    server.wait_until("lease released on DEL", Duration::from_secs(5), |l| {
+        !l.contains(&format!(" {ip} "))
+    });
+}
+
 #[test]
 fn an_address_the_lan_router_holds_is_refused_or_skipped_after_an_arp_probe() {
     let lab = lab!();
