@@ -130,6 +130,9 @@ pub struct DaemonArgs {
     /// After an nftables change is heard, wait this long for the rest of it (ms).
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub debounce_ms: u64,
+    /// Serve Docker's remote network and IPAM plugin protocol on this unix socket.
+    #[arg(long, env = "LANYARD_DOCKER_SOCKET", default_value = crate::docker::DEFAULT_SOCKET, value_name = "PATH")]
+    pub docker_socket: std::path::PathBuf,
 }
 
 /// `lanyard network …` (deferred like [`Command`]).

@@ -13,6 +13,7 @@ mod cli;
 mod cni;
 mod daemon;
 mod delegate;
+mod docker;
 mod doctor;
 mod info;
 mod log;

@@ -22,6 +22,8 @@
 //! - **Signals** (`tokio::signal`).
 //! - **Control socket** ([`control`]): `daemon.sock`, a small versioned protocol:
 //!   tombstones from detaches, endpoint notices and subscriptions, status.
+//! - **Docker plugin socket** ([`crate::docker`]): dockerd's remote NetworkDriver
+//!   and IpamDriver calls (`--docker-socket`), HTTP/1.1 served by hyper.
 //!
 //! Engine calls never run on the loop: they go to one engine thread ([`worker`]),
 //! one at a time; deleting tombstones goes to a reaper thread.
@@ -407,6 +409,9 @@ async fn serve(
         Ok(eps) => println!("lanyard daemon: {} endpoints in the store", eps.len()),
         Err(e) => tracing::warn!("daemon: reading the store's endpoints: {e}"),
     }
+    // Bound once the tables are checked: dockerd's first call finds a ready daemon.
+    let plugin = crate::docker::serve::bind(&args.docker_socket)?;
+    tokio::spawn(crate::docker::serve::run(plugin));
     tokio::spawn(watch::run(first, tx.clone()));
     tokio::spawn(lease_loop(worker.clone()));
     if let Some(g) = gc_interval {

@@ -327,6 +327,10 @@ impl Lab {
         cmd.env("LANYARD_STATE_DIR", self.state_dir())
             .env("LANYARD_RUN_DIR", self.run_dir())
             .env("LANYARD_CONFIG", self.config_path())
+            .env(
+                "LANYARD_DOCKER_SOCKET",
+                self.run_dir().join("docker-plugin.sock"),
+            )
             .env("RUST_BACKTRACE", "1");
         cmd
     }

@@ -11,6 +11,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod dhcp;
+mod docker;
 mod doctor;
 mod firewall;
 mod harness;

@@ -1,0 +1,13 @@
+//! Docker's remote plugin protocol: `lanyard daemon` answers dockerd as a
+//! NetworkDriver and an IpamDriver (HTTP/1.1 + JSON on a unix socket, by default
+//! [`DEFAULT_SOCKET`]). [`api`] turns one request into one answer and holds no
+//! socket; [`serve`] is the listener.
+//!
+//! Field names follow moby libnetwork's `drivers/remote/api` and `ipams/remote/api`.
+//! Every refusal is `{"Err": "…"}`, which `docker` prints as it is.
+
+pub mod api;
+pub mod serve;
+
+/// Where dockerd looks for the plugin named `lanyard`.
+pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/lanyard.sock";

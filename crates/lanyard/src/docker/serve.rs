@@ -1,0 +1,76 @@
+//! The plugin socket: a unix listener served by hyper (HTTP/1.1 only) on the
+//! daemon's event loop; each request's answer comes from [`super::api::answer`].
+
+use super::api::{self, CONTENT_TYPE};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use lanyard_core::{Error, Result};
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use tokio::net::UnixListener;
+
+/// Largest request body accepted (dockerd's are a few KiB).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Binds the plugin socket at `path` (root only, mode 0600), replacing a stale one.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let fail = |what: &str, e: std::io::Error| {
+        Error::Other(format!(
+            "daemon: docker plugin socket {}: {what}: {e}",
+            path.display()
+        ))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail("making its directory", e))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(fail("removing the old one", e)),
+    }
+    let l = UnixListener::bind(path).map_err(|e| fail("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("setting its mode", e))?;
+    Ok(l)
+}
+
+/// Serves connections until the loop stops; each connection is its own task.
+pub async fn run(listener: UnixListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("daemon: docker plugin socket: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let conn =
+                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle));
+            if let Err(e) = conn.await {
+                tracing::debug!("daemon: docker plugin connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let reply = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => api::answer(&path, &b.to_bytes()),
+        Err(e) => api::Reply::err(400, format!("lanyard: {path}: reading the request: {e}")),
+    };
+    let body = serde_json::to_vec(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
+    let resp = Response::builder()
+        .status(reply.status)
+        .header("Content-Type", CONTENT_TYPE)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"{}"))));
+    Ok(resp)
+}
