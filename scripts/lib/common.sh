@@ -29,8 +29,19 @@ ensure_packages() {
   [ "$(id -u)" = 0 ] || die "missing Debian packages (${need[*]}); run as root to install them"
   say "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq || die "apt-get update failed"
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+  # No package may start its service here (docker.io would start dockerd in this
+  # machine's own network namespace, with its bridge and iptables rules): a
+  # policy-rc.d that refuses every start, for the install only, unless one is there.
+  local policy=/usr/sbin/policy-rc.d own=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# lanyard scripts/test: no service starts during its installs\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    own=1
+  fi
+  apt-get update -qq || { [ "$own" = 0 ] || rm -f "$policy"; die "apt-get update failed"; }
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || { [ "$own" = 0 ] || rm -f "$policy"; die "apt-get install ${need[*]} failed"; }
+  [ "$own" = 0 ] || rm -f "$policy"
 }
 
 # test_executables JSON: "exe<TAB>package dir" for every test binary in cargo's
