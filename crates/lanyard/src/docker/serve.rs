@@ -18,6 +18,8 @@ use tokio::net::UnixListener;
 pub const MAX_BODY: usize = 1 << 20;
 
 /// Binds the plugin socket at `path` (root only, mode 0600), replacing a stale one.
+/// A socket someone still answers on (another lanyard daemon) is left alone: an
+/// error says so.
 pub fn bind(path: &Path) -> Result<UnixListener> {
     let fail = |what: &str, e: std::io::Error| {
         Error::Other(format!(
@@ -27,6 +29,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| fail("making its directory", e))?;
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(Error::Conflict(format!(
+            "daemon: docker plugin socket {}: another process serves it (another lanyard \
+             daemon?); stop it or give this one --docker-socket PATH",
+            path.display()
+        )));
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -73,4 +82,23 @@ async fn handle(req: Request<Incoming>) -> std::result::Result<Response<Full<Byt
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"{}"))));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_is_left_alone_and_a_stale_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugins").join("lanyard.sock");
+        let live = bind(&path).unwrap();
+        let err = bind(&path).unwrap_err().to_string();
+        assert!(err.contains("another process serves it"), "{err}");
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+        drop(live);
+        // Nobody answers now: the file is stale and gets replaced.
+        let _again = bind(&path).unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&path).is_ok());
+    }
 }
