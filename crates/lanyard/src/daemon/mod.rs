@@ -42,6 +42,7 @@
 //! window but cannot close it without a lock shared with the CLI.
 
 mod control;
+mod dns_upstream;
 mod watch;
 pub(crate) mod worker;
 
