@@ -20,11 +20,10 @@ mod log;
 mod manpage;
 mod output;
 mod run;
-mod store;
 
 use crate::output::out;
 use clap::{CommandFactory, FromArgMatches};
-use cli::{Cli, Command, EndpointCmd, GcArgs, NetworkCmd};
+use cli::{Cli, Command, EndpointCmd, NetworkCmd};
 use lanyard_core::config::Config;
 use lanyard_core::kernel::{FailAt, Kernel};
 use lanyard_core::model::{DetachRequest, NetworkRequest};
@@ -32,9 +31,10 @@ use lanyard_core::{Error, Result};
 use lanyard_engine::Engine;
 use lanyard_kernel::handoff::Change;
 use lanyard_kernel::Netlink;
+use lanyard_store::SqliteStore;
 
 /// The engine as the binary uses it.
-pub type Lanyard = Engine<store::AnyStore, Box<dyn Kernel>>;
+pub type Lanyard = Engine<SqliteStore, Box<dyn Kernel>>;
 
 /// Test hook: `LANYARD_FAIL_AT=N` makes the N-th kernel step (0-based) fail, so lab
 /// tests can check rollback on a real kernel at every step.
@@ -62,12 +62,12 @@ fn kill_self() -> ! {
 }
 
 pub(crate) fn open(cli: &Cli) -> Result<Lanyard> {
-    open_with(cli, store::open(cli)?)
+    open_with(cli, SqliteStore::open(&cli.state_dir)?)
 }
 
 /// The engine over `store` (the daemon keeps one open across delegated verbs) and a
 /// fresh netlink kernel.
-pub(crate) fn open_with(cli: &Cli, store: store::AnyStore) -> Result<Lanyard> {
+pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
     // Only `network create` reads the config (its default address pools): every
     // other verb is spared the file, and a broken config never blocks a detach.
     let config = match &cli.command {
@@ -101,7 +101,7 @@ pub(crate) fn open_with(cli: &Cli, store: store::AnyStore) -> Result<Lanyard> {
 
 /// This host's node name: `--node`, else /etc/machine-id (stable across host
 /// renames), else none (records then count as this host's everywhere).
-pub(crate) fn node(cli: &Cli) -> Option<String> {
+fn node(cli: &Cli) -> Option<String> {
     cli.node.clone().or_else(|| {
         let id = std::fs::read_to_string("/etc/machine-id").ok()?;
         Some(id.trim().to_string()).filter(|s| !s.is_empty())
@@ -266,12 +266,6 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
         Command::Run(r) => return run::run(engine, r),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
         Command::Doctor(f) => return doctor::run(engine, cli, f.json),
-        Command::Gc(GcArgs {
-            host: Some(host), ..
-        }) => {
-            let freed = store::forget_host(&engine.store, host, engine.node.as_deref())?;
-            out!("freed {} endpoints of host {host}", freed.len());
-        }
         Command::Gc(f) => {
             if f.adopt_store {
                 engine.adopt_store()?;

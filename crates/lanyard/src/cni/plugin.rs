@@ -19,6 +19,7 @@ use lanyard_core::{Error, ErrorKind, Result};
 use lanyard_engine::Engine;
 use lanyard_kernel::handoff::{self, Change};
 use lanyard_kernel::Netlink;
+use lanyard_store::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -122,7 +123,7 @@ fn owner_ifname(o: &Owner) -> String {
 /// The engine over the store in `state` and the kernel, sharing `run/lock` with
 /// every other lanyard process of this host.
 pub fn open(state: &Path, run: &Path) -> Result<Lanyard> {
-    let store = crate::store::open_url(std::env::var("LANYARD_STORE").ok().as_deref(), state)?;
+    let store = SqliteStore::open(state)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(run.join(handoff::SOCKET));
     netlink.exits_soon();

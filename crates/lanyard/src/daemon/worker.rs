@@ -9,13 +9,13 @@
 //! changes from others' by the `lanyard` prefix.
 
 use crate::cli::Cli;
-use crate::store::AnyStore;
 use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
 use lanyard_kernel::handoff::Message;
 use lanyard_kernel::nftwatch;
+use lanyard_store::SqliteStore;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -149,12 +149,12 @@ fn gone() -> Error {
 }
 
 /// Runs one job; a dropped answer (the loop stopping) is fine.
-fn run(cli: &Cli, expected: &[Expected], job: Job, store: &mut Option<AnyStore>) {
+fn run(cli: &Cli, expected: &[Expected], job: Job, store: &mut Option<SqliteStore>) {
     match job {
         Job::Verb { json, done } => {
             let opened = match store.take() {
                 Some(s) => Ok(s),
-                None => crate::store::open(cli),
+                None => SqliteStore::open(&cli.state_dir),
             };
             let r = match opened.and_then(|s| crate::open_with(cli, s)) {
                 Ok(mut engine) => {
