@@ -15,9 +15,11 @@ pub mod lock;
 mod maintain;
 mod network;
 mod probe;
+mod reserve;
 
 pub use maintain::Report;
 pub use network::NetworkSummary;
+pub use reserve::reservation_owner;
 
 use lanyard_core::config::Config;
 use lanyard_core::kernel::Kernel;

@@ -147,6 +147,23 @@ fn check_links(net: &mut Network, others: &[Network], host: &View) -> Result<()>
     Ok(())
 }
 
+/// Subnets a new pool subnet must not overlap: every network's, and the host's
+/// routes (not the default) and addresses.
+pub(crate) fn taken_subnets(others: &[Network], host: &View) -> Vec<IpNet> {
+    let mut taken: Vec<IpNet> = others
+        .iter()
+        .flat_map(|o| o.subnets.iter().map(|s| s.subnet))
+        .collect();
+    taken.extend(
+        host.routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() > 0)
+            .map(|r| r.dst),
+    );
+    taken.extend(host.addresses.iter().map(|a| a.addr.trunc()));
+    taken
+}
+
 impl<S: Store, K: Kernel> Engine<S, K> {
     /// `network create`: validate, pick pool subnets if none given, check conflicts,
     /// record, and set up host-side pieces (bridge, VLAN parent, host-access shim).
@@ -201,17 +218,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
             // A DHCP network's addresses are the LAN server's: no pool subnet.
             if net.driver.has_ipam() && net.ipam.is_default() {
-                let mut taken: Vec<IpNet> = others
-                    .iter()
-                    .flat_map(|o| o.subnets.iter().map(|s| s.subnet))
-                    .collect();
-                taken.extend(
-                    host.routes
-                        .iter()
-                        .filter(|r| r.dst.prefix_len() > 0)
-                        .map(|r| r.dst),
-                );
-                taken.extend(host.addresses.iter().map(|a| a.addr.trunc()));
+                let mut taken = taken_subnets(&others, &host);
                 let want_v4 = !net.subnets.iter().any(|s| s.subnet.addr().is_ipv4());
                 let want_v6 = net.ipv6 && !net.subnets.iter().any(|s| s.subnet.addr().is_ipv6());
                 for (v6, want) in [(false, want_v4), (true, want_v6)] {

@@ -412,7 +412,7 @@ async fn serve(
     }
     // Bound once the tables are checked: dockerd's first call finds a ready daemon.
     let plugin = crate::docker::serve::bind(&args.docker_socket)?;
-    tokio::spawn(crate::docker::serve::run(plugin));
+    tokio::spawn(crate::docker::serve::run(plugin, worker.clone()));
     tokio::spawn(watch::run(first, tx.clone()));
     tokio::spawn(lease_loop(worker.clone()));
     if let Some(g) = gc_interval {

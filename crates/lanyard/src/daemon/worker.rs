@@ -42,6 +42,11 @@ enum Job {
     Endpoints {
         done: oneshot::Sender<Result<Vec<Endpoint>>>,
     },
+    /// A Docker plugin call ([`crate::docker::handle`]).
+    Docker {
+        call: lanyard_docker::Call,
+        done: oneshot::Sender<lanyard_docker::Reply>,
+    },
     /// Keep DHCP leases alive ([`lanyard_engine::Engine::maintain_leases`]).
     Leases {
         reboot: bool,
@@ -89,8 +94,9 @@ impl Worker {
                 // Kept open across delegated verbs: no open, no WAL-index rebuild,
                 // statements stay prepared. Other jobs open their own.
                 let mut store = None;
+                let mut docker = crate::docker::handle::State::default();
                 for job in rx {
-                    run(cli, &expected, job, &mut store);
+                    run(cli, &expected, job, &mut store, &mut docker);
                 }
             })
             .map_err(|e| Error::Other(format!("daemon: starting the engine thread: {e}")))?;
@@ -139,6 +145,16 @@ impl Worker {
             .unwrap_or_else(|_| (Message::VerbErr(1, gone().to_string()), None))
     }
 
+    /// Answers a Docker plugin call on the engine thread.
+    pub async fn docker(&self, call: lanyard_docker::Call) -> lanyard_docker::Reply {
+        let (done, rx) = oneshot::channel();
+        let refused = || lanyard_docker::Reply::err(500, format!("lanyard: {}", gone()));
+        if self.send(Job::Docker { call, done }).is_err() {
+            return refused();
+        }
+        rx.await.unwrap_or_else(|_| refused())
+    }
+
     fn send(&self, job: Job) -> Result<()> {
         self.jobs.send(job).map_err(|_| gone())
     }
@@ -149,8 +165,29 @@ fn gone() -> Error {
 }
 
 /// Runs one job; a dropped answer (the loop stopping) is fine.
-fn run(cli: &Cli, expected: &[Expected], job: Job, store: &mut Option<SqliteStore>) {
+fn run(
+    cli: &Cli,
+    expected: &[Expected],
+    job: Job,
+    store: &mut Option<SqliteStore>,
+    docker: &mut crate::docker::handle::State,
+) {
     match job {
+        Job::Docker { call, done } => {
+            let opened = match store.take() {
+                Some(s) => Ok(s),
+                None => SqliteStore::open(&cli.state_dir),
+            };
+            let r = match opened.and_then(|s| crate::open_with(cli, s)) {
+                Ok(mut engine) => {
+                    let r = crate::docker::handle::answer(&mut engine, docker, call);
+                    *store = Some(engine.store);
+                    r
+                }
+                Err(e) => lanyard_docker::Reply::err(500, format!("lanyard: {e}")),
+            };
+            let _ = done.send(r);
+        }
         Job::Verb { json, done } => {
             let opened = match store.take() {
                 Some(s) => Ok(s),

@@ -1,12 +1,13 @@
 //! Docker's remote plugin protocol: `lanyard daemon` answers dockerd as a
 //! NetworkDriver and an IpamDriver (HTTP/1.1 + JSON on a unix socket, by default
-//! [`DEFAULT_SOCKET`]). [`api`] turns one request into one answer and holds no
-//! socket; [`serve`] is the listener.
+//! [`DEFAULT_SOCKET`]). The crate `lanyard-docker` parses each request and
+//! translates Docker's words; [`handle`] does the engine calls on the daemon's
+//! engine thread; [`serve`] is the listener.
 //!
 //! Field names follow moby libnetwork's `drivers/remote/api` and `ipams/remote/api`.
 //! Every refusal is `{"Err": "…"}`, which `docker` prints as it is.
 
-pub mod api;
+pub mod handle;
 pub mod serve;
 
 /// Where dockerd looks for the plugin named `lanyard`.

@@ -1,7 +1,9 @@
 //! The plugin socket: a unix listener served by hyper (HTTP/1.1 only) on the
-//! daemon's event loop; each request's answer comes from [`super::api::answer`].
+//! daemon's event loop. Each connection is its own task; a call that needs no
+//! state is answered there, the others go to the engine thread
+//! ([`crate::daemon::worker::Worker::docker`]).
 
-use super::api::{self, CONTENT_TYPE};
+use crate::daemon::worker::Worker;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -9,13 +11,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use lanyard_core::{Error, Result};
+use lanyard_docker::{Call, Reply, CONTENT_TYPE, MAX_BODY};
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use tokio::net::UnixListener;
-
-/// Largest request body accepted (dockerd's are a few KiB).
-pub const MAX_BODY: usize = 1 << 20;
 
 /// Binds the plugin socket at `path` (root only, mode 0600), replacing a stale one.
 /// A socket someone still answers on (another lanyard daemon) is left alone: an
@@ -49,7 +49,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serves connections until the loop stops; each connection is its own task.
-pub async fn run(listener: UnixListener) {
+pub async fn run(listener: UnixListener, worker: Worker) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -59,9 +59,10 @@ pub async fn run(listener: UnixListener) {
                 continue;
             }
         };
+        let worker = worker.clone();
         tokio::spawn(async move {
-            let conn =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle));
+            let service = service_fn(move |req| handle(req, worker.clone()));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!("daemon: docker plugin connection: {e}");
             }
@@ -69,11 +70,24 @@ pub async fn run(listener: UnixListener) {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    worker: Worker,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     let reply = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => api::answer(&path, &b.to_bytes()),
-        Err(e) => api::Reply::err(400, format!("lanyard: {path}: reading the request: {e}")),
+        Ok(b) => {
+            let raw = b.to_bytes();
+            tracing::debug!("docker: {path} {}", String::from_utf8_lossy(&raw));
+            match Call::parse(&path, &raw) {
+                Ok(call) => match call.fixed() {
+                    Some(r) => r,
+                    None => worker.docker(call).await,
+                },
+                Err(r) => r,
+            }
+        }
+        Err(e) => Reply::err(400, format!("lanyard: {path}: reading the request: {e}")),
     };
     let body = serde_json::to_vec(&reply.body).unwrap_or_else(|_| b"{}".to_vec());
     let resp = Response::builder()

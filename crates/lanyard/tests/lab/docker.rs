@@ -1,7 +1,12 @@
 //! Docker's remote plugin protocol as `lanyard daemon` serves it on its plugin
-//! socket (`--docker-socket`, here in the lab's run directory).
+//! socket (`--docker-socket`, here in the lab's run directory), and a real dockerd
+//! 20.10 using lanyard as its network and IPAM driver.
+//!
+//! dockerd runs in the lab's host namespace and in a private mount namespace (its
+//! sandbox namespaces are bind mounts there); the lanyard daemon serving it runs in
+//! that same mount namespace, as both do in the host's one on a real machine.
 
-use crate::harness::lab;
+use crate::harness::{addr, lab, Bg, Lab};
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -64,7 +69,7 @@ struct Dockerd {
 }
 
 impl Dockerd {
-    fn start(lab: &crate::harness::Lab) -> Dockerd {
+    fn start(lab: &Lab) -> Dockerd {
         let t = lab.dir().join("dk");
         std::fs::create_dir_all(&t).unwrap();
         let plug = lab.run_dir().join("docker-plugin.sock");
@@ -99,6 +104,62 @@ impl Dockerd {
             std::thread::sleep(Duration::from_millis(200));
         }
         d
+    }
+
+    /// `lanyard daemon` in dockerd's mount namespace (and the lab's host namespace),
+    /// up and serving.
+    fn lanyard_daemon(&self, lab: &Lab) -> Bg {
+        let inner = lab.lanyard_command(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--mount=/proc/{}/ns/mnt", self.child.id()))
+            .arg("--")
+            .arg(inner.get_program())
+            .args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(std::process::Stdio::null());
+        let mut d = Bg::spawn(cmd, "lanyard daemon (in dockerd's mount namespace)");
+        assert!(
+            d.wait_for_stdout("watching nftables", Duration::from_secs(10)),
+            "daemon did not start: {}",
+            d.stderr()
+        );
+        d
+    }
+
+    /// `docker import`s an image `bb` holding only busybox-static.
+    fn busybox_image(&self, lab: &Lab) {
+        let root = lab.dir().join("bbroot");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+            .expect("/bin/busybox (apt-get install busybox-static)");
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "tar -C \"$1\" -c . | docker -H \"$2\" import - bb",
+                "sh",
+            ])
+            .arg(&root)
+            .arg(format!("unix://{}", self.sock.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "docker import: {out:?}");
+    }
+
+    /// Runs `docker`, which must succeed: its stdout, trimmed.
+    fn ok(&self, args: &[&str]) -> String {
+        match self.docker(args) {
+            Ok(s) => s.trim().to_string(),
+            Err(e) => panic!("docker {}: {e}", args.join(" ")),
+        }
+    }
+
+    /// `docker inspect -f FORMAT NAME`.
+    fn inspect(&self, name: &str, format: &str) -> String {
+        self.ok(&["inspect", "-f", format, name])
     }
 
     /// Runs `docker` against this dockerd: stdout, or stderr on failure.
@@ -137,39 +198,260 @@ impl Drop for Dockerd {
     }
 }
 
-#[test]
-fn docker_network_create_gets_a_readable_error_and_nothing_is_made() {
-    let lab = lab!();
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", Duration::from_secs(5)),
-        "daemon did not start: {}",
-        daemon.stderr()
+/// A socat server on TCP `port` in the namespace at `netns`, answering
+/// `peer=<client>` (the lab's socat, in the container's namespace), listening.
+fn serve_tcp_in(netns: &str, port: u16) -> Bg {
+    let cmd = |args: &[&str]| {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net={netns}")).arg("--").args(args);
+        c.stdin(std::process::Stdio::null());
+        c
+    };
+    let listen = format!("TCP4-LISTEN:{port},fork,reuseaddr");
+    let bg = Bg::spawn(
+        cmd(&["socat", &listen, "SYSTEM:echo peer=$SOCAT_PEERADDR"]),
+        "socat in the container",
     );
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < end {
+        let out = cmd(&["ss", "-Hltn"]).output().unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+            return bg;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port} in {netns}");
+}
+
+/// The lanyard networks' names.
+fn lanyard_networks(lab: &Lab) -> Vec<String> {
+    lab.lanyard_json(&["network", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The lanyard endpoints' addresses.
+fn lanyard_addresses(lab: &Lab) -> Vec<String> {
+    lab.lanyard_json(&["endpoint", "ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a.as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn docker_macvlan_networks_through_lanyard_reach_the_lan_and_the_host() {
+    let lab = lab!();
     let d = Dockerd::start(&lab);
+    let mut daemon = d.lanyard_daemon(&lab);
+    d.busybox_image(&lab);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "lanyard",
+        "--ipam-driver",
+        "lanyard",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+        "-o",
+        "parent=eth0",
+        "lan",
+    ]);
+    let nid = d.ok(&["network", "inspect", "-f", "{{.Id}}", "lan"]);
+    assert_eq!(lanyard_networks(&lab), [format!("docker-{}", &nid[..12])]);
+    // One engine decides: the CLI may not overlap Docker's network on its parent.
+    let out = lab.lanyard(&[
+        "network",
+        "create",
+        "clash",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=eth0",
+        "--subnet",
+        "192.0.2.0/25",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("overlap"), "{err}");
+
+    // An address from --ip-range; the LAN router and the host itself reach it.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ca",
+        "--network",
+        "lan",
+        "bb",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]);
+    let ip_a = d.inspect("ca", "{{.NetworkSettings.Networks.lan.IPAddress}}");
+    let last: u8 = ip_a.rsplit('.').next().unwrap().parse().unwrap();
+    assert!(ip_a.starts_with("192.0.2.") && last >= 128, "{ip_a}");
+    let mac_a = d.inspect("ca", "{{.NetworkSettings.Networks.lan.MacAddress}}");
+    assert!(lab.lan().ping(&ip_a), "LAN router -> {ip_a}");
+    assert!(
+        lab.host().ping(&ip_a),
+        "host -> {ip_a} (Docker's own macvlan cannot)"
+    );
+    let link = d.ok(&[
+        "exec",
+        "ca",
+        "/bin/busybox",
+        "ip",
+        "-o",
+        "link",
+        "show",
+        "eth0",
+    ]);
+    assert!(link.contains(&mac_a), "docker inspect says {mac_a}: {link}");
+    let routes = d.ok(&["exec", "ca", "/bin/busybox", "ip", "route"]);
+    assert!(routes.contains("default via 192.0.2.1"), "{routes}");
+
+    // docker run --ip; a second network on the same parent, connected and
+    // disconnected on a running container.
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "cb",
+        "--network",
+        "lan",
+        "--ip",
+        "192.0.2.200",
+        "bb",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(
+        d.inspect("cb", "{{.NetworkSettings.Networks.lan.IPAddress}}"),
+        "192.0.2.200"
+    );
+    assert!(lab.lan().ping("192.0.2.200"));
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "lanyard",
+        "--ipam-driver",
+        "lanyard",
+        "--subnet",
+        addr::LAN2_V4,
+        "--gateway",
+        addr::ROUTER2_V4,
+        "-o",
+        "parent=eth0",
+        "lan2",
+    ]);
+    d.ok(&["network", "connect", "lan2", "ca"]);
+    let ip_a2 = d.inspect("ca", "{{.NetworkSettings.Networks.lan2.IPAddress}}");
+    assert!(ip_a2.starts_with("198.51.100."), "{ip_a2}");
+    assert!(lab.lan().ping(&ip_a2), "LAN router -> {ip_a2}");
+    d.ok(&["network", "disconnect", "lan2", "ca"]);
+    assert!(!lanyard_addresses(&lab)
+        .iter()
+        .any(|a| a.starts_with(&ip_a2)));
+
+    // The daemon killed mid-run and started again: nothing lost, Docker goes on.
+    daemon.kill();
+    let _daemon = d.lanyard_daemon(&lab);
+    assert!(lab.lan().ping(&ip_a), "after the daemon's restart");
+    d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "lan",
+        "bb",
+        "/bin/busybox",
+        "true",
+    ]);
+
+    // docker rm frees the addresses; docker network rm removes the networks.
+    d.ok(&["rm", "-f", "ca", "cb"]);
+    let left = lanyard_addresses(&lab);
+    assert!(left.is_empty(), "{left:?}");
+    d.ok(&["network", "rm", "lan", "lan2"]);
+    assert!(lanyard_networks(&lab).is_empty());
+
+    // A bad option: a readable error, and nothing made.
     let err = d
         .docker(&[
             "network",
             "create",
             "-d",
             "lanyard",
-            "--ipam-driver",
-            "lanyard",
+            "-o",
+            "colour=blue",
             "x",
         ])
         .unwrap_err();
-    assert!(err.contains("IpamDriver.RequestPool: lanyard:"), "{err}");
-    let err = d
-        .docker(&["network", "create", "-d", "lanyard", "x"])
-        .unwrap_err();
     assert!(
-        err.contains("NetworkDriver.CreateNetwork: lanyard:"),
+        err.contains("colour") && err.contains("unknown option"),
         "{err}"
     );
-    let names = d
-        .docker(&["network", "ls", "--format", "{{.Name}}"])
-        .unwrap();
-    assert!(!names.contains('x'), "{names}");
-    let ls = lab.lanyard_ok(&["network", "ls", "-q"]);
-    assert!(ls.trim().is_empty(), "{ls}");
+    assert!(!d
+        .ok(&["network", "ls", "--format", "{{.Name}}"])
+        .lines()
+        .any(|l| l == "x"));
+    assert!(lanyard_networks(&lab).is_empty());
+}
+
+#[test]
+fn a_published_port_on_a_lanyard_bridge_network_keeps_the_client_address() {
+    let lab = lab!();
+    let d = Dockerd::start(&lab);
+    let _daemon = d.lanyard_daemon(&lab);
+    d.busybox_image(&lab);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "lanyard",
+        "--ipam-driver",
+        "lanyard",
+        "--subnet",
+        "203.0.113.0/24",
+        "br",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "br",
+        "-p",
+        "8080:80",
+        "bb",
+        "/bin/busybox",
+        "sleep",
+        "600",
+    ]);
+    let pid = d.inspect("web", "{{.State.Pid}}");
+    let _server = serve_tcp_in(&format!("/proc/{pid}/ns/net"), 80);
+    let peer = crate::firewall::tcp_peer(&lab.lan(), addr::HOST_V4, 8080);
+    assert_eq!(
+        peer.map(|p| p.to_string()).as_deref(),
+        Some(addr::ROUTER_V4),
+        "the server sees the LAN client's own address"
+    );
+    d.ok(&["rm", "-f", "web"]);
+    assert_eq!(
+        crate::firewall::tcp_peer(&lab.lan(), addr::HOST_V4, 8080),
+        None
+    );
+    d.ok(&["network", "rm", "br"]);
 }
