@@ -78,7 +78,7 @@ impl Dockerd {
              ln -s {plug} /run/docker/plugins/lanyard.sock && \
              exec nsenter --net={net} dockerd --data-root {t}/data --exec-root {t}/x \
              -H unix://{t}/docker.sock --pidfile {t}/pid --bridge=none --iptables=false \
-             --ip6tables=false",
+             --ip6tables=false --shutdown-timeout 1",
             plug = plug.display(),
             net = lab.host().path().display(),
             t = t.display(),
@@ -149,6 +149,13 @@ impl Dockerd {
         assert!(out.status.success(), "docker import: {out:?}");
     }
 
+    /// Stops dockerd (and its containers) and starts it again on the same data.
+    fn restart(&mut self, lab: &Lab) {
+        self.stop();
+        // The old value's drop finds its dockerd gone already.
+        *self = Dockerd::start(lab);
+    }
+
     /// Runs `docker`, which must succeed: its stdout, trimmed.
     fn ok(&self, args: &[&str]) -> String {
         match self.docker(args) {
@@ -181,6 +188,12 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Dockerd {
+    fn stop(&mut self) {
         // SIGTERM lets dockerd stop its containerd; its mounts go with its namespace.
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
         if let Some(pid) = pid {
@@ -454,4 +467,82 @@ fn a_published_port_on_a_lanyard_bridge_network_keeps_the_client_address() {
         None
     );
     d.ok(&["network", "rm", "br"]);
+}
+
+#[test]
+fn parallel_docker_runs_and_a_dockerd_restart_keep_networking() {
+    let lab = lab!();
+    let mut d = Dockerd::start(&lab);
+    let _daemon = d.lanyard_daemon(&lab);
+    d.busybox_image(&lab);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "lanyard",
+        "--ipam-driver",
+        "lanyard",
+        "--subnet",
+        addr::LAN_V4,
+        "--gateway",
+        addr::ROUTER_V4,
+        "--ip-range",
+        "192.0.2.128/25",
+        "-o",
+        "parent=eth0",
+        "lan",
+    ]);
+    // dockerd sends these at once; each gets its own address.
+    let names: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
+    std::thread::scope(|s| {
+        for n in &names {
+            let d = &d;
+            s.spawn(move || {
+                d.ok(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    n,
+                    "--network",
+                    "lan",
+                    "bb",
+                    "/bin/busybox",
+                    "sleep",
+                    "600",
+                ])
+            });
+        }
+    });
+    let ips: std::collections::BTreeSet<String> = names
+        .iter()
+        .map(|n| d.inspect(n, "{{.NetworkSettings.Networks.lan.IPAddress}}"))
+        .collect();
+    assert_eq!(ips.len(), names.len(), "{ips:?}");
+    assert_eq!(lanyard_addresses(&lab).len(), names.len());
+
+    // The containers stop (killed: busybox as PID 1 ignores SIGTERM, and dockerd
+    // would wait for it), dockerd stops and starts again; a container started again
+    // has its network back, and nothing is left of the stopped ones.
+    let mut kill = vec!["kill"];
+    kill.extend(names.iter().map(String::as_str));
+    d.ok(&kill);
+    d.restart(&lab);
+    d.ok(&["start", "p0"]);
+    let ip = d.inspect("p0", "{{.NetworkSettings.Networks.lan.IPAddress}}");
+    assert!(
+        lab.lan().ping(&ip),
+        "LAN router -> {ip} after dockerd's restart"
+    );
+    assert!(lab.host().ping(&ip), "host -> {ip} after dockerd's restart");
+    assert_eq!(
+        lanyard_addresses(&lab).len(),
+        1,
+        "{:?}",
+        lanyard_addresses(&lab)
+    );
+    let mut all = vec!["rm", "-f"];
+    all.extend(names.iter().map(String::as_str));
+    d.ok(&all);
+    d.ok(&["network", "rm", "lan"]);
+    assert!(lanyard_networks(&lab).is_empty());
 }
