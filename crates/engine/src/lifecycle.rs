@@ -72,8 +72,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                     return repeat_of(&ep, &net, None);
                 }
             }
-            let wanted: Vec<_> = w.ip.iter().chain(w.ip6.iter()).copied().collect();
-            crate::reserve::claim(tx, &net, &wanted)?;
+            // Docker's IPAM reserved the address it now names (RequestAddress).
+            if let Some(Owner::Docker { .. }) = &w.owner {
+                let wanted: Vec<_> = w.ip.iter().chain(w.ip6.iter()).copied().collect();
+                crate::reserve::claim(tx, &net, &wanted)?;
+            }
             record(tx, &net, &w, None, &id, &exclude, node.as_deref())
         })
     }

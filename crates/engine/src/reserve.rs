@@ -119,3 +119,82 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::endpoint::tests::engine;
+    use lanyard_core::owner::{AllocateRequest, Owner};
+    use std::net::IpAddr;
+
+    fn docker(ep: &str, ip: Option<&str>) -> AllocateRequest {
+        AllocateRequest {
+            network: "lan".into(),
+            owner: Some(Owner::Docker {
+                network_id: "d0".into(),
+                endpoint_id: ep.into(),
+            }),
+            ip: ip.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    fn v4(e: &lanyard_core::model::Endpoint) -> IpAddr {
+        e.addresses
+            .iter()
+            .find(|a| a.addr().is_ipv4())
+            .unwrap()
+            .addr()
+    }
+
+    #[test]
+    fn a_reserved_address_is_taken_by_its_endpoint_only_and_can_be_given_back() {
+        let mut e = engine();
+        let pool = "192.0.2.0/24".parse().unwrap();
+        let range = Some("192.0.2.200/29".parse().unwrap());
+        let r = e.reserve_address("lan", pool, range, None).unwrap();
+        assert_eq!(
+            r.to_string(),
+            "192.0.2.200/24",
+            "the first of the pool's range"
+        );
+        // Held: neither the next allocation nor a CLI --ip gets it.
+        let next = e.reserve_address("lan", pool, range, None).unwrap();
+        assert_ne!(next.addr(), r.addr());
+        let cli = AllocateRequest {
+            network: "lan".into(),
+            ip: Some(r.addr().to_string()),
+            ..Default::default()
+        };
+        let err = e.allocate(&cli).unwrap_err().to_string();
+        assert!(err.contains("already in use"), "{err}");
+        let again = e.reserve_address("lan", pool, None, Some(r.addr()));
+        assert!(again.unwrap_err().to_string().contains("already in use"));
+        // Docker's CreateEndpoint names it: the endpoint takes it over.
+        let ep = e
+            .allocate(&docker("e1", Some(&r.addr().to_string())))
+            .unwrap();
+        assert_eq!(v4(&ep), r.addr());
+        // Now the endpoint's: ReleaseAddress of it frees nothing.
+        assert!(!e.free_reserved("lan", r.addr()).unwrap());
+        assert!(e
+            .allocate(&docker("e2", Some(&r.addr().to_string())))
+            .is_err());
+        // A reservation never claimed is given back and can be taken.
+        assert!(e.free_reserved("lan", next.addr()).unwrap());
+        let ep3 = e
+            .allocate(&docker("e3", Some(&next.addr().to_string())))
+            .unwrap();
+        assert_eq!(v4(&ep3), next.addr());
+    }
+
+    #[test]
+    fn a_free_pool_subnet_avoids_the_networks_and_the_host() {
+        let mut e = engine();
+        let p = e.free_pool(false).unwrap();
+        let lan: ipnet::IpNet = "192.0.2.0/24".parse().unwrap();
+        assert!(
+            !p.contains(&lan.network()) && !lan.contains(&p.network()),
+            "{p}"
+        );
+    }
+}
