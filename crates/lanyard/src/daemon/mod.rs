@@ -411,7 +411,7 @@ async fn serve(
         Err(e) => tracing::warn!("daemon: reading the store's endpoints: {e}"),
     }
     // Bound once the tables are checked: dockerd's first call finds a ready daemon.
-    let plugin = crate::docker::serve::bind(&args.docker_socket)?;
+    let plugin = crate::docker::activation::listener(&args.docker_socket)?;
     tokio::spawn(crate::docker::serve::run(plugin, worker.clone()));
     tokio::spawn(watch::run(first, tx.clone()));
     tokio::spawn(lease_loop(worker.clone()));

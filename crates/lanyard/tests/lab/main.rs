@@ -5,6 +5,7 @@
 //! kernel feature the host may lack; `scripts/test` runs them in a VM with a stock
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
+mod activation;
 mod attach;
 mod cni;
 mod concurrency;
