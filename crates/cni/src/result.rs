@@ -312,6 +312,7 @@ mod tests {
             host_link: None,
             routes: vec![],
             lease: None,
+            aliases: vec![],
         }
     }
 

@@ -62,6 +62,50 @@ impl DnsName {
     }
 }
 
+/// Checks an endpoint name (`--name`, already a valid [`crate::name::EndpointName`])
+/// as a DNS name: no empty label, none over 63 bytes, none starting or ending with
+/// `-`. `_` stays allowed (Docker's and Compose's container names use it; the
+/// responder answers such names as they are).
+pub fn check_endpoint_name(s: &str) -> Result<()> {
+    for label in s.strip_suffix('.').unwrap_or(s).split('.') {
+        if label.is_empty() {
+            return Err(Error::invalid(
+                "--name",
+                s,
+                "has an empty DNS label ('..' or a trailing '.')",
+            ));
+        }
+        if label.len() > 63 {
+            return Err(Error::invalid(
+                "--name",
+                s,
+                format!("DNS label {label:?} is longer than 63 bytes"),
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(Error::invalid(
+                "--name",
+                s,
+                format!("DNS label {label:?} must not start or end with '-'"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks `--alias` values: each a host name, none given twice.
+pub fn parse_aliases(raw: &[String]) -> Result<Vec<DnsName>> {
+    let mut out: Vec<DnsName> = Vec::with_capacity(raw.len());
+    for a in raw {
+        let n = DnsName::alias(a)?;
+        if out.contains(&n) {
+            return Err(Error::invalid("--alias", a, "is given twice"));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
 impl TryFrom<String> for DnsName {
     type Error = Error;
     fn try_from(s: String) -> Result<Self> {
@@ -109,5 +153,18 @@ mod tests {
             assert!(e.contains("--alias"), "{bad:?}: {e}");
         }
         assert!(DnsName::alias(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn endpoint_names_are_checked_label_by_label() {
+        for ok in ["web", "my_app_1", "web.1", &"a".repeat(63)] {
+            assert!(check_endpoint_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["a..b", "web.", "-a.b", "a.b-", &"a".repeat(64)] {
+            let e = check_endpoint_name(bad).unwrap_err().to_string();
+            assert!(e.contains("--name"), "{bad}: {e}");
+        }
+        assert!(parse_aliases(&["a".into(), "A.".into()]).is_err());
+        assert_eq!(parse_aliases(&["Db".into()]).unwrap()[0].as_str(), "db");
     }
 }

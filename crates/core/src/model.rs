@@ -496,6 +496,10 @@ pub struct Endpoint {
     /// asked for again by `restore`, released on detach).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<crate::lease::Lease>,
+    /// More names (`--alias`) the endpoint answers to in the daemon's DNS responder
+    /// on its network, besides its `name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<crate::dnsname::DnsName>,
 }
 
 impl Endpoint {
@@ -545,6 +549,9 @@ pub struct AttachRequest {
     /// `--route` CIDRs: subnets behind the endpoint the host routes to it.
     #[serde(default)]
     pub routes: Vec<String>,
+    /// `--alias` names the endpoint also answers to in DNS on its network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// Which endpoint to detach.

@@ -188,6 +188,9 @@ pub struct AllocateRequest {
     pub mac: Option<String>,
     /// `-p` specs.
     pub publish: Vec<String>,
+    /// `--alias` names (DNS).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// Where `plug` puts an allocated endpoint's link.

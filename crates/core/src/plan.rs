@@ -648,6 +648,7 @@ mod tests {
             host_link: None,
             routes: vec![],
             lease: None,
+            aliases: vec![],
         }
     }
 

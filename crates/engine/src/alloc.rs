@@ -54,6 +54,8 @@ pub(crate) struct Wants {
     pub owner: Option<Owner>,
     /// Subnets behind the endpoint (`--route`).
     pub routes: Vec<IpNet>,
+    /// More DNS names (`--alias`).
+    pub aliases: Vec<lanyard_core::dnsname::DnsName>,
 }
 
 /// Parses the raw fields of an allocation, naming the CLI's flag on error.
@@ -80,10 +82,13 @@ pub(crate) fn parse_wants(
         ip,
         ip6,
         mac: mac.map(|s| MacAddr::parse_for("--mac", s)).transpose()?,
-        name: name.map(EndpointName::new).transpose()?,
+        name: name
+            .map(|n| lanyard_core::dnsname::check_endpoint_name(n).and(EndpointName::new(n)))
+            .transpose()?,
         ports: parse_ports(publish)?,
         owner: owner.cloned(),
         routes: vec![],
+        aliases: vec![],
     })
 }
 
@@ -455,6 +460,7 @@ pub(crate) fn record(
         host_link: None,
         routes: w.routes.clone(),
         lease: None,
+        aliases: w.aliases.clone(),
     };
     if let Some(place) = place {
         place_in(tx, net, &mut ep, place)?;

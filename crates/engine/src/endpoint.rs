@@ -100,6 +100,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             req.owner.as_ref(),
         )?;
         w.routes = parse_routes(&req.routes)?;
+        w.aliases = lanyard_core::dnsname::parse_aliases(&req.aliases)?;
         let ifname = req
             .ifname
             .as_deref()

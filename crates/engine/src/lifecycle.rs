@@ -49,7 +49,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// in no namespace yet (state `Allocated`). One store transaction, no kernel
     /// step. With an owner that already has an endpoint on this network, returns it.
     pub fn allocate(&mut self, req: &AllocateRequest) -> Result<Endpoint> {
-        let w = parse_wants(
+        let mut w = parse_wants(
             req.ip.as_deref(),
             req.ip6.as_deref(),
             req.mac.as_deref(),
@@ -57,6 +57,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             &req.publish,
             req.owner.as_ref(),
         )?;
+        w.aliases = lanyard_core::dnsname::parse_aliases(&req.aliases)?;
         let _lock = self.lock(Mode::Shared)?;
         let net = self.network(&req.network)?;
         check_wants(&net, &w, req.mac.as_deref())?;
@@ -244,6 +245,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             ports: ports.clone(),
             owner: None,
             routes: vec![],
+            aliases: vec![],
         };
         check_wants(&net, &w, None)?;
         let new: Vec<_> = ports

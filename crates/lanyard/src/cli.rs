@@ -133,6 +133,19 @@ pub struct DaemonArgs {
     /// Serve Docker's remote network and IPAM plugin protocol on this unix socket.
     #[arg(long, env = "LANYARD_DOCKER_SOCKET", default_value = crate::docker::DEFAULT_SOCKET, value_name = "PATH")]
     pub docker_socket: std::path::PathBuf,
+    /// Do not answer DNS on 127.0.0.11 in endpoints' namespaces.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// The host's resolver list, read for the upstreams DNS queries go to.
+    #[arg(long, default_value = "/etc/resolv.conf", value_name = "FILE")]
+    pub resolv_conf: PathBuf,
+    /// Read instead when --resolv-conf names only a loopback stub (127.0.0.53).
+    #[arg(
+        long,
+        default_value = "/run/systemd/resolve/resolv.conf",
+        value_name = "FILE"
+    )]
+    pub resolved_conf: PathBuf,
 }
 
 /// `lanyard network …` (deferred like [`Command`]).
@@ -271,6 +284,10 @@ pub struct EndpointOpts {
     /// the endpoint (repeatable, IPv4 or IPv6).
     #[arg(long = "route", value_name = "CIDR")]
     pub routes: Vec<String>,
+    /// Another name the endpoint answers to in the daemon's DNS on its network
+    /// (repeatable).
+    #[arg(long = "alias", value_name = "NAME")]
+    pub aliases: Vec<String>,
 }
 
 impl EndpointOpts {
@@ -284,6 +301,7 @@ impl EndpointOpts {
             ip6: self.ip6.clone(),
             mac: self.mac.clone(),
             publish: self.publish.clone(),
+            aliases: self.aliases.clone(),
         }
     }
 
@@ -301,6 +319,7 @@ impl EndpointOpts {
             unprivileged_port_start: self.unprivileged_port_start,
             owner: None,
             routes: self.routes.clone(),
+            aliases: self.aliases.clone(),
         }
     }
 }

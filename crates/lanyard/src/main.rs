@@ -101,7 +101,7 @@ pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
 
 /// This host's node name: `--node`, else /etc/machine-id (stable across host
 /// renames), else none (records then count as this host's everywhere).
-fn node(cli: &Cli) -> Option<String> {
+pub(crate) fn node(cli: &Cli) -> Option<String> {
     cli.node.clone().or_else(|| {
         let id = std::fs::read_to_string("/etc/machine-id").ok()?;
         Some(id.trim().to_string()).filter(|s| !s.is_empty())

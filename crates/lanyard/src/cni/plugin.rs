@@ -479,6 +479,7 @@ mod tests {
             host_link: None,
             routes: vec![],
             lease: None,
+            aliases: vec![],
         }
     }
 

@@ -46,6 +46,11 @@ impl AsRawFd for Conn {
     }
 }
 
+/// The channel endpoint notices go out on (to subscribers and the DNS responder).
+pub fn events() -> broadcast::Sender<Message> {
+    broadcast::channel(SUBSCRIBER_QUEUE).0
+}
+
 impl Control {
     /// Binds `daemon.sock` in the run directory (made 0700 if missing; refused if it
     /// is not root's alone). Another live daemon on the socket is an error.
@@ -103,6 +108,7 @@ impl Control {
     pub fn serve(
         &mut self,
         worker: Worker,
+        events: broadcast::Sender<Message>,
     ) -> Result<impl std::future::Future<Output = ()> + Send> {
         let listener = self
             .listener
@@ -118,7 +124,6 @@ impl Control {
         // the AsyncFd holds it.
         let fd = unsafe { AsyncFd::register(listener) }
             .map_err(|e| Error::Other(format!("daemon: polling the control socket: {e}")))?;
-        let (events, _) = broadcast::channel(SUBSCRIBER_QUEUE);
         Ok(accept(
             fd,
             tx,

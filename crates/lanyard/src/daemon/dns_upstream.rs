@@ -1,15 +1,9 @@
 //! Which upstream DNS servers the responder forwards to when a network names none:
 //! the host's real servers from a resolv.conf, never a loopback stub (such as
 //! systemd-resolved's 127.0.0.53) that an endpoint's namespace cannot reach.
-//!
-//! Not wired yet (issue 20, first piece): the responder will call [`host_upstreams`].
-#![allow(dead_code)]
 
 use std::net::IpAddr;
 use std::path::Path;
-
-/// systemd-resolved's list of the real upstreams, used when resolv.conf names its stub.
-pub const SYSTEMD_RESOLV: &str = "/run/systemd/resolve/resolv.conf";
 
 /// The `nameserver` addresses in resolv.conf text, in order; malformed lines skipped.
 pub fn parse_nameservers(text: &str) -> Vec<IpAddr> {
@@ -23,7 +17,8 @@ pub fn parse_nameservers(text: &str) -> Vec<IpAddr> {
 }
 
 /// The non-loopback servers of `resolv` (normally /etc/resolv.conf); when it lists
-/// only loopback stubs, those of `fallback` (systemd-resolved's real list).
+/// only loopback stubs, those of `fallback` (systemd-resolved's real list,
+/// /run/systemd/resolve/resolv.conf: `lanyard daemon --resolved-conf`).
 pub fn host_upstreams(resolv: &Path, fallback: &Path) -> Vec<IpAddr> {
     let read = |p: &Path| std::fs::read_to_string(p).map(|t| parse_nameservers(&t));
     let real =

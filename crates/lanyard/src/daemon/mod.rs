@@ -22,6 +22,9 @@
 //! - **Signals** (`tokio::signal`).
 //! - **Control socket** ([`control`]): `daemon.sock`, a small versioned protocol:
 //!   tombstones from detaches, endpoint notices and subscriptions, status.
+//! - **DNS** ([`dns`]): a responder on 127.0.0.11:53 in every endpoint's namespace
+//!   (names and aliases of the endpoints on the networks it shares, PTR, the rest
+//!   forwarded); off with `--no-dns`.
 //! - **Docker plugin socket** ([`crate::docker`]): dockerd's remote NetworkDriver
 //!   and IpamDriver calls (`--docker-socket`), HTTP/1.1 served by hyper.
 //!
@@ -42,6 +45,8 @@
 //! window but cannot close it without a lock shared with the CLI.
 
 mod control;
+mod dns;
+mod dns_table;
 mod dns_upstream;
 mod watch;
 pub(crate) mod worker;
@@ -302,6 +307,16 @@ fn newer_store(state_dir: &std::path::Path) -> Option<Error> {
     })
 }
 
+/// Where the DNS responder finds the host's upstreams and `lanyard run --dns`'s.
+fn dns_config(cli: &Cli, args: &DaemonArgs) -> dns::Config {
+    dns::Config {
+        resolv: args.resolv_conf.clone(),
+        resolved: args.resolved_conf.clone(),
+        given_dir: cli.run_dir.join(dns::GIVEN_DIR),
+        node: crate::node(cli),
+    }
+}
+
 /// How often the lease task looks for DHCP endpoints at least.
 const LEASE_RESCAN: Duration = Duration::from_secs(30);
 
@@ -365,7 +380,8 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
     };
     let result = std::thread::scope(|scope| -> Result<i32> {
         let worker = Worker::start(scope, cli)?;
-        let r = rt.block_on(serve(args, &cli.state_dir, worker, &mut handoff));
+        let dns = (!args.no_dns).then(|| dns_config(cli, args));
+        let r = rt.block_on(serve(args, &cli.state_dir, worker, &mut handoff, dns));
         // Drops the tasks (and with them every handle on the engine thread, which
         // then ends and is joined by the scope).
         drop(rt);
@@ -381,6 +397,7 @@ async fn serve(
     state_dir: &std::path::Path,
     worker: Worker,
     handoff: &mut control::Control,
+    dns: Option<dns::Config>,
 ) -> Result<i32> {
     let interval = Duration::from_secs(args.interval);
     let gc_interval = (args.gc_interval > 0).then(|| Duration::from_secs(args.gc_interval));
@@ -389,7 +406,9 @@ async fn serve(
     signals(tx.clone())
         .await
         .map_err(|e| Error::Other(format!("daemon: signal handlers: {e}")))?;
-    tokio::spawn(handoff.serve(worker.clone())?);
+    let events = control::events();
+    let dns_events = events.subscribe();
+    tokio::spawn(handoff.serve(worker.clone(), events)?);
     // Subscribed before the first check: every later change is heard.
     let first = NftWatch::open().ok();
     let mut checker = Checker {
@@ -415,6 +434,9 @@ async fn serve(
     tokio::spawn(crate::docker::serve::run(plugin, worker.clone()));
     tokio::spawn(watch::run(first, tx.clone()));
     tokio::spawn(lease_loop(worker.clone()));
+    if let Some(cfg) = dns {
+        tokio::spawn(dns::run(worker.clone(), dns_events, cfg));
+    }
     if let Some(g) = gc_interval {
         tokio::spawn(gc_loop(worker, g));
     }

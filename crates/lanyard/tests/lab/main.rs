@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod daemon;
 mod dhcp;
+mod dns;
 mod docker;
 mod doctor;
 mod firewall;

@@ -55,6 +55,7 @@ pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNe
         host_link: None,
         routes: vec![],
         lease: None,
+        aliases: vec![],
     }
 }
 
