@@ -35,6 +35,8 @@ struct Counters {
     tombstones: AtomicU64,
     notices: AtomicU64,
     verbs: AtomicU64,
+    /// Clients subscribed (the daemon's own listeners, such as DNS, not counted).
+    subscribers: AtomicU64,
 }
 
 /// A connected socket the loop can poll.
@@ -240,11 +242,19 @@ async fn connection(
                     format!("tombstones={}", counters.tombstones.load(Ordering::Relaxed)),
                     format!("notices={}", counters.notices.load(Ordering::Relaxed)),
                     format!("verbs={}", counters.verbs.load(Ordering::Relaxed)),
-                    format!("subscribers={}", events.receiver_count()),
+                    format!(
+                        "subscribers={}",
+                        counters.subscribers.load(Ordering::Relaxed)
+                    ),
                 ]);
                 let _ = reply(&c, &s);
             }
-            Message::Subscribe => return subscriber(c, events.subscribe()).await,
+            Message::Subscribe => {
+                counters.subscribers.fetch_add(1, Ordering::Relaxed);
+                subscriber(c, events.subscribe()).await;
+                counters.subscribers.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
             Message::Verb(json) => {
                 counters.verbs.fetch_add(1, Ordering::Relaxed);
                 let (answer, notice) = worker.verb(json).await;

@@ -193,6 +193,7 @@ fn create_endpoint(engine: &mut Lanyard, c: &wire::CreateEndpoint) -> Result<Val
         ip6: bare("AddressIPv6", &given.address_ipv6)?,
         mac: (!given.mac_address.is_empty()).then(|| given.mac_address.clone()),
         publish: vec![],
+        aliases: vec![],
     };
     let ep = engine.allocate(&req)?;
     // Only what Docker left to the driver goes back: dockerd refuses changes.
