@@ -174,6 +174,8 @@ fn run(
 ) {
     match job {
         Job::Docker { call, done } => {
+            let started = std::time::Instant::now();
+            let name = call.name();
             let opened = match store.take() {
                 Some(s) => Ok(s),
                 None => SqliteStore::open(&cli.state_dir),
@@ -186,6 +188,7 @@ fn run(
                 }
                 Err(e) => lanyard_docker::Reply::err(500, format!("lanyard: {e}")),
             };
+            tracing::debug!("docker: {name}: {:.2} ms", started.elapsed().as_secs_f64() * 1e3);
             let _ = done.send(r);
         }
         Job::Verb { json, done } => {
