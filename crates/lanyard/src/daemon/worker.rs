@@ -188,7 +188,10 @@ fn run(
                 }
                 Err(e) => lanyard_docker::Reply::err(500, format!("lanyard: {e}")),
             };
-            tracing::debug!("docker: {name}: {:.2} ms", started.elapsed().as_secs_f64() * 1e3);
+            tracing::debug!(
+                "docker: {name}: {:.2} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
             let _ = done.send(r);
         }
         Job::Verb { json, done } => {

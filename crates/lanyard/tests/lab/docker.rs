@@ -276,6 +276,11 @@ fn docker_macvlan_networks_through_lanyard_reach_the_lan_and_the_host() {
         addr::ROUTER_V4,
         "--ip-range",
         "192.0.2.128/25",
+        "--ipv6",
+        "--subnet",
+        addr::LAN_V6,
+        "--gateway",
+        addr::ROUTER_V6,
         "-o",
         "parent=eth0",
         "lan",
@@ -319,6 +324,9 @@ fn docker_macvlan_networks_through_lanyard_reach_the_lan_and_the_host() {
         lab.host().ping(&ip_a),
         "host -> {ip_a} (Docker's own macvlan cannot)"
     );
+    let ip6_a = d.inspect("ca", "{{.NetworkSettings.Networks.lan.GlobalIPv6Address}}");
+    assert!(ip6_a.starts_with("2001:db8:1::"), "{ip6_a}");
+    assert!(lab.lan().ping(&ip6_a), "LAN router -> {ip6_a}");
     let link = d.ok(&[
         "exec",
         "ca",
