@@ -21,7 +21,7 @@ dockerd_start() {
     ln -s "$2" /run/docker/plugins/lanyard.sock &&
     exec nsenter --net="$0" dockerd --data-root "$1/data" --exec-root "$1/x" \
       -H "unix://$1/docker.sock" --pidfile "$1/pid" --bridge=none --iptables=false \
-      --ip6tables=false' "$netns" "$dir" "$plug" >"$dir/log" 2>&1 &
+      --ip6tables=false --shutdown-timeout 1' "$netns" "$dir" "$plug" >"$dir/log" 2>&1 &
   DOCKERD_PID=$!
   DOCKER=(docker -H "unix://$dir/docker.sock")
   for i in $(seq 150); do
@@ -31,6 +31,12 @@ dockerd_start() {
   done
   die "dockerd did not start: $(tail -n 20 "$dir/log")"
 }
+
+# in_dockerd_mnt CMD...: runs CMD in dockerd's mount namespace (where its sandbox
+# keys, the containers' namespace files, are mounted), so `lanyard daemon` run this
+# way finds the namespaces Join names, as on a real host; the network namespace is
+# the caller's.
+in_dockerd_mnt() { nsenter --mount="/proc/$DOCKERD_PID/ns/mnt" -- "$@"; }
 
 # dockerd_stop: stops the dockerd of dockerd_start (SIGTERM lets it stop its
 # containerd; its mounts go with its mount namespace), SIGKILL after 15 s.

@@ -63,13 +63,13 @@ fn the_plugin_socket_answers_the_handshake_and_refuses_readably() {
 /// A dockerd 20.10 in the lab's host namespace and a private mount namespace
 /// (where `/run/docker/plugins/lanyard.sock` points at the lab's plugin socket);
 /// stopped on drop, also when the test fails.
-struct Dockerd {
+pub(crate) struct Dockerd {
     child: std::process::Child,
-    sock: std::path::PathBuf,
+    pub(crate) sock: std::path::PathBuf,
 }
 
 impl Dockerd {
-    fn start(lab: &Lab) -> Dockerd {
+    pub(crate) fn start(lab: &Lab) -> Dockerd {
         let t = lab.dir().join("dk");
         std::fs::create_dir_all(&t).unwrap();
         let plug = lab.run_dir().join("docker-plugin.sock");
@@ -108,7 +108,7 @@ impl Dockerd {
 
     /// `lanyard daemon` in dockerd's mount namespace (and the lab's host namespace),
     /// up and serving.
-    fn lanyard_daemon(&self, lab: &Lab) -> Bg {
+    pub(crate) fn lanyard_daemon(&self, lab: &Lab) -> Bg {
         let inner = lab.lanyard_command(&["daemon", "--interval", "60", "--gc-interval", "0"]);
         let mut cmd = std::process::Command::new("nsenter");
         cmd.arg(format!("--mount=/proc/{}/ns/mnt", self.child.id()))
@@ -131,7 +131,7 @@ impl Dockerd {
     }
 
     /// `docker import`s an image `bb` holding only busybox-static.
-    fn busybox_image(&self, lab: &Lab) {
+    pub(crate) fn busybox_image(&self, lab: &Lab) {
         let root = lab.dir().join("bbroot");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", root.join("bin/busybox"))
@@ -157,7 +157,7 @@ impl Dockerd {
     }
 
     /// Runs `docker`, which must succeed: its stdout, trimmed.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         match self.docker(args) {
             Ok(s) => s.trim().to_string(),
             Err(e) => panic!("docker {}: {e}", args.join(" ")),
@@ -165,12 +165,12 @@ impl Dockerd {
     }
 
     /// `docker inspect -f FORMAT NAME`.
-    fn inspect(&self, name: &str, format: &str) -> String {
+    pub(crate) fn inspect(&self, name: &str, format: &str) -> String {
         self.ok(&["inspect", "-f", format, name])
     }
 
     /// Runs `docker` against this dockerd: stdout, or stderr on failure.
-    fn docker(&self, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn docker(&self, args: &[&str]) -> Result<String, String> {
         let host = format!("unix://{}", self.sock.display());
         let out = std::process::Command::new("docker")
             .arg("-H")
@@ -247,7 +247,7 @@ fn lanyard_networks(lab: &Lab) -> Vec<String> {
 }
 
 /// The lanyard endpoints' addresses.
-fn lanyard_addresses(lab: &Lab) -> Vec<String> {
+pub(crate) fn lanyard_addresses(lab: &Lab) -> Vec<String> {
     lab.lanyard_json(&["endpoint", "ls"])
         .as_array()
         .unwrap()

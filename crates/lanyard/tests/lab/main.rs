@@ -8,6 +8,7 @@
 mod activation;
 mod attach;
 mod cni;
+mod compose;
 mod concurrency;
 mod crash;
 mod daemon;
