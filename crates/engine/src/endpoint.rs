@@ -361,6 +361,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 .is_ok_and(|id| id == ep.netns_inode);
         let mut errors = vec![];
         let mut tombstone = None;
+        // An allocated endpoint has nothing in the kernel: no link, no firewall
+        // element (they go at unplug and come at plug).
+        let net = net.filter(|_| ep.state != EndpointState::Allocated);
         if let Some(net) = net {
             if alive {
                 self.release_lease(net, ep);

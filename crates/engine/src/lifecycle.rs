@@ -510,6 +510,22 @@ mod tests {
     }
 
     #[test]
+    fn releasing_an_allocated_endpoint_touches_no_kernel_state() {
+        let mut e = engine();
+        e.allocate(&alloc(Some(docker("e1")))).unwrap();
+        let before = e.kernel.applied.len();
+        let gone = e.release(&EndpointRef::Owner(docker("e1"))).unwrap();
+        assert!(gone.is_some());
+        assert_eq!(
+            e.kernel.applied.len(),
+            before,
+            "{:?}",
+            &e.kernel.applied[before..]
+        );
+        assert!(e.endpoints().unwrap().is_empty());
+    }
+
+    #[test]
     fn plug_host_side_makes_only_the_link_under_the_temporary_name_and_unplug_keeps_the_allocation()
     {
         let mut e = engine();
