@@ -458,6 +458,18 @@ pub struct RunArgs {
     /// Give the command every capability.
     #[arg(long)]
     pub privileged: bool,
+    /// A DNS server for the command (repeatable; forwarded to by the daemon).
+    #[arg(long, value_name = "IP")]
+    pub dns: Vec<String>,
+    /// A DNS search domain (repeatable).
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// The command's host name (default: --name, else the endpoint's short id).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// An /etc/hosts line: NAME:IP (repeatable).
+    #[arg(long, value_name = "NAME:IP")]
+    pub add_host: Vec<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

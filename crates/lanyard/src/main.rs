@@ -20,6 +20,7 @@ mod log;
 mod manpage;
 mod output;
 mod run;
+mod run_dns;
 
 use crate::output::out;
 use clap::{CommandFactory, FromArgMatches};
@@ -263,7 +264,7 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
             }
         }
         Command::Endpoint(cmd) => return endpoint(engine, cli, cmd),
-        Command::Run(r) => return run::run(engine, r),
+        Command::Run(r) => return run::run(engine, r, &cli.run_dir),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
         Command::Doctor(f) => return doctor::run(engine, cli, f.json),
         Command::Gc(f) => {

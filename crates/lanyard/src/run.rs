@@ -4,11 +4,17 @@
 //! signals, and on exit detaches. The namespace dies with the child, taking its
 //! links with it. `--network host` runs in this namespace, `none` with loopback only,
 //! `container:NAME` in the namespace of an existing endpoint.
+//!
+//! In a fresh namespace the command also gets a mount namespace of its own, with
+//! lanyard's resolv.conf and /etc/hosts bind-mounted over the host's
+//! ([`crate::run_dns`]), and a UTS namespace with its host name (`--hostname`, else
+//! `--name`, else the endpoint's short id).
 
 use crate::cli::{EndpointOpts, RunArgs};
 use crate::Lanyard;
 use lanyard_core::model::DetachRequest;
 use lanyard_core::{Error, Result};
+use lanyard_kernel::handoff::Change;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -63,7 +69,8 @@ enum Mode {
 }
 
 /// Runs the command; returns its exit status (128+N when killed by signal N).
-pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
+pub fn run(engine: &mut Lanyard, args: &RunArgs, run_dir: &std::path::Path) -> Result<i32> {
+    let names = crate::run_dns::NameOpts::parse(args)?;
     let mode = match args.networks.first().map(String::as_str) {
         Some("host") if args.networks.len() == 1 => Mode::Host,
         Some("none") if args.networks.len() == 1 => Mode::Fresh(vec![]),
@@ -118,6 +125,20 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
         _ => None,
     };
     let fresh = matches!(mode, Mode::Fresh(_));
+    if !fresh && names.any() {
+        return Err(Error::invalid(
+            "--network",
+            &args.networks[0],
+            "--dns, --dns-search, --hostname and --add-host need a namespace of the command's own (a network name or none)",
+        ));
+    }
+    // resolv.conf only with a network to reach a server on.
+    let with_resolv = matches!(&mode, Mode::Fresh(n) if !n.is_empty());
+    let mut files = fresh
+        .then(|| crate::run_dns::Files::prepare(run_dir, with_resolv))
+        .transpose()?;
+    let mounts: &[(CString, CString)] = files.as_ref().map_or(&[], |f| &f.mounts);
+    let mounts: Vec<(CString, CString)> = mounts.to_vec();
 
     // Two pipes: child → parent "namespace ready", parent → child "go" (1) / "abort" (0).
     let mut ready = [0; 2];
@@ -145,8 +166,8 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
             child(
                 fresh,
                 join_fd,
-                ready[1],
-                go[0],
+                (ready[1], go[0]),
+                &mounts,
                 user,
                 (caps, ambient),
                 &ptrs,
@@ -202,13 +223,39 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     } else {
         Ok(())
     };
-    let verdict = [setup.is_ok() as u8];
+    // The name files, once the endpoints exist; the host name goes to the child
+    // after the verdict byte.
+    let mut hostname = vec![];
+    let setup = setup.and_then(|()| {
+        let Some(f) = files.as_mut() else {
+            return Ok(());
+        };
+        let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        let eps = attached
+            .iter()
+            .map(|id| engine.endpoint(id))
+            .collect::<Result<Vec<_>>>()?;
+        for ep in &eps {
+            tell(run_dir, Change::Added, ep);
+        }
+        hostname = f
+            .write(run_dir, &names, &netns, &eps)?
+            .unwrap_or_default()
+            .into_bytes();
+        if with_resolv {
+            crate::run_dns::await_responder(run_dir, &netns);
+        }
+        Ok(())
+    });
+    // Verdict, the host name's length (at most 64), the host name.
+    let mut verdict = vec![setup.is_ok() as u8, hostname.len() as u8];
+    verdict.extend_from_slice(&hostname);
     // SAFETY: signal handlers that only call kill; writing one byte to our pipe.
     unsafe {
         for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::signal(sig, forward as *const () as libc::sighandler_t);
         }
-        libc::write(go[1], verdict.as_ptr().cast(), 1);
+        libc::write(go[1], verdict.as_ptr().cast(), verdict.len());
         libc::close(go[1]);
         libc::close(ready[0]);
     }
@@ -216,15 +263,26 @@ pub fn run(engine: &mut Lanyard, args: &RunArgs) -> Result<i32> {
     CHILD.store(0, Ordering::SeqCst);
     let mut cleanup_err = None;
     for id in attached {
-        if let Err(e) = engine.detach(&DetachRequest::Endpoint(id)) {
-            cleanup_err.get_or_insert(e);
+        match engine.detach(&DetachRequest::Endpoint(id)) {
+            Ok(Some(ep)) => tell(run_dir, Change::Removed, &ep),
+            Ok(None) => {}
+            Err(e) => {
+                cleanup_err.get_or_insert(e);
+            }
         }
     }
+    drop(files);
     setup?;
     if let Some(e) = cleanup_err {
         eprintln!("lanyard: {e}");
     }
     status
+}
+
+/// Tells a running daemon that `ep` came or went (its DNS responder follows).
+fn tell(run_dir: &std::path::Path, change: Change, ep: &lanyard_core::model::Endpoint) {
+    let path = run_dir.join(lanyard_kernel::handoff::SOCKET);
+    let _ = lanyard_kernel::handoff::notify(&path, change, ep.network.as_str(), &ep.id);
 }
 
 fn wait(pid: libc::pid_t) -> Result<i32> {
@@ -255,8 +313,8 @@ fn wait(pid: libc::pid_t) -> Result<i32> {
 unsafe fn child(
     fresh: bool,
     join: Option<i32>,
-    ready: i32,
-    go: i32,
+    (ready, go): (i32, i32),
+    mounts: &[(CString, CString)],
     user: Option<(u32, u32)>,
     (caps, ambient): (rustix::thread::CapabilitySet, rustix::thread::CapabilitySet),
     argv: &[*const libc::c_char],
@@ -273,9 +331,51 @@ unsafe fn child(
             }
         }
         libc::write(ready, (&ok as *const u8).cast(), 1);
-        let mut b = [0u8; 1];
-        if ok == 0 || libc::read(go, b.as_mut_ptr().cast(), 1) != 1 || b[0] != 1 {
+        // The verdict byte, the host name's length, the host name (none: keep ours).
+        let mut b = [0u8; 2 + 64];
+        let mut n = 0usize;
+        while n < 2 || n < 2 + usize::from(b[1]).min(64) {
+            let r = libc::read(go, b.as_mut_ptr().add(n).cast(), b.len() - n);
+            if r <= 0 {
+                break;
+            }
+            n += r as usize;
+        }
+        if ok == 0 || n < 2 || b[0] != 1 {
             libc::_exit(125);
+        }
+        if n > 2
+            && (libc::unshare(libc::CLONE_NEWUTS) != 0
+                || libc::sethostname(b.as_ptr().add(2).cast(), n - 2) != 0)
+        {
+            let msg = b"lanyard run: cannot set the host name\n";
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(125);
+        }
+        if !mounts.is_empty() {
+            let private = libc::unshare(libc::CLONE_NEWNS) == 0
+                && libc::mount(
+                    c"none".as_ptr(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) == 0;
+            let bound = private
+                && mounts.iter().all(|(src, dst)| {
+                    libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) == 0
+                });
+            if !bound {
+                let msg = b"lanyard run: cannot bind-mount /etc/resolv.conf and /etc/hosts\n";
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(125);
+            }
         }
         let non_root = user.is_some_and(|(uid, _)| uid != 0);
         if crate::caps::before_user_switch(caps, non_root).is_err() {

@@ -46,7 +46,12 @@ pub fn run(
             let source = conf.source().map_err(fail)?;
             let wants = conf.wants(inv.args.as_deref()).map_err(fail)?;
             let prev = conf.prev_result().map_err(fail)?;
-            let dns = conf.dns.clone().unwrap_or_default();
+            let mut dns = conf.dns.clone().unwrap_or_default();
+            // With a daemon up, its responder answers in the container's namespace.
+            if dns.nameservers.is_empty() && run_dir.join(lanyard_kernel::handoff::SOCKET).exists()
+            {
+                dns.nameservers.push(crate::run_dns::RESPONDER.into());
+            }
             let mut engine = open(&state, &run_dir).map_err(fail)?;
             let net = network_for(&mut engine, &source).map_err(fail)?;
             let req = AttachRequest {

@@ -45,9 +45,9 @@
 //! window but cannot close it without a lock shared with the CLI.
 
 mod control;
-mod dns;
+pub(crate) mod dns;
 mod dns_table;
-mod dns_upstream;
+pub(crate) mod dns_upstream;
 mod watch;
 pub(crate) mod worker;
 

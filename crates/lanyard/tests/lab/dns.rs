@@ -187,6 +187,27 @@ fn endpoints_resolve_each_other_by_name_and_alias_until_detached_and_the_rest_is
     let got = ask(&c1, "big.example", RecordType::TXT);
     assert!(got.tcp && got.code == ResponseCode::NoError, "{got:?}");
     assert!(got.records.concat().len() >= 600, "{got:?}");
+    // A CNI container on the network: its result names the responder, which
+    // answers in its namespace too.
+    let rt = crate::cni::Runtime::new(
+        &lab,
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "lan",
+            "plugins": [{"type": "lanyard", "network": "lan"}]
+        }),
+    );
+    let c3 = lab.netns("c3");
+    let result = rt
+        .add(&crate::cni::Att::new("dns-ctr", &c3))
+        .unwrap_or_else(|e| panic!("ADD: {e}"));
+    assert_eq!(
+        result["dns"]["nameservers"],
+        serde_json::json!(["127.0.0.11"]),
+        "{result}"
+    );
+    let got = ask_until(&c3, "web", RecordType::A, a(&w));
+    assert!(a(&w)(&got), "web from a CNI container: {got:?}");
     // Detach: the name goes at once (then asked upstream, which refuses it).
     lab.lanyard_ok(&["detach", "web"]);
     let gone = |g: &Got| g.code != ResponseCode::NoError && g.records.is_empty();
@@ -230,4 +251,83 @@ fn bad_names_and_a_taken_name_are_refused_at_attach() {
         exit::CONFLICT,
     );
     assert!(err.contains("web"), "{err}");
+}
+
+/// `lanyard run`'s stdout for `sh -c SCRIPT`, which must succeed.
+fn run_sh(lab: &Lab, flags: &[&str], script: &str) -> String {
+    let mut args = vec!["run", "--network", "lan"];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    lab.lanyard_ok(&args)
+}
+
+#[test]
+fn run_gets_a_resolv_conf_naming_the_responder_its_own_hosts_file_and_host_name() {
+    let lab = lab!();
+    let _dnsmasq = upstream(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
+    let _d = daemon(&lab);
+    let c1 = lab.netns("c1");
+    let db = addr_of(&lab.attach("lan", &c1, &["--name", "db"]), false);
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let out = run_sh(
+        &lab,
+        &[
+            "--name",
+            "app",
+            "--dns-search",
+            "example",
+            "--add-host",
+            "extra:203.0.113.9",
+        ],
+        "cat /etc/resolv.conf /etc/hosts; hostname; getent hosts db far extra",
+    );
+    assert!(out.contains("nameserver 127.0.0.11\n"), "{out}");
+    assert!(out.contains("search example\n"), "{out}");
+    assert!(out.lines().any(|l| l == "app"), "hostname: {out}");
+    assert!(out.contains(&db) && out.contains(" db\n"), "db: {out}");
+    // `far` through the search domain, forwarded to dnsmasq.
+    assert!(
+        out.contains("192.0.2.77") && out.contains("far.example"),
+        "far: {out}"
+    );
+    assert!(
+        out.contains("203.0.113.9") && out.contains("extra"),
+        "extra: {out}"
+    );
+    // The host's own files are untouched.
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv
+    );
+    assert!(!std::fs::read_to_string("/etc/hosts")
+        .unwrap_or_default()
+        .contains("extra"));
+}
+
+#[test]
+fn run_without_a_daemon_names_the_given_servers_and_refuses_bad_flags() {
+    let lab = lab!();
+    let _dnsmasq = upstream(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
+    let out = run_sh(
+        &lab,
+        &["--dns", "192.0.2.1", "--hostname", "box"],
+        "cat /etc/resolv.conf; hostname; getent hosts far.example",
+    );
+    assert!(
+        out.contains("nameserver 192.0.2.1\n") && !out.contains("127.0.0.11"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l == "box") && out.contains("192.0.2.77"),
+        "{out}"
+    );
+    for (flag, bad) in [("--dns", "x"), ("--hostname", "a_b"), ("--add-host", "h")] {
+        let err = lab.lanyard_fails(
+            &["run", "--network", "lan", flag, bad, "--", "true"],
+            exit::USAGE,
+        );
+        assert!(err.contains(flag), "{flag} {bad}: {err}");
+    }
 }
