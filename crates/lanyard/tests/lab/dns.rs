@@ -38,17 +38,21 @@ fn query(name: &str, t: RecordType) -> Vec<u8> {
 /// Asks the responder in `ns` for `name`, as a stub resolver would (no EDNS: answers
 /// over 512 bytes come truncated, then it asks again over TCP).
 fn ask(ns: &Ns, name: &str, t: RecordType) -> Got {
+    try_ask(ns, name, t, Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("no answer for {name} in {}", ns.name()))
+}
+
+/// [`ask`], or `None` when no UDP answer comes within `wait` (no responder yet).
+fn try_ask(ns: &Ns, name: &str, t: RecordType, wait: Duration) -> Option<Got> {
     let q = query(name, t);
     let server: SocketAddr = RESOLVER.parse().unwrap();
     let sock = lanyard_kernel::netns::within(&ns.path(), || UdpSocket::bind("127.0.0.1:0"))
         .unwrap()
         .unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
     sock.send_to(&q, server).unwrap();
     let mut buf = vec![0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .unwrap_or_else(|e| panic!("no answer for {name} in {}: {e}", ns.name()));
+    let n = sock.recv(&mut buf).ok()?;
     let mut m = Message::from_vec(&buf[..n]).unwrap();
     let mut tcp = false;
     if m.metadata.truncation {
@@ -68,22 +72,23 @@ fn ask(ns: &Ns, name: &str, t: RecordType) -> Got {
         s.read_exact(&mut body).unwrap();
         m = Message::from_vec(&body).unwrap();
     }
-    Got {
+    Some(Got {
         code: m.metadata.response_code,
         records: m.answers.iter().map(|r| r.data.to_string()).collect(),
         tcp,
-    }
+    })
 }
 
 /// Asks until `ok` holds for the answer or [`SETTLE`] passes; the last answer.
 fn ask_until(ns: &Ns, name: &str, t: RecordType, ok: impl Fn(&Got) -> bool) -> Got {
     let end = Instant::now() + SETTLE;
     loop {
-        let g = ask(ns, name, t);
-        if ok(&g) || Instant::now() > end {
-            return g;
+        let g = try_ask(ns, name, t, Duration::from_millis(500));
+        match g {
+            Some(g) if ok(&g) => return g,
+            _ if Instant::now() > end => return g.unwrap_or_else(|| ask(ns, name, t)),
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
