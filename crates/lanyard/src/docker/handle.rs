@@ -219,6 +219,9 @@ fn create_endpoint(engine: &mut Lanyard, c: &wire::CreateEndpoint) -> Result<Val
     Ok(json!({ "Interface": iface }))
 }
 
+/// Set to `move`, Join always leaves the link for dockerd to move (a benchmark knob).
+pub const JOIN_ENV: &str = "LANYARD_DOCKER_JOIN";
+
 /// The nsfs magic number: a path that is a network namespace now.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
 
@@ -244,7 +247,10 @@ fn join(engine: &mut Lanyard, j: &wire::Join) -> Result<Value> {
     // started has only a placeholder file until its runtime makes the namespace
     // (dockerd binds it later, from runc's prestart hook): the link waits on the
     // host under a temporary name and dockerd moves and configures it.
-    let in_place = is_namespace(&j.sandbox_key);
+    // `LANYARD_DOCKER_JOIN=move` always takes the second way (for
+    // scripts/bench-docker, which measures both).
+    let in_place =
+        is_namespace(&j.sandbox_key) && std::env::var_os(JOIN_ENV).is_none_or(|v| v != "move");
     let target = if in_place {
         PlugTarget::Netns {
             netns: j.sandbox_key.clone().into(),
