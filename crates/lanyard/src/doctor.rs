@@ -2,7 +2,9 @@
 //! read from this host: nftables tables over nfnetlink, sysctls from /proc/sys (this
 //! namespace's), whether a link is wireless from sysfs (`LANYARD_SYSFS`, default
 //! `/sys`: a test hook, as sysfs shows the namespace it was mounted in), ARP probes
-//! sent from the parent links, and whether the daemon answers on its socket.
+//! sent from the parent links, and whether the daemon answers on its socket; and,
+//! here, whether dockerd can reach the plugin for the networks made through Docker
+//! ([`docker_plugin`]).
 
 use crate::cli::Cli;
 use crate::daemon::worker::Nfnetlink;
@@ -72,6 +74,40 @@ impl Inspect for Host {
     }
 }
 
+/// What is at the Docker plugin socket's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PluginSocket {
+    /// Something accepts connections (the daemon, or systemd's `lanyard.socket`).
+    Answers,
+    /// A socket file nobody answers on (a daemon killed without cleaning up).
+    Stale,
+    /// Nothing there.
+    Missing,
+}
+
+/// The `docker-plugin` check: networks made through Docker (`nets`) need the plugin
+/// at `socket`, or dockerd cannot start, stop or connect containers on them.
+pub fn docker_plugin(nets: &[String], socket: &Path, state: PluginSocket) -> Option<Finding> {
+    let why = match state {
+        PluginSocket::Answers => return None,
+        PluginSocket::Stale => "is stale: nothing answers on it",
+        PluginSocket::Missing => "does not exist",
+    };
+    Some(Finding {
+        check: "docker-plugin",
+        subject: format!("docker plugin socket {}", socket.display()),
+        problem: format!(
+            "{} network(s) made through Docker ({}), but the plugin socket {why}: \
+             dockerd cannot run or stop containers on them (plugin \"lanyard\" not found)",
+            nets.len(),
+            nets.join(", ")
+        ),
+        fix: "start lanyard daemon (systemctl start lanyard.socket lanyard.service); \
+              if it runs with --docker-socket, run doctor with LANYARD_DOCKER_SOCKET set alike"
+            .into(),
+    })
+}
+
 /// Runs the checks and prints them; exit 1 when anything was found.
 pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
     let mut host = Host {
@@ -80,7 +116,30 @@ pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
             .unwrap_or_else(|| PathBuf::from("/sys")),
         daemon_socket: cli.run_dir.join(lanyard_kernel::handoff::SOCKET),
     };
-    let findings: Vec<Finding> = engine.doctor(&mut host)?;
+    let mut findings: Vec<Finding> = engine.doctor(&mut host)?;
+    let docker_nets: Vec<String> = engine
+        .networks()?
+        .into_iter()
+        .filter(|n| {
+            n.network
+                .labels
+                .contains_key(lanyard_docker::translate::ID_LABEL)
+        })
+        .map(|n| n.network.name.to_string())
+        .collect();
+    if !docker_nets.is_empty() {
+        let socket = std::env::var_os("LANYARD_DOCKER_SOCKET")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(crate::docker::DEFAULT_SOCKET));
+        let state = if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            PluginSocket::Answers
+        } else if socket.exists() {
+            PluginSocket::Stale
+        } else {
+            PluginSocket::Missing
+        };
+        findings.extend(docker_plugin(&docker_nets, &socket, state));
+    }
     if json {
         crate::output::json(&findings)?;
     } else if findings.is_empty() {
@@ -92,4 +151,22 @@ pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
         }
     }
     Ok(if findings.is_empty() { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_networks_need_a_plugin_socket_that_answers() {
+        let nets = ["docker-0123456789ab".to_string()];
+        let sock = Path::new("/run/docker/plugins/lanyard.sock");
+        assert_eq!(docker_plugin(&nets, sock, PluginSocket::Answers), None);
+        let f = docker_plugin(&nets, sock, PluginSocket::Stale).unwrap();
+        assert_eq!(f.check, "docker-plugin");
+        assert!(f.problem.contains("docker-0123456789ab") && f.problem.contains("stale"));
+        let f = docker_plugin(&nets, sock, PluginSocket::Missing).unwrap();
+        assert!(f.problem.contains("does not exist"), "{}", f.problem);
+        assert!(f.fix.contains("lanyard.socket"));
+    }
 }

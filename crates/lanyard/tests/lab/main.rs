@@ -5,7 +5,6 @@
 //! kernel feature the host may lack; `scripts/test` runs them in a VM with a stock
 //! Debian kernel (`scripts/vm-test`) and all others on the host.
 
-mod activation;
 mod attach;
 mod cni;
 mod compose;
@@ -22,6 +21,7 @@ mod kernel_vm;
 mod lifecycle;
 mod messages;
 mod network;
+mod plugin_socket;
 mod podman;
 mod recipes;
 mod run_caps;
