@@ -240,12 +240,7 @@ fn with_the_daemon_up_detach_hands_its_tombstone_over_and_without_it_forks() {
     let lab = lab!();
     two_macvlan_networks(&lab);
     let c1 = lab.netns("c1");
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", Duration::from_secs(10)),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let mut daemon = lab.daemon(&[]);
     let err = lab.lanyard_fails(&["daemon"], exit::CONFLICT);
     assert!(err.contains("another lanyard daemon is running"), "{err}");
 
@@ -263,12 +258,7 @@ fn with_the_daemon_up_detach_hands_its_tombstone_over_and_without_it_forks() {
     assert!(err.contains("did not take tombstones"), "{err}");
     tombstones_go(&c1);
     // A new daemon takes the stale socket over.
-    let mut again = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-    assert!(
-        again.wait_for_stdout("watching nftables", Duration::from_secs(10)),
-        "second daemon did not start: {}",
-        again.stderr()
-    );
+    let _again = lab.daemon(&[]);
 }
 
 #[test]

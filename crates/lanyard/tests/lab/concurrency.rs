@@ -254,15 +254,7 @@ fn with_the_daemon_up_killed_attaches_and_detaches_leave_whole_endpoints_or_none
 }
 
 fn kill_sweep(lab: &Lab, with_daemon: bool) {
-    let _daemon = with_daemon.then(|| {
-        let mut d = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-        assert!(
-            d.wait_for_stdout("watching nftables", std::time::Duration::from_secs(10)),
-            "daemon did not start: {}",
-            d.stderr()
-        );
-        d
-    });
+    let _daemon = with_daemon.then(|| lab.daemon(&[]));
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
     let containers: Vec<_> = (0..24).map(|i| lab.netns(&format!("k{i}"))).collect();
     // Kill points spread evenly over how long one attach (and one detach) takes

@@ -19,12 +19,7 @@ fn the_daemon_puts_back_an_anti_spoofing_element_deleted_by_hand() {
     let c1_addr = addr_of(&ep, false);
     let host = lab.host();
     assert!(host.ping_within(&c1_addr, SETTLE), "no ping before");
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let daemon = lab.daemon(&[]);
     // The endpoint's (port . MAC . IPv4) element, as nft prints it.
     let listing = host.ok(&["nft", "list", "set", "bridge", "lanyard", "addr4"]);
     let element = listing
@@ -152,13 +147,7 @@ fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart()
     for c in &cs {
         lab.attach("lan", c, &[]);
     }
-    let args = ["daemon", "--interval", "60", "--gc-interval", "0"];
-    let mut daemon = lab.lanyard_spawn(&args);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let mut daemon = lab.daemon(&[]);
     // Stopped, it takes nothing off its socket: the hand-offs stay queued.
     // SAFETY: plain kill of our own child.
     unsafe { libc::kill(daemon.pid() as i32, libc::SIGSTOP) };
@@ -182,12 +171,7 @@ fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart()
             .collect()
     };
     assert_eq!(left(&cs).len(), 3, "the hand-offs were not queued");
-    let mut again = lab.lanyard_spawn(&args);
-    assert!(
-        again.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start again: {}",
-        again.stderr()
-    );
+    let again = lab.daemon(&[]);
     let end = Instant::now() + SETTLE;
     while !left(&cs).is_empty() {
         assert!(
@@ -205,12 +189,7 @@ fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
     use lanyard_kernel::handoff::{Change, Client, Message};
     let lab = lab!();
     macvlan_lan(&lab);
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let mut daemon = lab.daemon(&[]);
     assert!(
         daemon.stdout().contains("0 endpoints in the store"),
         "{}",

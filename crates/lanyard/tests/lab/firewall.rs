@@ -846,12 +846,7 @@ fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
     let c1 = lab.netns("c1");
     lab.attach("br", &c1, &["-p", "8080:80"]);
     let _web = serve_tcp(&c1, 80);
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let mut daemon = lab.daemon(&["--interval", "60"]);
     let host = lab.host();
     let lan = lab.lan();
     assert_eq!(
@@ -916,8 +911,7 @@ fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
     let c1 = lab.netns("c1");
     lab.attach("br", &c1, &["-p", "8080:80"]);
     let _web = serve_tcp(&c1, 80);
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60"]);
-    assert!(daemon.wait_for_stdout("watching nftables", SETTLE));
+    let mut daemon = lab.daemon(&["--interval", "60"]);
     // The state dir vanishes for a while (a store that cannot be opened).
     let state = lab.state_dir();
     let aside = lab.dir().join("state.aside");

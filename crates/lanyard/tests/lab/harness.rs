@@ -391,6 +391,21 @@ impl Lab {
         Bg::spawn(self.lanyard_command(args), &what)
     }
 
+    /// `lanyard daemon ARGS…` (no ARGS: a check every 60 s, no gc), up and serving:
+    /// started, and panics with its stderr unless it says so within 10 s.
+    pub fn daemon(&self, args: &[&str]) -> Bg {
+        let mut all = vec!["daemon"];
+        if args.is_empty() {
+            all.extend(["--interval", "60", "--gc-interval", "0"]);
+        }
+        all.extend_from_slice(args);
+        let mut d = self.lanyard_spawn(&all);
+        if !d.wait_for_stdout("watching nftables", Duration::from_secs(10)) {
+            panic!("lanyard {} did not start: {}", all.join(" "), d.stderr());
+        }
+        d
+    }
+
     /// `lanyard network create NAME -d DRIVER -o parent=eth0 EXTRA…` on the lab's LAN
     /// (192.0.2.0/24, the router as gateway, addresses from 192.0.2.128/25), which
     /// must succeed: the network most tests start from.

@@ -10,12 +10,7 @@ use std::time::Duration;
 fn a_running_daemon_stops_when_a_newer_lanyard_migrated_its_store() {
     let lab = lab!();
     lab.lanyard_ok(&["network", "create", "br", "--subnet", "203.0.113.0/24"]);
-    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "1", "--gc-interval", "0"]);
-    assert!(
-        daemon.wait_for_stdout("watching nftables", Duration::from_secs(10)),
-        "daemon did not start: {}",
-        daemon.stderr()
-    );
+    let daemon = lab.daemon(&["--interval", "1", "--gc-interval", "0"]);
     // What a newer lanyard's first call does to the store.
     let newer = lanyard_store::SCHEMA_VERSION + 1;
     let out = std::process::Command::new("sqlite3")
