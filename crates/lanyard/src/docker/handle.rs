@@ -15,14 +15,16 @@
 //!   moves it in. Either way it names the gateway, so dockerd treats the endpoint as
 //!   the container's way out (published ports).
 
-use crate::Lanyard;
 use ipnet::IpNet;
+use lanyard_core::kernel::Kernel;
 use lanyard_core::model::{first_host, Network};
 use lanyard_core::owner::{AllocateRequest, EndpointRef, Owner, PlugTarget};
+use lanyard_core::store::Store;
 use lanyard_core::{Error, Result};
 use lanyard_docker::translate::{self, ADDRESS_TYPE, GATEWAY_TYPE, ID_LABEL};
 use lanyard_docker::wire;
 use lanyard_docker::{Call, Reply};
+use lanyard_engine::Engine;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -36,7 +38,11 @@ pub struct State {
 }
 
 /// Answers `call` (one that [`Call::fixed`] does not answer).
-pub fn answer(engine: &mut Lanyard, state: &mut State, call: Call) -> Reply {
+pub fn answer<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    state: &mut State,
+    call: Call,
+) -> Reply {
     let name = call.name();
     match dispatch(engine, state, call) {
         Ok(v) => Reply::ok(v),
@@ -47,7 +53,11 @@ pub fn answer(engine: &mut Lanyard, state: &mut State, call: Call) -> Reply {
     }
 }
 
-fn dispatch(engine: &mut Lanyard, state: &mut State, call: Call) -> Result<Value> {
+fn dispatch<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    state: &mut State,
+    call: Call,
+) -> Result<Value> {
     match call {
         Call::CreateNetwork(c) => create_network(engine, state, &c),
         Call::DeleteNetwork(n) => delete_network(engine, &n.network_id),
@@ -107,7 +117,7 @@ fn owner_ref(e: &wire::EndpointRef) -> Result<EndpointRef> {
 }
 
 /// The lanyard network of Docker's network `id`, if there is one.
-fn docker_network(engine: &Lanyard, id: &str) -> Result<Option<Network>> {
+fn docker_network<S: Store, K: Kernel>(engine: &Engine<S, K>, id: &str) -> Result<Option<Network>> {
     let name = translate::network_name(id)?;
     match engine.network(&name) {
         Ok(n) if n.labels.get(ID_LABEL).map(String::as_str) == Some(id) => Ok(Some(n)),
@@ -121,7 +131,10 @@ fn docker_network(engine: &Lanyard, id: &str) -> Result<Option<Network>> {
 }
 
 /// The Docker-made lanyard network whose subnet is `pool`, if exactly one.
-fn network_of_pool(engine: &Lanyard, pool: IpNet) -> Result<Option<Network>> {
+fn network_of_pool<S: Store, K: Kernel>(
+    engine: &Engine<S, K>,
+    pool: IpNet,
+) -> Result<Option<Network>> {
     let mut found: Vec<Network> = engine
         .networks()?
         .into_iter()
@@ -142,7 +155,11 @@ fn network_of_pool(engine: &Lanyard, pool: IpNet) -> Result<Option<Network>> {
     Ok(found.pop())
 }
 
-fn create_network(engine: &mut Lanyard, state: &State, c: &wire::CreateNetwork) -> Result<Value> {
+fn create_network<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    state: &State,
+    c: &wire::CreateNetwork,
+) -> Result<Value> {
     // Asked again (dockerd retrying after a lost answer): it is there.
     if docker_network(engine, &c.network_id)?.is_some() {
         return Ok(json!({}));
@@ -163,14 +180,17 @@ fn create_network(engine: &mut Lanyard, state: &State, c: &wire::CreateNetwork) 
     Ok(json!({}))
 }
 
-fn delete_network(engine: &mut Lanyard, id: &str) -> Result<Value> {
+fn delete_network<S: Store, K: Kernel>(engine: &mut Engine<S, K>, id: &str) -> Result<Value> {
     if let Some(net) = docker_network(engine, id)? {
         engine.remove_network(&net.id)?;
     }
     Ok(json!({}))
 }
 
-fn create_endpoint(engine: &mut Lanyard, c: &wire::CreateEndpoint) -> Result<Value> {
+fn create_endpoint<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    c: &wire::CreateEndpoint,
+) -> Result<Value> {
     let r = owner_ref(&c.endpoint)?;
     let Some(net) = docker_network(engine, &c.endpoint.network_id)? else {
         return Err(Error::not_found("network", &c.endpoint.network_id));
@@ -237,7 +257,7 @@ fn temporary_name(endpoint_id: &str) -> String {
     format!("lyd{}", &endpoint_id[..12.min(endpoint_id.len())])
 }
 
-fn join(engine: &mut Lanyard, j: &wire::Join) -> Result<Value> {
+fn join<S: Store, K: Kernel>(engine: &mut Engine<S, K>, j: &wire::Join) -> Result<Value> {
     let r = owner_ref(&j.endpoint)?;
     if j.sandbox_key.is_empty() {
         return Err(Error::invalid("SandboxKey", "", "is empty"));
@@ -290,7 +310,11 @@ fn join(engine: &mut Lanyard, j: &wire::Join) -> Result<Value> {
     Ok(Value::Object(out))
 }
 
-fn request_pool(engine: &mut Lanyard, state: &mut State, p: &wire::RequestPool) -> Result<Value> {
+fn request_pool<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    state: &mut State,
+    p: &wire::RequestPool,
+) -> Result<Value> {
     if !p.options.is_empty() {
         return Err(Error::invalid(
             "--ipam-opt",
@@ -318,7 +342,10 @@ fn request_pool(engine: &mut Lanyard, state: &mut State, p: &wire::RequestPool) 
     }))
 }
 
-fn request_address(engine: &mut Lanyard, a: &wire::RequestAddress) -> Result<Value> {
+fn request_address<S: Store, K: Kernel>(
+    engine: &mut Engine<S, K>,
+    a: &wire::RequestAddress,
+) -> Result<Value> {
     let (pool, range) = translate::parse_pool_id(&a.pool_id)?;
     let want = (!a.address.is_empty())
         .then(|| translate::address("Address", &a.address))
@@ -356,5 +383,193 @@ fn request_address(engine: &mut Lanyard, a: &wire::RequestAddress) -> Result<Val
                 ),
             )),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanyard_core::kernel::fake::FakeKernel;
+    use lanyard_core::store::mem::MemStore;
+
+    const NID: &str = "3f2a9c0b1d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+    const EID: &str = "9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8b7a6f5e4d3c2b1a0f9e8d";
+
+    struct Dockerd {
+        engine: Engine<MemStore, FakeKernel>,
+        state: State,
+    }
+
+    impl Dockerd {
+        fn new() -> Dockerd {
+            let k = FakeKernel::with_eth0(&["192.0.2.2/24"]);
+            Dockerd {
+                engine: Engine::new(MemStore::default(), k, Default::default()),
+                state: State::default(),
+            }
+        }
+
+        /// Sends one call as dockerd would: path and JSON body.
+        fn call(&mut self, path: &str, body: Value) -> Reply {
+            let call = Call::parse(path, body.to_string().as_bytes()).unwrap();
+            match call.fixed() {
+                Some(r) => r,
+                None => answer(&mut self.engine, &mut self.state, call),
+            }
+        }
+
+        fn ok(&mut self, path: &str, body: Value) -> Value {
+            let r = self.call(path, body);
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            r.body
+        }
+
+        fn err(&mut self, path: &str, body: Value) -> String {
+            let r = self.call(path, body);
+            assert_eq!(r.status, 400, "{path}: {}", r.body);
+            r.body["Err"].as_str().unwrap().to_string()
+        }
+    }
+
+    fn lan_create() -> Value {
+        json!({
+            "NetworkID": NID,
+            "Options": {"com.docker.network.generic": {"parent": "eth0"},
+                        "com.docker.network.enable_ipv6": false},
+            "IPv4Data": [{"AddressSpace": "LanyardLocal", "Pool": "192.0.2.0/24",
+                          "Gateway": "192.0.2.1/24"}],
+            "IPv6Data": []
+        })
+    }
+
+    #[test]
+    fn a_container_on_a_docker_macvlan_network_call_by_call() {
+        let mut d = Dockerd::new();
+        // docker network create --subnet --ip-range --gateway -o parent=eth0
+        let pool = d.ok(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "LanyardLocal", "Pool": "192.0.2.0/24",
+                   "SubPool": "192.0.2.128/25", "Options": {}, "V6": false}),
+        );
+        let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+        assert_eq!(pool["Pool"], "192.0.2.0/24");
+        let gw = d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.1",
+                   "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        );
+        assert_eq!(gw["Address"], "192.0.2.1/24");
+        d.ok("/NetworkDriver.CreateNetwork", lan_create());
+        let net = d.engine.network("docker-3f2a9c0b1d4e").unwrap();
+        assert_eq!(net.labels[ID_LABEL], NID);
+        assert_eq!(
+            net.subnets[0].ip_range.map(|r| r.to_string()).as_deref(),
+            Some("192.0.2.128/25"),
+            "the range IPAM was asked for"
+        );
+        // A repeated CreateNetwork (an answer lost) finds it.
+        d.ok("/NetworkDriver.CreateNetwork", lan_create());
+
+        // docker run: address, endpoint, join.
+        let a = d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+        );
+        assert_eq!(a["Address"], "192.0.2.128/24");
+        let ep = d.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NID, "EndpointID": EID,
+                   "Interface": {"Address": "192.0.2.128/24", "AddressIPv6": "", "MacAddress": ""},
+                   "Options": {}}),
+        );
+        assert!(ep["Interface"]["MacAddress"].is_string(), "{ep}");
+        assert!(
+            ep["Interface"].get("Address").is_none(),
+            "Docker chose it: {ep}"
+        );
+        let join = d.ok(
+            "/NetworkDriver.Join",
+            json!({"NetworkID": NID, "EndpointID": EID,
+                   "SandboxKey": "/nonexistent/docker/netns/0123", "Options": {}}),
+        );
+        // Not a namespace yet: the link waits on the host for dockerd to move.
+        assert_eq!(join["InterfaceName"]["SrcName"], "lyd9e8d7c6b5a4f");
+        assert_eq!(join["InterfaceName"]["DstPrefix"], "eth");
+        assert_eq!(join["Gateway"], "192.0.2.1");
+        let info = d.ok(
+            "/NetworkDriver.EndpointOperInfo",
+            json!({"NetworkID": NID, "EndpointID": EID}),
+        );
+        assert!(info["Value"]["id"].is_string(), "{info}");
+
+        // docker rm: leave, delete, release; all again is fine.
+        for _ in 0..2 {
+            let e = json!({"NetworkID": NID, "EndpointID": EID});
+            d.ok("/NetworkDriver.RevokeExternalConnectivity", e.clone());
+            d.ok("/NetworkDriver.Leave", e.clone());
+            d.ok("/NetworkDriver.DeleteEndpoint", e);
+            d.ok(
+                "/IpamDriver.ReleaseAddress",
+                json!({"PoolID": pool_id, "Address": "192.0.2.128"}),
+            );
+        }
+        assert!(d.engine.endpoints().unwrap().is_empty());
+        // The address is free again.
+        let again = d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.128", "Options": {}}),
+        );
+        assert_eq!(again["Address"], "192.0.2.128/24");
+        d.ok(
+            "/IpamDriver.ReleaseAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.128"}),
+        );
+        d.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": NID}));
+        assert!(d.engine.networks().unwrap().is_empty());
+        d.ok("/NetworkDriver.DeleteNetwork", json!({"NetworkID": NID}));
+        d.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
+    }
+
+    #[test]
+    fn refusals_name_the_field_and_change_nothing() {
+        let mut d = Dockerd::new();
+        let mut bad = lan_create();
+        bad["Options"]["com.docker.network.generic"]["colour"] = json!("blue");
+        let e = d.err("/NetworkDriver.CreateNetwork", bad);
+        assert!(e.contains("colour") && e.contains("unknown option"), "{e}");
+        assert!(d.engine.networks().unwrap().is_empty());
+        let e = d.err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": "lanyard:198.51.100.0/24", "Address": ""}),
+        );
+        assert!(e.contains("lanyard driver only"), "{e}");
+        let e = d.err(
+            "/IpamDriver.RequestPool",
+            json!({"Pool": "192.0.2.0/24", "Options": {"x": "y"}}),
+        );
+        assert!(e.contains("--ipam-opt"), "{e}");
+        let e = d.err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NID, "EndpointID": "not hex"}),
+        );
+        assert!(e.contains("EndpointID"), "{e}");
+        let e = d.err(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NID, "EndpointID": EID}),
+        );
+        assert!(e.contains("not found") || e.contains("no such"), "{e}");
+        assert!(d.engine.endpoints().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_pool_without_subnet_gets_a_free_one() {
+        let mut d = Dockerd::new();
+        let p = d.ok("/IpamDriver.RequestPool", json!({"V6": false}));
+        let pool: IpNet = p["Pool"].as_str().unwrap().parse().unwrap();
+        assert!(
+            !pool.contains(&"192.0.2.2".parse::<IpAddr>().unwrap()),
+            "{pool}"
+        );
+        assert_eq!(p["PoolID"], translate::pool_id(pool, None));
     }
 }
