@@ -333,6 +333,13 @@ fn docker_macvlan_networks_through_lanyard_reach_the_lan_and_the_host() {
         "eth0",
     ]);
     assert!(link.contains(&mac_a), "docker inspect says {mac_a}: {link}");
+    // doctor finds nothing wrong with an endpoint dockerd moved into its container.
+    let out = lab.lanyard(&["doctor"]);
+    assert!(
+        out.status.success(),
+        "doctor: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let routes = d.ok(&["exec", "ca", "/bin/busybox", "ip", "route"]);
     assert!(routes.contains("default via 192.0.2.1"), "{routes}");
 
