@@ -408,6 +408,59 @@ pub fn send(path: &Path, items: &[(BorrowedFd<'_>, &str)]) -> io::Result<()> {
     client.send(&Message::Reap(names), &fds)
 }
 
+/// The daemon's own reaper, for the detaches the daemon runs itself (delegated
+/// verbs): tombstones go to its reaper thread over a channel, journaled first as a
+/// hand-off over the socket is, with no connection, no message and no work for the
+/// event loop on the way (the loop also sends the answer the caller waits for).
+#[derive(Clone, Debug)]
+pub struct LocalReaper {
+    sock: std::path::PathBuf,
+    queue: std::sync::mpsc::Sender<(OwnedFd, String)>,
+    counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LocalReaper {
+    /// A reaper fed through `queue`, journaling beside the socket at `sock`;
+    /// `counted` counts the tombstones it took.
+    pub fn new(
+        sock: std::path::PathBuf,
+        queue: std::sync::mpsc::Sender<(OwnedFd, String)>,
+        counted: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> LocalReaper {
+        LocalReaper {
+            sock,
+            queue,
+            counted,
+        }
+    }
+
+    /// Journals `items` and queues them for the reaper thread. Those it did not take
+    /// (the journal cannot be written, or the reaper thread is gone) come back: the
+    /// tail of `items`, in order.
+    pub fn take(&self, items: Vec<(OwnedFd, String)>) -> Vec<(OwnedFd, String)> {
+        let listed: Vec<(BorrowedFd<'_>, &str)> = items
+            .iter()
+            .map(|(fd, name)| (fd.as_fd(), name.as_str()))
+            .collect();
+        if journal(&self.sock, &listed).is_err() {
+            return items;
+        }
+        let n = items.len() as u64;
+        let mut left = vec![];
+        let mut items = items.into_iter();
+        for item in items.by_ref() {
+            if let Err(std::sync::mpsc::SendError(item)) = self.queue.send(item) {
+                left.push(item);
+                break;
+            }
+        }
+        left.extend(items);
+        self.counted
+            .fetch_add(n - left.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        left
+    }
+}
+
 /// The journal's file name in the run directory.
 pub const JOURNAL: &str = "reap.journal";
 

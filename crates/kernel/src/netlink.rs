@@ -39,6 +39,8 @@ pub struct Netlink {
     pub(crate) exits_soon: bool,
     /// Set by [`Netlink::hand_off_to`]: the daemon's socket, tried before forking.
     pub(crate) handoff: Option<PathBuf>,
+    /// Set by [`Netlink::hand_off_in_process`]: the daemon's own reaper thread.
+    pub(crate) local_reaper: Option<crate::handoff::LocalReaper>,
 }
 
 impl Netlink {
@@ -53,6 +55,7 @@ impl Netlink {
             nft: None,
             exits_soon: false,
             handoff: None,
+            local_reaper: None,
         })
     }
 
@@ -61,6 +64,12 @@ impl Netlink {
     /// missing, stale or full, the reaper forks its worker as without this.
     pub fn hand_off_to(&mut self, path: PathBuf) {
         self.handoff = Some(path);
+    }
+
+    /// Tombstones go to `reaper`, the reaper thread of the daemon this runs in (its
+    /// engine thread), before the socket or a fork is tried.
+    pub fn hand_off_in_process(&mut self, reaper: crate::handoff::LocalReaper) {
+        self.local_reaper = Some(reaper);
     }
 
     /// Tells the reaper that this process exits right after its one verb (a CLI

@@ -1,5 +1,6 @@
 //! Deleting tombstones off the caller's path: `lanyard daemon` if it is up (they are
-//! handed to it, [`crate::handoff`]), else a forked worker process sends the
+//! handed to it, [`crate::handoff`]; a detach the daemon runs itself queues them for
+//! its reaper thread directly, [`crate::handoff::LocalReaper`]), else a forked worker process sends the
 //! `RTM_DELLINK`s while the caller goes on (or exits).
 //!
 //! Deleting a link makes the kernel wait for RCU grace periods and in-flight packets,
@@ -59,8 +60,13 @@ pub(crate) fn reap(nl: &mut Netlink, links: Vec<(Netns, IfName)>) -> Result<()> 
             request: encode(RouteNetlinkMessage::DelLink(m), NLM_F_REQUEST, 1),
         });
     }
+    if let Some(local) = nl.local_reaper.clone() {
+        jobs = hand_off_local(&local, jobs);
+    }
     if let Some(path) = nl.handoff.clone() {
-        jobs = hand_off(&path, jobs);
+        if !jobs.is_empty() {
+            jobs = hand_off(&path, jobs);
+        }
     }
     if jobs.is_empty() {
         return Ok(());
@@ -112,6 +118,26 @@ fn fork_worker(jobs: &[Job], direct: bool) -> io::Result<()> {
             }
         },
     }
+}
+
+/// Queues `jobs` for the reaper thread of the daemon this runs in; returns those it
+/// did not take.
+fn hand_off_local(local: &crate::handoff::LocalReaper, jobs: Vec<Job>) -> Vec<Job> {
+    let (items, mut rest): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|j| ((j.netns, j.name.to_string()), (j.name, j.request)))
+        .unzip();
+    // What comes back is the tail of what was given, in order.
+    let left = local.take(items);
+    let rest = rest.split_off(rest.len() - left.len());
+    left.into_iter()
+        .zip(rest)
+        .map(|((netns, _), (name, request))| Job {
+            netns,
+            name,
+            request,
+        })
+        .collect()
 }
 
 /// Sends `jobs` to the daemon at `path` in batches; returns those it did not take.

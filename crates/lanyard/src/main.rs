@@ -69,6 +69,16 @@ pub(crate) fn open(cli: &Cli) -> Result<Lanyard> {
 /// The engine over `store` (the daemon keeps one open across delegated verbs) and a
 /// fresh netlink kernel.
 pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
+    open_with_reaper(cli, store, None)
+}
+
+/// [`open_with`], with tombstones queued for `reaper` (the daemon's own reaper
+/// thread) when there is one.
+pub(crate) fn open_with_reaper(
+    cli: &Cli,
+    store: SqliteStore,
+    reaper: Option<lanyard_kernel::handoff::LocalReaper>,
+) -> Result<Lanyard> {
     // Only `network create` reads the config (its default address pools): every
     // other verb is spared the file, and a broken config never blocks a detach.
     let config = match &cli.command {
@@ -77,6 +87,9 @@ pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
     };
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(cli.run_dir.join(lanyard_kernel::handoff::SOCKET));
+    if let Some(r) = reaper {
+        netlink.hand_off_in_process(r);
+    }
     // Every verb but `run` (which outlives its detaches) and the daemon (whose
     // checks open engines of their own) exits right after it.
     if !matches!(cli.command, Command::Run(_) | Command::Daemon(_)) {

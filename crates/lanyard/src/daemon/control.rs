@@ -23,16 +23,20 @@ use tokio::sync::broadcast;
 /// Endpoint notices a slow subscriber may fall behind by before it misses some.
 const SUBSCRIBER_QUEUE: usize = 1024;
 
-/// The bound socket, until the loop takes it ([`Control::serve`]).
+/// The bound socket, until the loop takes it ([`Control::serve`]), and the reaper
+/// thread's queue.
 pub struct Control {
     path: PathBuf,
     listener: Option<handoff::Listener>,
+    reaper: mpsc::Sender<(OwnedFd, String)>,
+    counters: Arc<Counters>,
 }
 
 /// What `status` reports.
 #[derive(Default)]
 struct Counters {
-    tombstones: AtomicU64,
+    /// Shared with the engine thread's [`handoff::LocalReaper`].
+    tombstones: Arc<AtomicU64>,
     notices: AtomicU64,
     verbs: AtomicU64,
     /// Clients subscribed (the daemon's own listeners, such as DNS, not counted).
@@ -98,15 +102,33 @@ impl Control {
             }
             Err(e) => tracing::warn!("daemon: sweeping the hand-off journal: {e}"),
         }
+        // The reaper thread; it ends when the last queue handle is dropped.
+        let (reaper, items) = mpsc::channel::<(OwnedFd, String)>();
+        let run_dir = dir.clone();
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reap(items, &run_dir))
+            .map_err(|e| Error::Other(format!("daemon: starting the reaper thread: {e}")))?;
         Ok(Control {
             path,
             listener: Some(listener),
+            reaper,
+            counters: Arc::new(Counters::default()),
         })
     }
 
-    /// Starts the reaper thread and returns the task that serves the socket (to
-    /// spawn on the loop). If the socket fails the task ends; senders then get
-    /// `ECONNREFUSED` and fork their own workers.
+    /// The reaper thread's queue for the daemon's own detaches (the engine thread).
+    pub fn local_reaper(&self) -> handoff::LocalReaper {
+        handoff::LocalReaper::new(
+            self.path.clone(),
+            self.reaper.clone(),
+            self.counters.tombstones.clone(),
+        )
+    }
+
+    /// Returns the task that serves the socket (to spawn on the loop). If the socket
+    /// fails the task ends; senders then get `ECONNREFUSED` and fork their own
+    /// workers.
     pub fn serve(
         &mut self,
         worker: Worker,
@@ -116,23 +138,12 @@ impl Control {
             .listener
             .take()
             .ok_or_else(|| Error::Other("daemon: control socket served twice".into()))?;
-        let (tx, items) = mpsc::channel::<(OwnedFd, String)>();
-        let run_dir = self.path.parent().map(PathBuf::from).unwrap_or_default();
-        std::thread::Builder::new()
-            .name("reaper".into())
-            .spawn(move || reap(items, &run_dir))
-            .map_err(|e| Error::Other(format!("daemon: starting the reaper thread: {e}")))?;
+        let tx = self.reaper.clone();
         // SAFETY: the listener owns its socket and never replaces or closes it while
         // the AsyncFd holds it.
         let fd = unsafe { AsyncFd::register(listener) }
             .map_err(|e| Error::Other(format!("daemon: polling the control socket: {e}")))?;
-        Ok(accept(
-            fd,
-            tx,
-            events,
-            Arc::new(Counters::default()),
-            worker,
-        ))
+        Ok(accept(fd, tx, events, self.counters.clone(), worker))
     }
 
     /// Removes the socket file, so that CLI calls fork their own reapers again
@@ -257,10 +268,24 @@ async fn connection(
             }
             Message::Verb(json) => {
                 counters.verbs.fetch_add(1, Ordering::Relaxed);
-                let (answer, notice) = worker.verb(json).await;
-                let _ = reply(&c, &answer);
-                if let Some(n) = notice {
-                    let _ = events.send(n);
+                // The engine thread answers on its own copy of the connection: the
+                // caller does not wait for this loop to wake up again.
+                let conn = match c.get_ref().0.try_clone() {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        let why = format!("daemon: {e}");
+                        let _ = reply(&c, &Message::VerbErr(crate::delegate::NOT_HERE, why));
+                        continue;
+                    }
+                };
+                match worker.verb(json, conn).await {
+                    Ok(Some(n)) => {
+                        let _ = events.send(n);
+                    }
+                    Ok(None) => {}
+                    Err(answer) => {
+                        let _ = reply(&c, &answer);
+                    }
                 }
             }
             other => {

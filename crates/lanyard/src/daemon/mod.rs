@@ -379,7 +379,7 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
         }
     };
     let result = std::thread::scope(|scope| -> Result<i32> {
-        let worker = Worker::start(scope, cli)?;
+        let worker = Worker::start(scope, cli, handoff.local_reaper())?;
         let dns = (!args.no_dns).then(|| dns_config(cli, args));
         let r = rt.block_on(serve(args, &cli.state_dir, worker, &mut handoff, dns));
         // Drops the tasks (and with them every handle on the engine thread, which

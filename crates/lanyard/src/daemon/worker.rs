@@ -13,9 +13,10 @@ use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
-use lanyard_kernel::handoff::Message;
+use lanyard_kernel::handoff::{self, LocalReaper, Message};
 use lanyard_kernel::nftwatch;
 use lanyard_store::SqliteStore;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -33,10 +34,12 @@ enum Job {
     Gc {
         done: oneshot::Sender<Result<Report>>,
     },
-    /// A CLI call's verb ([`crate::delegate`]): its answer and endpoint notice.
+    /// A CLI call's verb ([`crate::delegate`]): answered on `conn` (the caller's
+    /// connection); `done` gets the endpoint notice.
     Verb {
         json: String,
-        done: oneshot::Sender<(Message, Option<Message>)>,
+        conn: OwnedFd,
+        done: oneshot::Sender<Option<Message>>,
     },
     /// Every endpoint in the store.
     Endpoints {
@@ -58,6 +61,17 @@ enum Job {
 #[derive(Clone)]
 pub struct Worker {
     jobs: mpsc::Sender<Job>,
+}
+
+/// What the engine thread keeps across delegated verbs.
+struct Kept {
+    /// The store, kept open: no open, no WAL-index rebuild, statements stay
+    /// prepared. Other jobs open their own.
+    store: Option<SqliteStore>,
+    /// Where the daemon's own detaches queue their tombstones.
+    reaper: LocalReaper,
+    /// The Docker front end's state ([`crate::docker::handle`]).
+    docker: crate::docker::handle::State,
 }
 
 /// Reads lanyard's tables over nfnetlink ([`nftwatch::table_shape`]).
@@ -85,18 +99,20 @@ impl Worker {
     pub fn start<'s, 'c: 's>(
         scope: &'s std::thread::Scope<'s, '_>,
         cli: &'c Cli,
+        reaper: LocalReaper,
     ) -> Result<Worker> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let expected = drift::expected_tables();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn_scoped(scope, move || {
-                // Kept open across delegated verbs: no open, no WAL-index rebuild,
-                // statements stay prepared. Other jobs open their own.
-                let mut store = None;
-                let mut docker = crate::docker::handle::State::default();
+                let mut kept = Kept {
+                    store: None,
+                    reaper,
+                    docker: crate::docker::handle::State::default(),
+                };
                 for job in rx {
-                    run(cli, &expected, job, &mut store, &mut docker);
+                    run(cli, &expected, job, &mut kept);
                 }
             })
             .map_err(|e| Error::Other(format!("daemon: starting the engine thread: {e}")))?;
@@ -132,17 +148,17 @@ impl Worker {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Runs a CLI call's verb on the engine thread.
-    pub async fn verb(&self, json: String) -> (Message, Option<Message>) {
+    /// Runs a CLI call's verb on the engine thread, which sends the answer on `conn`
+    /// itself. `Ok`: the endpoint notice to pass on, if any; `Err`: the engine thread
+    /// did not answer, this is the answer to send.
+    pub async fn verb(&self, json: String, conn: OwnedFd) -> Result<Option<Message>, Message> {
         let (done, rx) = oneshot::channel();
-        if self.send(Job::Verb { json, done }).is_err() {
-            return (
-                Message::VerbErr(crate::delegate::NOT_HERE, "no engine".into()),
-                None,
-            );
+        if self.send(Job::Verb { json, conn, done }).is_err() {
+            let why = "no engine".into();
+            return Err(Message::VerbErr(crate::delegate::NOT_HERE, why));
         }
         rx.await
-            .unwrap_or_else(|_| (Message::VerbErr(1, gone().to_string()), None))
+            .map_err(|_| Message::VerbErr(1, gone().to_string()))
     }
 
     /// Answers a Docker plugin call on the engine thread.
@@ -165,25 +181,20 @@ fn gone() -> Error {
 }
 
 /// Runs one job; a dropped answer (the loop stopping) is fine.
-fn run(
-    cli: &Cli,
-    expected: &[Expected],
-    job: Job,
-    store: &mut Option<SqliteStore>,
-    docker: &mut crate::docker::handle::State,
-) {
+fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
     match job {
         Job::Docker { call, done } => {
             let started = std::time::Instant::now();
             let name = call.name();
-            let opened = match store.take() {
+            let opened = match kept.store.take() {
                 Some(s) => Ok(s),
                 None => SqliteStore::open(&cli.state_dir),
             };
-            let r = match opened.and_then(|s| crate::open_with(cli, s)) {
+            let reaper = Some(kept.reaper.clone());
+            let r = match opened.and_then(|s| crate::open_with_reaper(cli, s, reaper)) {
                 Ok(mut engine) => {
-                    let r = crate::docker::handle::answer(&mut engine, docker, call);
-                    *store = Some(engine.store);
+                    let r = crate::docker::handle::answer(&mut engine, &mut kept.docker, call);
+                    kept.store = Some(engine.store);
                     r
                 }
                 Err(e) => lanyard_docker::Reply::err(500, format!("lanyard: {e}")),
@@ -194,24 +205,34 @@ fn run(
             );
             let _ = done.send(r);
         }
-        Job::Verb { json, done } => {
-            let opened = match store.take() {
+        Job::Verb { json, conn, done } => {
+            let opened = match kept.store.take() {
                 Some(s) => Ok(s),
                 None => SqliteStore::open(&cli.state_dir),
             };
-            let r = match opened.and_then(|s| crate::open_with(cli, s)) {
-                Ok(mut engine) => {
-                    let r = crate::delegate::serve(&mut engine, &json);
-                    *store = Some(engine.store);
-                    r
-                }
-                // Not opened here: the caller runs the verb itself, and says why.
-                Err(_) => (
-                    Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
-                    None,
-                ),
-            };
-            let _ = done.send(r);
+            let reaper = Some(kept.reaper.clone());
+            let mut used = None;
+            let (answer, notice) =
+                match opened.and_then(|s| crate::open_with_reaper(cli, s, reaper)) {
+                    Ok(mut engine) => {
+                        let r = crate::delegate::serve(&mut engine, &json);
+                        used = Some(engine);
+                        r
+                    }
+                    // Not opened here: the caller runs the verb itself, and says why.
+                    Err(_) => (
+                        Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
+                        None,
+                    ),
+                };
+            // The answer first; the engine's sockets and lock are closed after it. A
+            // caller gone meanwhile misses its answer, as it would from the loop.
+            let _ = handoff::send_on(conn.as_fd(), &answer, &[]);
+            drop(conn);
+            if let Some(engine) = used {
+                kept.store = Some(engine.store);
+            }
+            let _ = done.send(notice);
         }
         Job::Check { force, done } => {
             let r = crate::open(cli).and_then(|mut engine| {
