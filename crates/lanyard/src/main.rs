@@ -211,7 +211,7 @@ fn delegated(cli: &Cli) -> Result<Option<i32>> {
     };
     match delegate::to_daemon(cli, verb) {
         None => Ok(None),
-        Some(Ok(Outcome::Attached(ep))) => {
+        Some(Ok(Outcome::Attached(ep) | Outcome::CniAdded(ep, _))) => {
             if json {
                 output::json(&ep)?;
             } else {

@@ -15,6 +15,7 @@ mod ipam;
 mod plugin;
 
 pub use lanyard_cni::{conf, error, result};
+pub(crate) use plugin::add_here;
 
 use error::{plain, to_cni, INCOMPATIBLE_VERSION, INVALID_ENV};
 use result::{CniError, VersionResult, LATEST, SUPPORTED_VERSIONS};

@@ -3,11 +3,18 @@
 //! use), DEL is `detach` by owner, CHECK is `check` plus a comparison with the ADD's
 //! result, STATUS opens the store and the kernel, GC is `gc_owned` with the valid
 //! attachments.
+//!
+//! With `lanyard daemon` up on the same run and state directories, ADD on a named
+//! network and DEL hand their verb to it ([`crate::delegate`]), as the CLI's
+//! `attach` and `detach` do: the plugin process then opens no store and no netlink
+//! socket. Without a daemon (or one in another namespace, on another store, or too
+//! old for the verb) they run here.
 
 use super::conf::{NetConf, Source};
 use super::error::{plain, to_cni, CHECK_FAILED, NOT_AVAILABLE, UNKNOWN_CONTAINER};
 use super::result::{self, CniError, CniResult};
-use super::{dirs, Invocation, Verb};
+use super::{dirs, Invocation};
+use crate::delegate::{Failed, Outcome, Verb};
 use crate::Lanyard;
 use lanyard_core::config::Config;
 use lanyard_core::kernel::Kernel;
@@ -30,7 +37,7 @@ const RETRY_FOR: Duration = Duration::from_secs(90);
 
 /// Runs `verb` of the `lanyard` plugin.
 pub fn run(
-    verb: Verb,
+    verb: super::Verb,
     inv: &Invocation,
     conf: &NetConf,
     version: &str,
@@ -40,7 +47,7 @@ pub fn run(
     let name = conf.network_name().map_err(fail)?;
     let (state, run_dir) = dirs(inv, conf.state_dir.as_ref(), conf.run_dir.as_ref());
     match verb {
-        Verb::Add => {
+        super::Verb::Add => {
             let owner = owner_of(inv, &name)?;
             let netns = inv.require("CNI_NETNS")?.to_string();
             let source = conf.source().map_err(fail)?;
@@ -51,6 +58,35 @@ pub fn run(
             if dns.nameservers.is_empty() && run_dir.join(lanyard_kernel::handoff::SOCKET).exists()
             {
                 dns.nameservers.push(crate::run_dns::RESPONDER.into());
+            }
+            if let (Source::Named(n), true) = (&source, Path::new(&netns).is_absolute()) {
+                let req = AttachRequest {
+                    network: n.clone(),
+                    netns: PathBuf::from(&netns),
+                    ifname: Some(owner_ifname(&owner)),
+                    ip: wants.ip.clone(),
+                    ip6: wants.ip6.clone(),
+                    mac: wants.mac.clone(),
+                    publish: wants.publish.clone(),
+                    owner: Some(owner.clone()),
+                    ..Default::default()
+                };
+                let added = via_daemon(&run_dir, &state, || Verb::CniAdd(Box::new(req.clone())));
+                if let Some(r) = added {
+                    let (ep, net) = match r.map_err(fail)? {
+                        Outcome::CniAdded(ep, net) => (ep, net),
+                        other => return Err(fail(unexpected(&other))),
+                    };
+                    let r = result::of_endpoint(
+                        &ep,
+                        &host_side(&net, &ep),
+                        &netns,
+                        net.mtu,
+                        &dns,
+                        prev,
+                    );
+                    return Ok(Some(to_json(r.in_version(version))));
+                }
             }
             let mut engine = open(&state, &run_dir).map_err(fail)?;
             let net = network_for(&mut engine, &source).map_err(fail)?;
@@ -70,8 +106,15 @@ pub fn run(
             let r = result::of_endpoint(&ep, &host_side(&net, &ep), &netns, net.mtu, &dns, prev);
             Ok(Some(to_json(r.in_version(version))))
         }
-        Verb::Del => {
+        super::Verb::Del => {
             let owner = owner_of(inv, &name)?;
+            let req = DetachRequest::Owner(owner.clone());
+            if let Some(r) = via_daemon(&run_dir, &state, || Verb::Detach(req.clone())) {
+                return match r.map_err(fail)? {
+                    Outcome::Detached(_) => Ok(None),
+                    other => Err(fail(unexpected(&other))),
+                };
+            }
             let mut engine = open(&state, &run_dir).map_err(fail)?;
             let gone =
                 retrying(|| engine.detach(&DetachRequest::Owner(owner.clone()))).map_err(fail)?;
@@ -80,7 +123,7 @@ pub fn run(
             }
             Ok(None)
         }
-        Verb::Check => {
+        super::Verb::Check => {
             let owner = owner_of(inv, &name)?;
             let netns = inv.require("CNI_NETNS")?.to_string();
             let prev = conf.prev_result().map_err(fail)?;
@@ -91,7 +134,7 @@ pub fn run(
             })?;
             Ok(None)
         }
-        Verb::Status => {
+        super::Verb::Status => {
             status(&state, &run_dir, conf).map_err(|e| {
                 let mut c = to_cni(&e, version);
                 c.code = NOT_AVAILABLE;
@@ -99,11 +142,11 @@ pub fn run(
             })?;
             Ok(None)
         }
-        Verb::Gc => {
+        super::Verb::Gc => {
             gc(&state, &run_dir, &name, conf).map_err(fail)?;
             Ok(None)
         }
-        Verb::Version => unreachable!("answered before the config is read"),
+        super::Verb::Version => unreachable!("answered before the config is read"),
     }
 }
 
@@ -123,6 +166,41 @@ fn owner_ifname(o: &Owner) -> String {
         Owner::Cni { ifname, .. } => ifname.clone(),
         Owner::Docker { .. } => String::new(),
     }
+}
+
+/// The daemon's side of a delegated ADD ([`crate::delegate::Verb::CniAdd`]): the
+/// named network and the endpoint, as the local ADD finds and makes them.
+pub(crate) fn add_here(
+    engine: &mut Lanyard,
+    mut req: AttachRequest,
+) -> Result<(Endpoint, Network)> {
+    let net = network_for(engine, &Source::Named(req.network.clone()))?;
+    req.network = net.id.clone();
+    let ep = attach(engine, &req)?;
+    Ok((ep, net))
+}
+
+/// Runs `verb` in `lanyard daemon` if one is up for `run` and `state`, retrying
+/// what it says to try again (as [`retrying`] does locally). `None`: no daemon
+/// took it (also when one went away between tries), run it here.
+fn via_daemon(run: &Path, state: &Path, verb: impl Fn() -> Verb) -> Option<Result<Outcome>> {
+    let started = Instant::now();
+    loop {
+        let e = match crate::delegate::to_daemon_at(run, Some(state), verb())? {
+            Ok(o) => return Some(Ok(o)),
+            Err(Failed::Error(e)) => e,
+            Err(Failed::Raw(_, message)) => Error::Other(message),
+        };
+        if e.kind() != ErrorKind::TryAgain || started.elapsed() >= RETRY_FOR {
+            return Some(Err(e));
+        }
+        let jitter = u64::from(lanyard_engine::nonce() % 40);
+        std::thread::sleep(Duration::from_millis(10 + jitter));
+    }
+}
+
+fn unexpected(o: &Outcome) -> Error {
+    Error::Other(format!("lanyard daemon answered {o:?}"))
 }
 
 /// The engine over the store in `state` and the kernel, sharing `run/lock` with

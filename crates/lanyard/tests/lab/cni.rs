@@ -735,3 +735,70 @@ fn cni_200_parallel_adds_get_200_addresses_and_200_parallel_dels_leave_nothing()
         }
     }
 }
+
+/// The daemon's `verbs=N` counter (verbs it ran for callers).
+fn daemon_verbs(lab: &Lab) -> String {
+    use lanyard_kernel::handoff::{Client, Message};
+    let asker = Client::connect(&lab.run_dir().join("daemon.sock")).unwrap();
+    asker.send(&Message::Status, &[]).unwrap();
+    match asker.recv(Duration::from_secs(5)).unwrap() {
+        Message::StatusIs(kv) => kv
+            .into_iter()
+            .find(|k| k.starts_with("verbs="))
+            .unwrap_or_default(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cni_add_and_del_run_in_the_daemon_when_it_is_up_and_in_the_plugin_when_it_is_gone() {
+    let lab = lab!();
+    lab.lan_network("lan", "macvlan", &[]);
+    let rt = Runtime::new(
+        &lab,
+        json!({"cniVersion": "1.0.0", "name": "lan", "plugins": [{"type": "lanyard", "network": "lan"}]}),
+    );
+    let mut daemon = lab.lanyard_spawn(&["daemon", "--interval", "60", "--gc-interval", "0"]);
+    assert!(
+        daemon.wait_for_stdout("watching nftables", Duration::from_secs(10)),
+        "daemon did not start: {}",
+        daemon.stderr()
+    );
+    let c1 = lab.netns("c1");
+    let att = Att::new("d1", &c1);
+    let r = rt.add(&att).unwrap_or_else(|e| panic!("ADD: {e}"));
+    assert_eq!(daemon_verbs(&lab), "verbs=1", "the ADD ran in the daemon");
+    assert_eq!(r["interfaces"][0]["sandbox"], c1.path().to_str().unwrap());
+    let a = address(&r);
+    assert!(c1.ip(&["-o", "addr", "show", "dev", "eth0"]).contains(&a));
+    // A repeated ADD, in the daemon: the same result.
+    let again = rt.add(&att).unwrap_or_else(|e| panic!("second ADD: {e}"));
+    assert_eq!(daemon_verbs(&lab), "verbs=2");
+    assert_eq!(again, r);
+    // Errors read as the plugin's own: an unknown network is invalid config (7).
+    let bad = Runtime::new(
+        &lab,
+        json!({"cniVersion": "1.0.0", "name": "lan", "plugins": [{"type": "lanyard", "network": "nope"}]}),
+    );
+    let e = bad.add(&Att::new("d2", &c1)).expect_err("unknown network");
+    assert_eq!(code_of(&e), 7, "{e}");
+    assert_eq!(daemon_verbs(&lab), "verbs=3");
+    rt.del(&att).unwrap_or_else(|e| panic!("DEL: {e}"));
+    assert_eq!(daemon_verbs(&lab), "verbs=4", "the DEL ran in the daemon");
+    assert!(!c1.links().contains("eth0"));
+    assert!(endpoints(&lab).is_empty());
+    // The daemon killed (its socket file left): the plugin runs the verbs itself,
+    // with the same result.
+    let r = rt
+        .add(&att)
+        .unwrap_or_else(|e| panic!("ADD, daemon up: {e}"));
+    daemon.kill();
+    let local = rt
+        .add(&att)
+        .unwrap_or_else(|e| panic!("ADD, daemon gone: {e}"));
+    assert_eq!(local, r);
+    rt.del(&att)
+        .unwrap_or_else(|e| panic!("DEL, daemon gone: {e}"));
+    assert!(!c1.links().contains("eth0"));
+    assert!(endpoints(&lab).is_empty());
+}
