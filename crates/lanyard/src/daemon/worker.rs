@@ -244,7 +244,19 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             let _ = done.send(crate::open(cli).and_then(|mut engine| engine.gc()));
         }
         Job::Endpoints { done } => {
-            let _ = done.send(crate::open(cli).and_then(|engine| engine.endpoints()));
+            // On the store kept open for delegated verbs: one read, no open (the
+            // DNS responder asks after every attach and detach).
+            use lanyard_core::store::Store;
+            let opened = match store.take() {
+                Some(s) => Ok(s),
+                None => SqliteStore::open(&cli.state_dir),
+            };
+            let r = opened.and_then(|s| {
+                let r = s.read(&mut |tx| tx.endpoints());
+                *store = Some(s);
+                r
+            });
+            let _ = done.send(r);
         }
         Job::Leases { reboot, done } => {
             let r = crate::open(cli)
