@@ -135,7 +135,11 @@ fn reconcile(served: &mut HashMap<NsKey, Served>, t: &Table, tables: &watch::Rec
                     },
                 );
             }
-            // Gone meanwhile (the next notice takes it away), or the port is taken.
+            // Gone meanwhile (gc or the next notice takes it away): quietly.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::debug!("daemon: dns: {} is gone: {e}", q.netns.display())
+            }
+            // Another path to another namespace now, or the port is taken.
             Err(e) => tracing::warn!(
                 "daemon: dns: cannot answer on {RESOLVER}:53 in {}: {e}",
                 q.netns.display()
