@@ -247,13 +247,13 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             // On the store kept open for delegated verbs: one read, no open (the
             // DNS responder asks after every attach and detach).
             use lanyard_core::store::Store;
-            let opened = match store.take() {
+            let opened = match kept.store.take() {
                 Some(s) => Ok(s),
                 None => SqliteStore::open(&cli.state_dir),
             };
             let r = opened.and_then(|s| {
                 let r = s.read(&mut |tx| tx.endpoints());
-                *store = Some(s);
+                kept.store = Some(s);
                 r
             });
             let _ = done.send(r);
