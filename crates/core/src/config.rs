@@ -25,6 +25,10 @@ pub struct Config {
     /// IPv4 and IPv6 pools, tried in order.
     #[serde(default = "default_pools")]
     pub default_address_pools: Vec<PoolConfig>,
+    /// The store: `sqlite` (the default, in `--state-dir`) or
+    /// `etcd://HOST:PORT[,HOST:PORT…]` for several hosts (`--store` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 fn default_pools() -> Vec<PoolConfig> {
@@ -44,6 +48,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             default_address_pools: default_pools(),
+            store: None,
         }
     }
 }
@@ -57,6 +62,25 @@ impl Config {
             Err(e) => return Err(Error::Other(format!("reading {}: {e}", path.display()))),
         };
         Self::parse(&text).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+    }
+
+    /// The `store` of the file at `path`, if it sets one. Only a file that mentions
+    /// `store` is parsed (every verb asks, and a broken config must not block a
+    /// detach on the default store); other keys are not checked here.
+    pub fn store_of(path: &Path) -> Result<Option<String>> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) if t.contains("store") => t,
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::Other(format!("reading {}: {e}", path.display()))),
+        };
+        #[derive(Deserialize)]
+        struct StoreOnly {
+            store: Option<String>,
+        }
+        toml::from_str::<StoreOnly>(&text)
+            .map(|s| s.store)
+            .map_err(|e| Error::invalid("config", path.display().to_string(), e.to_string()))
     }
 
     /// Parses the TOML text and checks the pools.
@@ -116,5 +140,28 @@ mod tests {
                 .is_err()
         );
         assert!(Config::parse("colour = 1\n").is_err());
+    }
+
+    #[test]
+    fn store_is_read_alone_and_a_file_without_it_is_not_parsed() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-of-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(
+            &p,
+            "store = \"etcd://10.0.0.1:2379\"\n[[default-address-pools]]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Config::store_of(&p).unwrap().as_deref(),
+            Some("etcd://10.0.0.1:2379")
+        );
+        std::fs::write(&p, "this is not toml").unwrap();
+        assert_eq!(Config::store_of(&p).unwrap(), None);
+        std::fs::write(&p, "store = 1").unwrap();
+        assert!(Config::store_of(&p).is_err());
+        assert_eq!(Config::store_of(&dir.join("none")).unwrap(), None);
+        assert!(Config::parse("store = \"sqlite\"\n").is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

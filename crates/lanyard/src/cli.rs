@@ -42,6 +42,10 @@ pub struct Cli {
     /// contents of /etc/machine-id, which a host rename does not change).
     #[arg(long, global = true, env = "LANYARD_NODE", value_name = "NAME")]
     pub node: Option<String>,
+    /// The store: `sqlite` (in --state-dir) or `etcd://HOST:PORT[,HOST:PORT…]`, shared
+    /// by several hosts on one LAN (default: the config file's `store`, else sqlite).
+    #[arg(long, global = true, env = "LANYARD_STORE", value_name = "URL")]
+    pub store: Option<String>,
     /// Configuration file (default address pools).
     #[arg(long, global = true, env = "LANYARD_CONFIG", default_value = lanyard_core::config::DEFAULT_PATH, value_name = "FILE")]
     pub config: PathBuf,
@@ -115,6 +119,10 @@ pub struct GcArgs {
     /// (gc and restore refuse such a store until then).
     #[arg(long)]
     pub adopt_store: bool,
+    /// Free the endpoints and addresses of another host, dead, in a shared store
+    /// (refused while that host's lanyard daemon holds its lease).
+    #[arg(long, value_name = "NODE")]
+    pub host: Option<String>,
 }
 
 // `daemon`: a plain comment, not a doc comment, which clap would take as the

@@ -21,10 +21,11 @@ mod manpage;
 mod output;
 mod run;
 mod run_dns;
+mod store;
 
 use crate::output::out;
 use clap::{CommandFactory, FromArgMatches};
-use cli::{Cli, Command, EndpointCmd, NetworkCmd};
+use cli::{Cli, Command, EndpointCmd, GcArgs, NetworkCmd};
 use lanyard_core::config::Config;
 use lanyard_core::kernel::{FailAt, Kernel};
 use lanyard_core::model::{DetachRequest, NetworkRequest};
@@ -32,10 +33,9 @@ use lanyard_core::{Error, Result};
 use lanyard_engine::Engine;
 use lanyard_kernel::handoff::Change;
 use lanyard_kernel::Netlink;
-use lanyard_store::SqliteStore;
 
 /// The engine as the binary uses it.
-pub type Lanyard = Engine<SqliteStore, Box<dyn Kernel>>;
+pub type Lanyard = Engine<store::AnyStore, Box<dyn Kernel>>;
 
 /// Test hook: `LANYARD_FAIL_AT=N` makes the N-th kernel step (0-based) fail, so lab
 /// tests can check rollback on a real kernel at every step.
@@ -63,12 +63,12 @@ fn kill_self() -> ! {
 }
 
 pub(crate) fn open(cli: &Cli) -> Result<Lanyard> {
-    open_with(cli, SqliteStore::open(&cli.state_dir)?)
+    open_with(cli, store::open(cli)?)
 }
 
 /// The engine over `store` (the daemon keeps one open across delegated verbs) and a
 /// fresh netlink kernel.
-pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
+pub(crate) fn open_with(cli: &Cli, store: store::AnyStore) -> Result<Lanyard> {
     open_with_reaper(cli, store, None)
 }
 
@@ -76,7 +76,7 @@ pub(crate) fn open_with(cli: &Cli, store: SqliteStore) -> Result<Lanyard> {
 /// thread) when there is one.
 pub(crate) fn open_with_reaper(
     cli: &Cli,
-    store: SqliteStore,
+    store: store::AnyStore,
     reaper: Option<lanyard_kernel::handoff::LocalReaper>,
 ) -> Result<Lanyard> {
     // Only `network create` reads the config (its default address pools): every
@@ -280,6 +280,12 @@ fn verb(engine: &mut Lanyard, cli: &Cli) -> Result<i32> {
         Command::Run(r) => return run::run(engine, r, &cli.run_dir),
         Command::Restore(f) => report(engine.restore()?, f.json)?,
         Command::Doctor(f) => return doctor::run(engine, cli, f.json),
+        Command::Gc(GcArgs {
+            host: Some(host), ..
+        }) => {
+            let freed = store::forget_host(&engine.store, host, engine.node.as_deref())?;
+            out!("freed {} endpoints of host {host}", freed.len());
+        }
         Command::Gc(f) => {
             if f.adopt_store {
                 engine.adopt_store()?;

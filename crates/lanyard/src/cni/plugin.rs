@@ -26,7 +26,6 @@ use lanyard_core::{Error, ErrorKind, Result};
 use lanyard_engine::Engine;
 use lanyard_kernel::handoff::{self, Change};
 use lanyard_kernel::Netlink;
-use lanyard_store::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -206,7 +205,7 @@ fn unexpected(o: &Outcome) -> Error {
 /// The engine over the store in `state` and the kernel, sharing `run/lock` with
 /// every other lanyard process of this host.
 pub fn open(state: &Path, run: &Path) -> Result<Lanyard> {
-    let store = SqliteStore::open(state)?;
+    let store = crate::store::open_url(std::env::var("LANYARD_STORE").ok().as_deref(), state)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(run.join(handoff::SOCKET));
     netlink.exits_soon();

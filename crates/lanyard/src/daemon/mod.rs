@@ -366,6 +366,7 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
     // the WAL (a third of the cost of opening the store).
     let _store = lanyard_store::SqliteStore::open(&cli.state_dir)?;
     let mut handoff = control::Control::bind(cli)?;
+    crate::store::heartbeat(cli, Duration::from_secs(args.gc_interval));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

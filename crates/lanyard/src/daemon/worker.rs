@@ -9,13 +9,13 @@
 //! changes from others' by the `lanyard` prefix.
 
 use crate::cli::Cli;
+use crate::store::AnyStore;
 use lanyard_core::model::Endpoint;
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
 use lanyard_kernel::handoff::{self, LocalReaper, Message};
 use lanyard_kernel::nftwatch;
-use lanyard_store::SqliteStore;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -67,7 +67,7 @@ pub struct Worker {
 struct Kept {
     /// The store, kept open: no open, no WAL-index rebuild, statements stay
     /// prepared. Other jobs open their own.
-    store: Option<SqliteStore>,
+    store: Option<AnyStore>,
     /// Where the daemon's own detaches queue their tombstones.
     reaper: LocalReaper,
     /// The Docker front end's state ([`crate::docker::handle`]).
@@ -188,7 +188,7 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             let name = call.name();
             let opened = match kept.store.take() {
                 Some(s) => Ok(s),
-                None => SqliteStore::open(&cli.state_dir),
+                None => crate::store::open(cli),
             };
             let reaper = Some(kept.reaper.clone());
             let r = match opened.and_then(|s| crate::open_with_reaper(cli, s, reaper)) {
@@ -208,7 +208,7 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
         Job::Verb { json, conn, done } => {
             let opened = match kept.store.take() {
                 Some(s) => Ok(s),
-                None => SqliteStore::open(&cli.state_dir),
+                None => crate::store::open(cli),
             };
             let reaper = Some(kept.reaper.clone());
             let mut used = None;

@@ -1,0 +1,211 @@
+//! Which store the binary runs on: SQLite in `--state-dir` (the default), or an
+//! etcd cluster several hosts share (`--store etcd://HOST:PORT[,…]`, or `store =
+//! "etcd://…"` in the config file). The etcd client (and its small runtime) is made
+//! only when an etcd store is chosen.
+//!
+//! On a shared store each host keeps `meta/alive/NODE` bound to an etcd lease,
+//! renewed by `lanyard daemon` ([`heartbeat`]); `lanyard gc --host NODE`
+//! ([`forget_host`]) frees a dead host's endpoints and addresses and refuses while
+//! that key lives. The heartbeat thread also frees, now and then, the endpoints of
+//! every host that once held a lease (`meta/leased/NODE`) and lost it.
+
+use crate::cli::Cli;
+use lanyard_core::store::{Store, Tx};
+use lanyard_core::{Error, Result};
+use lanyard_store::SqliteStore;
+use lanyard_store_etcd::{EtcdStore, EtcdUrl};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a host's lease lives without renewal: after this, other hosts take it
+/// for dead and free its addresses.
+pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The store the binary runs on.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// One host: `STATE_DIR/state.db`.
+    Sqlite(SqliteStore),
+    /// Several hosts: an etcd cluster.
+    Etcd(Box<EtcdStore>),
+}
+
+impl Store for AnyStore {
+    fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+        match self {
+            AnyStore::Sqlite(s) => s.read(f),
+            AnyStore::Etcd(s) => s.read(f),
+        }
+    }
+
+    fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        match self {
+            AnyStore::Sqlite(s) => s.write(f),
+            AnyStore::Etcd(s) => s.write(f),
+        }
+    }
+}
+
+/// The store `cli` names: `--store`/`LANYARD_STORE`, else the config file's
+/// `store`, else SQLite in `--state-dir`.
+pub fn open(cli: &Cli) -> Result<AnyStore> {
+    let from_config;
+    let url = match &cli.store {
+        Some(s) => Some(s.as_str()),
+        None => {
+            from_config = lanyard_core::config::Config::store_of(&cli.config)?;
+            from_config.as_deref()
+        }
+    };
+    open_url(url, &cli.state_dir)
+}
+
+/// The store `url` names (`None` or `sqlite`: SQLite in `state_dir`).
+pub fn open_url(url: Option<&str>, state_dir: &Path) -> Result<AnyStore> {
+    match url {
+        None | Some("sqlite") => Ok(AnyStore::Sqlite(SqliteStore::open(state_dir)?)),
+        Some(u) if EtcdUrl::is_etcd(u) => Ok(AnyStore::Etcd(Box::new(EtcdStore::open(u)?))),
+        Some(u) => Err(Error::invalid(
+            "--store",
+            u,
+            "must be sqlite or etcd://HOST:PORT[,HOST:PORT…]",
+        )),
+    }
+}
+
+fn alive_key(node: &str) -> String {
+    format!("alive/{node}")
+}
+
+fn leased_key(node: &str) -> String {
+    format!("leased/{node}")
+}
+
+/// Frees every endpoint record of `node` (another host, dead) and what it held:
+/// one transaction per endpoint, each refused if `node` holds a live lease by then
+/// (it reads the lease key, so a host that comes back mid-sweep stops it). The
+/// kernel side is that host's and is not touched. The ids freed.
+pub fn forget_host(store: &AnyStore, node: &str, me: Option<&str>) -> Result<Vec<String>> {
+    if !matches!(store, AnyStore::Etcd(_)) {
+        return Err(Error::invalid(
+            "--host",
+            node,
+            "only a store several hosts share has other hosts' endpoints (--store etcd://…)",
+        ));
+    }
+    if me == Some(node) {
+        return Err(Error::invalid(
+            "--host",
+            node,
+            "is this host: `lanyard gc` without --host cleans up after it",
+        ));
+    }
+    let ids: Vec<String> = store.read(&mut |tx| {
+        Ok(tx
+            .endpoints()?
+            .into_iter()
+            .filter(|e| e.node.as_deref() == Some(node))
+            .map(|e| e.id)
+            .collect())
+    })?;
+    let mut freed = vec![];
+    for id in ids {
+        let gone = store.write(&mut |tx| {
+            if tx.meta(&alive_key(node))?.is_some() {
+                return Err(Error::Conflict(format!(
+                    "host {node} holds a live lease (its lanyard daemon is running): \
+                     its addresses stay its own"
+                )));
+            }
+            match tx.endpoint(&id)? {
+                Some(e) if e.node.as_deref() == Some(node) => {
+                    tx.delete_endpoint(&id)?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        if gone {
+            freed.push(id);
+        }
+    }
+    Ok(freed)
+}
+
+/// The hosts with endpoints in the store that once held a lease and hold none now.
+fn dead_hosts(store: &AnyStore, me: &str) -> Result<Vec<String>> {
+    store.read(&mut |tx| {
+        let mut nodes: Vec<String> = tx.endpoints()?.into_iter().filter_map(|e| e.node).collect();
+        nodes.sort();
+        nodes.dedup();
+        let mut dead = vec![];
+        for n in nodes.into_iter().filter(|n| n != me) {
+            if tx.meta(&leased_key(&n))?.is_some() && tx.meta(&alive_key(&n))?.is_none() {
+                dead.push(n);
+            }
+        }
+        Ok(dead)
+    })
+}
+
+/// `lanyard daemon` on a shared store: a thread that keeps this host's lease alive
+/// (renewed every third of [`LEASE_TTL`]) and, every `sweep` (if not zero), frees
+/// the endpoints of hosts whose lease expired. Nothing for SQLite or without a
+/// node name. Failures are logged and retried; the thread ends with the process.
+pub fn heartbeat(cli: &Cli, sweep: Duration) {
+    let Some(node) = crate::node(cli) else {
+        return;
+    };
+    let url = match &cli.store {
+        Some(s) => Some(s.clone()),
+        None => lanyard_core::config::Config::store_of(&cli.config)
+            .ok()
+            .flatten(),
+    };
+    let Some(url) = url.filter(|u| EtcdUrl::is_etcd(u)) else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("etcd-lease".into())
+        .spawn(move || beat(&url, &node, sweep));
+    if let Err(e) = spawned {
+        tracing::warn!("etcd lease thread not started: {e}");
+    }
+}
+
+fn beat(url: &str, node: &str, sweep: Duration) {
+    let mut lease = None;
+    let mut last_sweep = std::time::Instant::now();
+    loop {
+        let r = EtcdStore::open(url).and_then(|s| -> Result<()> {
+            loop {
+                let ok = match lease {
+                    Some(id) => s.keep_alive(id)?,
+                    None => false,
+                };
+                if !ok {
+                    let id = s.lease_key(&format!("meta/{}", alive_key(node)), LEASE_TTL)?;
+                    s.write(&mut |tx| tx.set_meta(&leased_key(node), Some("1")))?;
+                    tracing::info!("etcd: host {node} holds lease {id:x}");
+                    lease = Some(id);
+                }
+                if !sweep.is_zero() && last_sweep.elapsed() >= sweep {
+                    last_sweep = std::time::Instant::now();
+                    let store = AnyStore::Etcd(Box::new(EtcdStore::open(url)?));
+                    for dead in dead_hosts(&store, node)? {
+                        let freed = forget_host(&store, &dead, Some(node))?;
+                        tracing::info!(
+                            "etcd: host {dead} lost its lease; freed its {} endpoints",
+                            freed.len()
+                        );
+                    }
+                }
+                std::thread::sleep(LEASE_TTL / 3);
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!("etcd lease of host {node}: {e}; retrying");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,222 @@
+//! [`EtcdStore`]: the connection to the cluster (a small current-thread tokio
+//! runtime owned by the store, made only when an etcd store is opened), the retry
+//! loop of [`Store::write`], and the host's lease ([`EtcdStore::heartbeat`]).
+
+use crate::kv::KvTx;
+use crate::tx::EtcdTx;
+use crate::url::EtcdUrl;
+use etcd_client::{Client, ConnectOptions, KvClient, PutOptions};
+use lanyard_core::store::{Store, Tx};
+use lanyard_core::{Error, Result};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How long connecting to a member may take: an unreachable cluster fails an
+/// attach in about this long, with nothing written.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request may take, tries again included (a member down, a leader
+/// election: about a second).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+/// The pause before a failed request is sent again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How long a write keeps retrying after conflicts before it reports `TryAgain`.
+pub const CONFLICT_BUDGET: Duration = Duration::from_secs(60);
+
+/// The connection a transaction runs on.
+pub(crate) struct Conn {
+    rt: tokio::runtime::Runtime,
+    kv: KvClient,
+    client: Client,
+    /// Every key starts with it (`/lanyard/`).
+    pub(crate) prefix: String,
+    endpoints: String,
+}
+
+impl Conn {
+    /// `key` with the store's prefix.
+    pub(crate) fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    /// Runs one request on the runtime. A failed or unanswered request is sent
+    /// again (to whichever member answers: one may be down or electing a leader)
+    /// until [`REQUEST_TIMEOUT`] has passed; errors say what was being done and where.
+    pub(crate) fn run<T, F, Fut>(&self, what: &str, key: &str, f: F) -> Result<T>
+    where
+        F: Fn(KvClient) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let fut = f(self.kv.clone());
+            let why = match self
+                .rt
+                .block_on(async { tokio::time::timeout(left, fut).await })
+            {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+            };
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(self.unreachable(what, key, &why));
+            }
+            tracing::debug!("etcd: {what} {key:?}: {why}; trying again");
+            std::thread::sleep(RETRY_PAUSE);
+        }
+    }
+
+    fn unreachable(&self, what: &str, key: &str, why: &str) -> Error {
+        let on = if key.is_empty() {
+            String::new()
+        } else {
+            format!(" {key:?}")
+        };
+        Error::Store(format!(
+            "etcd at {}: {what}{on}: {why} (is the cluster up and reachable from this host?)",
+            self.endpoints
+        ))
+    }
+}
+
+/// lanyard's state in an etcd cluster, shared by every host on one LAN: networks,
+/// endpoints, addresses and ports. Transactions are optimistic (the kv module):
+/// [`Store::write`] runs its closure again when another writer changed what it read.
+///
+/// One value is one client. It is `Send` but not `Sync`; transactions do not nest.
+pub struct EtcdStore {
+    conn: Conn,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EtcdStore({})", self.conn.endpoints)
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the cluster named by `url` (`etcd://HOST:PORT[,HOST:PORT…]`),
+    /// failing within about [`DIAL_TIMEOUT`] when no member answers.
+    pub fn open(url: &str) -> Result<Self> {
+        let u = EtcdUrl::parse(url)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Store(format!("etcd: starting the client runtime: {e}")))?;
+        let endpoints = u.endpoints.join(",");
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(DIAL_TIMEOUT)
+            .with_timeout(DIAL_TIMEOUT);
+        let eps: Vec<String> = u.endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(DIAL_TIMEOUT, Client::connect(eps, Some(opts))).await
+            })
+            .map_err(|_| format!("no member answered within {DIAL_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|why| {
+                Error::Store(format!(
+                    "etcd at {endpoints}: connecting: {why} (is the cluster up and \
+                     reachable from this host?)"
+                ))
+            })?;
+        Ok(EtcdStore {
+            conn: Conn {
+                rt,
+                kv: client.kv_client(),
+                client,
+                prefix: u.prefix,
+                endpoints,
+            },
+        })
+    }
+
+    /// The members' addresses, comma-separated.
+    pub fn endpoints(&self) -> &str {
+        &self.conn.endpoints
+    }
+
+    /// Binds `key` (under the store's prefix, e.g. `meta/alive/NODE`) to a fresh
+    /// etcd lease of `ttl`, which [`EtcdStore::keep_alive`] renews: etcd deletes the
+    /// key when the lease runs out (its holder died). The lease id.
+    pub fn lease_key(&self, key: &str, ttl: Duration) -> Result<i64> {
+        let lease = self.conn.client.lease_client();
+        let secs = ttl.as_secs().max(2) as i64;
+        let full = self.conn.key(key);
+        let id = self.conn.run("granting a lease for", key, |_| {
+            let mut lease = lease.clone();
+            async move { Ok(lease.grant(secs, None).await?.id()) }
+        })?;
+        self.conn.run("writing", key, |mut kv| {
+            let full = full.clone();
+            async move {
+                kv.put(full, "", Some(PutOptions::new().with_lease(id)))
+                    .await
+                    .map(drop)
+            }
+        })?;
+        Ok(id)
+    }
+
+    /// Renews the lease [`EtcdStore::heartbeat`] granted; `Ok(false)` when it has
+    /// expired meanwhile (register again).
+    pub fn keep_alive(&self, lease: i64) -> Result<bool> {
+        let client = self.conn.client.lease_client();
+        self.conn
+            .run("renewing the lease of", "", |_| {
+                let mut client = client.clone();
+                async move {
+                    let (mut keeper, mut stream) = client.keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    Ok(stream.message().await?.map(|r| r.ttl() > 0))
+                }
+            })
+            .map(|r| r.unwrap_or(false))
+    }
+}
+
+impl Store for EtcdStore {
+    fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+        let kv = KvTx::new(&self.conn);
+        f(&EtcdTx::new(&kv))
+    }
+
+    fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let kv = KvTx::new(&self.conn);
+            let out = f(&mut EtcdTx::new(&kv))?;
+            if kv.commit()? {
+                return Ok(out);
+            }
+            attempt += 1;
+            if start.elapsed() > CONFLICT_BUDGET {
+                return Err(Error::TryAgain(format!(
+                    "etcd at {}: gave up after {attempt} conflicting attempts in {:?}",
+                    self.conn.endpoints,
+                    start.elapsed()
+                )));
+            }
+            std::thread::sleep(backoff(attempt));
+        }
+    }
+}
+
+/// Jittered exponential backoff after `attempt` conflicts: 0.5..1 ms doubling up
+/// to 32..64 ms, so writers that collided spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = 500u64 << attempt.min(6);
+    let jitter = u64::from(std::process::id())
+        .wrapping_mul(2654435761)
+        .wrapping_add(Instant::now().elapsed().as_nanos() as u64 ^ nanos())
+        % base;
+    Duration::from_micros(base + jitter)
+}
+
+fn nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0)
+}

@@ -1,0 +1,394 @@
+//! The `Store`/`Tx` contract, run against every store: the reference `MemStore`,
+//! the SQLite store, and the etcd store on a real etcd (one member started by the
+//! test on a free port of 127.0.0.1, with a temp data dir, stopped after, also on
+//! failure; loopback traffic only). Each case is a generic function over `Store`.
+
+use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest, PortMapping};
+use lanyard_core::owner::Owner;
+use lanyard_core::store::{mem::MemStore, Store, Tx};
+use lanyard_core::{Error, Result};
+use lanyard_store::SqliteStore;
+use lanyard_store_etcd::EtcdStore;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn id(c: char) -> String {
+    c.to_string().repeat(64)
+}
+
+fn net(name: &str, idc: char) -> Network {
+    NetworkRequest {
+        name: name.into(),
+        driver: Some("bridge".into()),
+        subnets: vec!["198.51.100.0/24".into()],
+        ..Default::default()
+    }
+    .validate(id(idc), 0)
+    .unwrap()
+}
+
+fn ep(n: &Network, eid: &str, name: Option<&str>, ns: (u64, u64)) -> Endpoint {
+    serde_json::from_value(serde_json::json!({
+        "id": eid, "name": name, "network_id": n.id, "network": n.name,
+        "netns": "/proc/1/ns/net", "netns_inode": ns, "ifname": "eth0",
+        "host_ifname": null, "mac": null, "addresses": [], "gateways": [],
+        "state": "pending", "created": 0
+    }))
+    .unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn w<S: Store, T>(s: &S, mut f: impl FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+    s.write(&mut |tx| f(tx))
+}
+
+fn r<S: Store, T>(s: &S, mut f: impl FnMut(&dyn Tx) -> Result<T>) -> T {
+    s.read(&mut |tx| f(tx)).unwrap()
+}
+
+/// Networks: found by id, name and unique prefix; names unique; a rename frees
+/// the old name; delete drops the network's addresses and cursors.
+fn networks_by_id_name_and_prefix<S: Store>(s: &S) {
+    let a = net("alpha", 'a');
+    let mut b = net("beta", 'b');
+    w(s, |tx| {
+        tx.put_network(&a)?;
+        tx.put_network(&b)
+    })
+    .unwrap();
+    assert_eq!(r(s, |tx| tx.network("alpha")).unwrap().id, a.id);
+    assert_eq!(r(s, |tx| tx.network(&b.id)).unwrap().name.as_str(), "beta");
+    assert_eq!(r(s, |tx| tx.network("bbb")).unwrap().id, b.id);
+    assert!(r(s, |tx| tx.network("c")).is_none());
+    let names: Vec<String> = r(s, |tx| tx.networks())
+        .iter()
+        .map(|n| n.name.to_string())
+        .collect();
+    assert_eq!(names, ["alpha", "beta"]);
+    let clash = net("alpha", 'c');
+    assert!(matches!(
+        w(s, |tx| tx.put_network(&clash)),
+        Err(Error::Conflict(_))
+    ));
+    b.name = "gamma".parse().unwrap();
+    w(s, |tx| tx.put_network(&b)).unwrap();
+    assert!(r(s, |tx| tx.network("beta")).is_none());
+    let reuse = net("beta", 'd');
+    w(s, |tx| tx.put_network(&reuse)).unwrap();
+    let sub = "198.51.100.0/24".parse().unwrap();
+    w(s, |tx| {
+        tx.take_address(&a.id, ip("198.51.100.2"), "e1")?;
+        tx.set_cursor(&a.id, &sub, ip("198.51.100.2"))
+    })
+    .unwrap();
+    assert_eq!(r(s, |tx| tx.address_count(&a.id)), 1);
+    w(s, |tx| tx.delete_network(&a.id)).unwrap();
+    assert!(r(s, |tx| tx.network("alpha")).is_none());
+    assert_eq!(r(s, |tx| tx.address_count(&a.id)), 0);
+    assert_eq!(r(s, |tx| tx.cursor(&a.id, &sub)), None);
+    assert_eq!(r(s, |tx| tx.address_owner(&a.id, ip("198.51.100.2"))), None);
+}
+
+/// Endpoints: names, owners and MACs held by one endpoint each; the namespace
+/// index follows the endpoint; delete releases everything it held.
+fn endpoints_hold_names_owners_macs_and_namespaces<S: Store>(s: &S) {
+    let n = net("lan", 'a');
+    let mut e1 = ep(&n, &format!("12{}", "0".repeat(62)), Some("web"), (1, 2));
+    let e2 = ep(&n, &format!("13{}", "0".repeat(62)), Some("db"), (1, 2));
+    e1.mac = Some(MacAddr([2, 0, 0, 0, 0, 1]));
+    e1.owner = Some(Owner::Cni {
+        network: "k8s".into(),
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+    });
+    w(s, |tx| {
+        tx.put_network(&n)?;
+        tx.put_endpoint(&e1)?;
+        tx.put_endpoint(&e2)
+    })
+    .unwrap();
+    assert_eq!(r(s, |tx| tx.endpoint("web")).unwrap().id, e1.id);
+    assert_eq!(r(s, |tx| tx.endpoint("13")).unwrap().id, e2.id);
+    assert!(matches!(
+        s.read(&mut |tx| tx.endpoint("1")),
+        Err(Error::Conflict(_))
+    ));
+    assert_eq!(r(s, |tx| tx.endpoints_in_netns((1, 2))).len(), 2);
+    assert_eq!(
+        r(s, |tx| tx.endpoint_by_owner(e1.owner.as_ref().unwrap()))
+            .unwrap()
+            .id,
+        e1.id
+    );
+    let scope = e1.owner.as_ref().unwrap().scope();
+    assert_eq!(
+        r(s, |tx| tx.owned(&scope)),
+        [("c1/eth0".to_string(), e1.id.clone())]
+    );
+    assert_eq!(
+        r(s, |tx| tx.mac_holder(&n.id, e1.mac.as_ref().unwrap())),
+        Some(e1.id.clone())
+    );
+    // Same name, same owner, same MAC: each refused, and nothing written.
+    let mut dup = ep(&n, &id('f'), Some("web"), (3, 3));
+    assert!(matches!(
+        w(s, |tx| tx.put_endpoint(&dup)),
+        Err(Error::Conflict(_))
+    ));
+    dup.name = None;
+    dup.owner = e1.owner.clone();
+    assert!(matches!(
+        w(s, |tx| tx.put_endpoint(&dup)),
+        Err(Error::Conflict(_))
+    ));
+    dup.owner = None;
+    dup.mac = e1.mac;
+    assert!(matches!(
+        w(s, |tx| tx.put_endpoint(&dup)),
+        Err(Error::Conflict(_))
+    ));
+    assert!(r(s, |tx| tx.endpoint(&dup.id)).is_none());
+    // Leaving the namespace leaves its index; a rename frees the old name.
+    e1.netns_inode = (0, 0);
+    e1.name = Some("web2".parse().unwrap());
+    e1.state = EndpointState::Active;
+    w(s, |tx| tx.put_endpoint(&e1)).unwrap();
+    assert_eq!(r(s, |tx| tx.endpoints_in_netns((1, 2))).len(), 1);
+    assert!(r(s, |tx| tx.endpoint("web")).is_none());
+    w(s, |tx| {
+        tx.take_address(&n.id, ip("198.51.100.7"), &e1.id)?;
+        tx.take_port(&PortMapping::parse_spec("8080:80").unwrap()[0], &e1.id)
+    })
+    .unwrap();
+    w(s, |tx| tx.delete_endpoint(&e1.id)).unwrap();
+    assert!(r(s, |tx| tx.endpoint("web2")).is_none());
+    assert!(r(s, |tx| tx.endpoint_by_owner(e1.owner.as_ref().unwrap())).is_none());
+    assert!(r(s, |tx| tx.owned(&scope)).is_empty());
+    assert_eq!(
+        r(s, |tx| tx.mac_holder(&n.id, e1.mac.as_ref().unwrap())),
+        None
+    );
+    assert_eq!(r(s, |tx| tx.address_owner(&n.id, ip("198.51.100.7"))), None);
+    let p = PortMapping::parse_spec("8080:80").unwrap()[0];
+    assert_eq!(r(s, |tx| tx.port_holder(&p)), None);
+    assert_eq!(r(s, |tx| tx.endpoints()).len(), 1);
+}
+
+/// Addresses, ports, cursors and meta; release keeps owner, MAC and namespace.
+fn addresses_ports_cursor_and_meta<S: Store>(s: &S) {
+    let n = net("lan", 'a');
+    let sub = "198.51.100.0/24".parse().unwrap();
+    w(s, |tx| {
+        tx.put_network(&n)?;
+        tx.take_address(&n.id, ip("198.51.100.2"), "e1")?;
+        tx.take_address(&n.id, ip("198.51.100.3"), "e2")?;
+        tx.set_cursor(&n.id, &sub, ip("198.51.100.3"))?;
+        tx.take_port(
+            &PortMapping::parse_spec("127.0.0.1:80:80").unwrap()[0],
+            "e1",
+        )?;
+        tx.set_meta("k", Some("v"))
+    })
+    .unwrap();
+    assert_eq!(
+        r(s, |tx| tx.address_owner(&n.id, ip("198.51.100.2"))).as_deref(),
+        Some("e1")
+    );
+    assert_eq!(r(s, |tx| tx.address_count(&n.id)), 2);
+    assert_eq!(r(s, |tx| tx.cursor(&n.id, &sub)), Some(ip("198.51.100.3")));
+    assert_eq!(r(s, |tx| tx.meta("k")).as_deref(), Some("v"));
+    let all = PortMapping::parse_spec("80:80").unwrap()[0];
+    let other = PortMapping::parse_spec("127.0.0.2:80:80").unwrap()[0];
+    let udp = PortMapping::parse_spec("80:80/udp").unwrap()[0];
+    assert_eq!(r(s, |tx| tx.port_holder(&all)).as_deref(), Some("e1"));
+    assert_eq!(r(s, |tx| tx.port_holder(&other)), None);
+    assert_eq!(r(s, |tx| tx.port_holder(&udp)), None);
+    w(s, |tx| {
+        tx.release_addresses("e1")?;
+        tx.set_meta("k", None)
+    })
+    .unwrap();
+    assert_eq!(r(s, |tx| tx.address_owner(&n.id, ip("198.51.100.2"))), None);
+    assert_eq!(r(s, |tx| tx.address_count(&n.id)), 1);
+    assert_eq!(r(s, |tx| tx.port_holder(&all)), None);
+    assert_eq!(r(s, |tx| tx.meta("k")), None);
+}
+
+/// A write whose closure fails leaves nothing; a write sees its own writes.
+fn failed_write_leaves_nothing<S: Store>(s: &S) {
+    let n = net("lan", 'a');
+    let e = w(s, |tx| -> Result<()> {
+        tx.put_network(&n)?;
+        tx.take_address(&n.id, ip("198.51.100.9"), "e1")?;
+        assert_eq!(tx.network("lan")?.unwrap().id, n.id);
+        assert_eq!(tx.address_count(&n.id)?, 1);
+        Err(Error::Conflict("no".into()))
+    });
+    assert!(e.is_err());
+    assert!(r(s, |tx| tx.networks()).is_empty());
+    assert_eq!(r(s, |tx| tx.address_owner(&n.id, ip("198.51.100.9"))), None);
+}
+
+/// `threads` writers, each on its own store handle, take `each` addresses by
+/// next-fit (read the cursor, find the first free address after it, take it):
+/// every address distinct, none lost.
+fn concurrent_writers_never_share_an_address<S: Store + Send>(
+    open: &(dyn Fn() -> S + Sync),
+    threads: usize,
+    each: usize,
+) {
+    let n = net("lan", 'a');
+    let sub: ipnet::IpNet = "10.9.0.0/16".parse().unwrap();
+    open().write(&mut |tx| tx.put_network(&n)).unwrap();
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let (n, open) = (&n, open);
+            sc.spawn(move || {
+                let s = open();
+                for i in 0..each {
+                    let owner = format!("t{t}-{i}");
+                    s.write(&mut |tx| {
+                        let start = tx.cursor(&n.id, &sub)?.unwrap_or(ip("10.9.0.0"));
+                        let mut a = u32::from(match start {
+                            IpAddr::V4(v) => v,
+                            IpAddr::V6(_) => unreachable!(),
+                        });
+                        loop {
+                            a += 1;
+                            let addr = IpAddr::V4(a.into());
+                            if tx.address_owner(&n.id, addr)?.is_none() {
+                                tx.take_address(&n.id, addr, &owner)?;
+                                return tx.set_cursor(&n.id, &sub, addr);
+                            }
+                        }
+                    })
+                    .unwrap();
+                }
+            });
+        }
+    });
+    let s = open();
+    assert_eq!(
+        r(&s, |tx| tx.address_count(&n.id)),
+        (threads * each) as u64,
+        "every allocation holds its own address"
+    );
+}
+
+/// Runs every sequential case on a fresh store from `fresh`.
+fn contract<S: Store>(mut fresh: impl FnMut() -> S) {
+    networks_by_id_name_and_prefix(&fresh());
+    endpoints_hold_names_owners_macs_and_namespaces(&fresh());
+    addresses_ports_cursor_and_meta(&fresh());
+    failed_write_leaves_nothing(&fresh());
+}
+
+#[test]
+fn mem_store_keeps_the_contract() {
+    contract(MemStore::default);
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut i = 0;
+    contract(|| {
+        i += 1;
+        SqliteStore::open(&tmp.path().join(i.to_string())).unwrap()
+    });
+    let dir = tmp.path().join("conc");
+    concurrent_writers_never_share_an_address(&|| SqliteStore::open(&dir).unwrap(), 4, 25);
+}
+
+/// One etcd member on 127.0.0.1 (free ports, temp data dir), killed on drop.
+struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn etcd() -> Etcd {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, p) = (free_port(), free_port());
+    let client = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args(["--name", "m0", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("m0={peer}"),
+            "--unsafe-no-fsync",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcd (Debian's etcd-server) is installed");
+    let e = Etcd {
+        child,
+        url: format!("etcd://127.0.0.1:{c}"),
+        _dir: dir,
+    };
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", c)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    e
+}
+
+#[test]
+fn etcd_store_keeps_the_contract() {
+    let e = etcd();
+    let mut i = 0;
+    contract(|| {
+        i += 1;
+        EtcdStore::open(&format!("{}/case{i}", e.url)).unwrap()
+    });
+    let url = format!("{}/conc", e.url);
+    concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
+}
+
+#[test]
+fn etcd_unreachable_fails_fast_with_a_clear_error_and_writes_nothing() {
+    let port = free_port(); // nothing listens there
+    let t = Instant::now();
+    let r = EtcdStore::open(&format!("etcd://127.0.0.1:{port}"))
+        .and_then(|s| s.write(&mut |tx| tx.set_meta("k", Some("v"))));
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains(&format!("etcd at 127.0.0.1:{port}")), "{e}");
+    assert!(e.contains("reachable"), "{e}");
+    // A bound against hanging, not a speed check: dial and request time out in seconds.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
