@@ -8,7 +8,7 @@
 //! etcd `Txn` that compares the revision of everything read and applies the writes
 //! only if none changed; on a conflict the closure runs again (it has no effects
 //! outside the transaction, as the trait requires). Each host keeps a key bound to
-//! an etcd lease ([`EtcdStore::heartbeat`]): while it lives, no other host frees
+//! an etcd lease ([`EtcdStore::lease_key`]): while it lives, no other host frees
 //! that host's addresses.
 //!
 //! The client is tokio-based; the store owns a small current-thread runtime made

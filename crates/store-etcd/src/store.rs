@@ -1,6 +1,6 @@
 //! [`EtcdStore`]: the connection to the cluster (a small current-thread tokio
 //! runtime owned by the store, made only when an etcd store is opened), the retry
-//! loop of [`Store::write`], and the host's lease ([`EtcdStore::heartbeat`]).
+//! loop of [`Store::write`], and the host's lease ([`EtcdStore::lease_key`]).
 
 use crate::kv::KvTx;
 use crate::tx::EtcdTx;
@@ -158,7 +158,7 @@ impl EtcdStore {
         Ok(id)
     }
 
-    /// Renews the lease [`EtcdStore::heartbeat`] granted; `Ok(false)` when it has
+    /// Renews the lease [`EtcdStore::lease_key`] granted; `Ok(false)` when it has
     /// expired meanwhile (register again).
     pub fn keep_alive(&self, lease: i64) -> Result<bool> {
         let client = self.conn.client.lease_client();
