@@ -18,8 +18,17 @@ use std::path::Path;
 use std::time::Duration;
 
 /// How long a host's lease lives without renewal: after this, other hosts take it
-/// for dead and free its addresses.
+/// for dead and free its addresses. `LANYARD_LEASE_TTL` (seconds) overrides it.
 pub const LEASE_TTL: Duration = Duration::from_secs(30);
+
+/// The lease's time to live: [`LEASE_TTL`], or `LANYARD_LEASE_TTL` seconds.
+fn lease_ttl() -> Duration {
+    std::env::var("LANYARD_LEASE_TTL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(LEASE_TTL)
+}
 
 /// The store the binary runs on.
 #[derive(Debug)]
@@ -64,13 +73,36 @@ pub fn open(cli: &Cli) -> Result<AnyStore> {
 pub fn open_url(url: Option<&str>, state_dir: &Path) -> Result<AnyStore> {
     match url {
         None | Some("sqlite") => Ok(AnyStore::Sqlite(SqliteStore::open(state_dir)?)),
-        Some(u) if EtcdUrl::is_etcd(u) => Ok(AnyStore::Etcd(Box::new(EtcdStore::open(u)?))),
+        Some(u) if EtcdUrl::is_etcd(u) => {
+            let store = EtcdStore::open(u)?;
+            // The host's own marker of the store's identity lives in the state dir.
+            private_dir(state_dir)?;
+            Ok(AnyStore::Etcd(Box::new(store)))
+        }
         Some(u) => Err(Error::invalid(
             "--store",
             u,
             "must be sqlite or etcd://HOST:PORT[,HOST:PORT…]",
         )),
     }
+}
+
+/// Creates `dir` (mode 0700) if missing.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| {
+            Error::Other(format!(
+                "creating the state directory {}: {e}",
+                dir.display()
+            ))
+        })
 }
 
 fn alive_key(node: &str) -> String {
@@ -149,7 +181,7 @@ fn dead_hosts(store: &AnyStore, me: &str) -> Result<Vec<String>> {
 }
 
 /// `lanyard daemon` on a shared store: a thread that keeps this host's lease alive
-/// (renewed every third of [`LEASE_TTL`]) and, every `sweep` (if not zero), frees
+/// (renewed every third of its time to live, [`LEASE_TTL`]) and, every `sweep` (if not zero), frees
 /// the endpoints of hosts whose lease expired. Nothing for SQLite or without a
 /// node name. Failures are logged and retried; the thread ends with the process.
 pub fn heartbeat(cli: &Cli, sweep: Duration) {
@@ -174,6 +206,7 @@ pub fn heartbeat(cli: &Cli, sweep: Duration) {
 }
 
 fn beat(url: &str, node: &str, sweep: Duration) {
+    let ttl = lease_ttl();
     let mut lease = None;
     let mut last_sweep = std::time::Instant::now();
     loop {
@@ -184,7 +217,7 @@ fn beat(url: &str, node: &str, sweep: Duration) {
                     None => false,
                 };
                 if !ok {
-                    let id = s.lease_key(&format!("meta/{}", alive_key(node)), LEASE_TTL)?;
+                    let id = s.lease_key(&format!("meta/{}", alive_key(node)), ttl)?;
                     s.write(&mut |tx| tx.set_meta(&leased_key(node), Some("1")))?;
                     tracing::info!("etcd: host {node} holds lease {id:x}");
                     lease = Some(id);
@@ -200,7 +233,7 @@ fn beat(url: &str, node: &str, sweep: Duration) {
                         );
                     }
                 }
-                std::thread::sleep(LEASE_TTL / 3);
+                std::thread::sleep(ttl / 3);
             }
         });
         if let Err(e) = r {

@@ -14,11 +14,12 @@
 //! transaction again. Hint reads ([`KvTx::get_hint`]) are not compared: the
 //! allocation cursor is only where a search starts; each address is compared.
 
-use crate::store::Conn;
+use crate::store::{Conn, REQUEST_TIMEOUT};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use lanyard_core::{Error, Result};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 /// The largest number of compares or operations one etcd `Txn` may carry
 /// (etcd's `--max-txn-ops`, 128 by default).
@@ -64,13 +65,17 @@ struct State {
 pub(crate) struct KvTx<'a> {
     conn: &'a Conn,
     st: RefCell<State>,
+    /// How many times this transaction already ran into a conflict.
+    pub(crate) attempt: u32,
 }
 
 impl<'a> KvTx<'a> {
-    pub(crate) fn new(conn: &'a Conn) -> Self {
+    /// A transaction's `attempt`-th run (0: the first).
+    pub(crate) fn new(conn: &'a Conn, attempt: u32) -> Self {
         KvTx {
             conn,
             st: RefCell::new(State::default()),
+            attempt,
         }
     }
 
@@ -247,11 +252,50 @@ impl<'a> KvTx<'a> {
             )));
         }
         let txn = Txn::new().when(cmps).and_then(ops);
-        let resp = self.conn.run("committing", "", |mut kv| {
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })?;
-        Ok(resp.succeeded())
+        // A commit whose answer was lost (a member died) may have been applied: before
+        // sending it again, look whether the longest value it puts is there, newer
+        // than the snapshot. Sent again blindly, an applied commit would fail its
+        // compares and its closure would run again (an allocation would take a
+        // second address).
+        let probe = st
+            .writes
+            .iter()
+            .filter_map(|(k, w)| Some((k, w.as_ref()?)))
+            .max_by_key(|(_, v)| v.len());
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut sent = false;
+        loop {
+            if sent {
+                if let Some((k, v)) = probe {
+                    let key = self.conn.key(k);
+                    let mut kv = self.conn.kv.clone();
+                    match self
+                        .conn
+                        .once(async move { kv.get(key, None).await }, deadline)
+                    {
+                        Ok(r) => {
+                            let applied = r.kvs().first().is_some_and(|x| {
+                                x.value() == v.as_bytes() && x.mod_revision() > snap
+                            });
+                            if applied {
+                                return Ok(true);
+                            }
+                        }
+                        Err(why) => {
+                            self.conn.pause("committing", "", &why, deadline)?;
+                            continue;
+                        }
+                    }
+                }
+            }
+            let mut kv = self.conn.kv.clone();
+            let t = txn.clone();
+            sent = true;
+            match self.conn.once(async move { kv.txn(t).await }, deadline) {
+                Ok(resp) => return Ok(resp.succeeded()),
+                Err(why) => self.conn.pause("committing", "", &why, deadline)?,
+            }
+        }
     }
 }
 

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one request may take, tries again included (a member down, a leader
 /// election: about a second).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(4);
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long one try of a request may take before it is sent again (a member that
+/// died with the request unanswered gives no answer at all).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The pause before a failed request is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a write keeps retrying after conflicts before it reports `TryAgain`.
@@ -25,7 +28,7 @@ pub const CONFLICT_BUDGET: Duration = Duration::from_secs(60);
 /// The connection a transaction runs on.
 pub(crate) struct Conn {
     rt: tokio::runtime::Runtime,
-    kv: KvClient,
+    pub(crate) kv: KvClient,
     client: Client,
     /// Every key starts with it (`/lanyard/`).
     pub(crate) prefix: String,
@@ -48,22 +51,42 @@ impl Conn {
     {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let fut = f(self.kv.clone());
-            let why = match self
-                .rt
-                .block_on(async { tokio::time::timeout(left, fut).await })
-            {
-                Ok(Ok(v)) => return Ok(v),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+            let why = match self.once(f(self.kv.clone()), deadline) {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
             };
-            if Instant::now() + RETRY_PAUSE >= deadline {
-                return Err(self.unreachable(what, key, &why));
-            }
-            tracing::debug!("etcd: {what} {key:?}: {why}; trying again");
-            std::thread::sleep(RETRY_PAUSE);
+            self.pause(what, key, &why, deadline)?;
         }
+    }
+
+    /// Runs one request until `deadline`; the error as text.
+    pub(crate) fn once<T>(
+        &self,
+        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+        deadline: Instant,
+    ) -> std::result::Result<T, String> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(ATTEMPT_TIMEOUT);
+        match self
+            .rt
+            .block_on(async { tokio::time::timeout(left, fut).await })
+        {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {left:?}")),
+        }
+    }
+
+    /// After a failed request: waits a little before it is sent again, or says the
+    /// cluster is unreachable when `deadline` is too near.
+    pub(crate) fn pause(&self, what: &str, key: &str, why: &str, deadline: Instant) -> Result<()> {
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            return Err(self.unreachable(what, key, why));
+        }
+        tracing::debug!("etcd: {what} {key:?}: {why}; trying again");
+        std::thread::sleep(RETRY_PAUSE);
+        Ok(())
     }
 
     fn unreachable(&self, what: &str, key: &str, why: &str) -> Error {
@@ -177,7 +200,7 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
-        let kv = KvTx::new(&self.conn);
+        let kv = KvTx::new(&self.conn, 0);
         f(&EtcdTx::new(&kv))
     }
 
@@ -185,7 +208,7 @@ impl Store for EtcdStore {
         let start = Instant::now();
         let mut attempt = 0u32;
         loop {
-            let kv = KvTx::new(&self.conn);
+            let kv = KvTx::new(&self.conn, attempt);
             let out = f(&mut EtcdTx::new(&kv))?;
             if kv.commit()? {
                 return Ok(out);
@@ -207,16 +230,19 @@ impl Store for EtcdStore {
 /// to 32..64 ms, so writers that collided spread out.
 fn backoff(attempt: u32) -> Duration {
     let base = 500u64 << attempt.min(6);
-    let jitter = u64::from(std::process::id())
-        .wrapping_mul(2654435761)
-        .wrapping_add(Instant::now().elapsed().as_nanos() as u64 ^ nanos())
-        % base;
-    Duration::from_micros(base + jitter)
+    Duration::from_micros(base + random() % base)
 }
 
-fn nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0)
+/// A number that differs between processes and calls (spreading, not secrecy).
+pub(crate) fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

@@ -60,6 +60,27 @@ fn mac_scope(network_id: &str) -> String {
     format!("mac/{network_id}")
 }
 
+/// The cursor `c` as a retry sees it: writers that collided on one address all
+/// read the same cursor and would pick the same next address again, so the
+/// `attempt`-th retry starts up to 8·2^attempt (at most 1024) addresses further,
+/// at random, within `subnet`. The first run sees the cursor as it is (next-fit).
+fn spread(c: IpAddr, subnet: &IpNet, attempt: u32) -> IpAddr {
+    if attempt == 0 {
+        return c;
+    }
+    let width = 8u128 << attempt.min(7);
+    let skip = u128::from(crate::store::random()) % width;
+    let cand = match c {
+        IpAddr::V4(v) => IpAddr::V4((u32::from(v).saturating_add(skip as u32)).into()),
+        IpAddr::V6(v) => IpAddr::V6(u128::from(v).saturating_add(skip).into()),
+    };
+    if subnet.contains(&cand) {
+        cand
+    } else {
+        c
+    }
+}
+
 fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
@@ -403,12 +424,13 @@ impl Tx for EtcdTx<'_, '_> {
         else {
             return Ok(None);
         };
-        s.parse().map(Some).map_err(|_| {
+        let c: IpAddr = s.parse().map_err(|_| {
             Error::Store(format!(
                 "etcd: the allocation cursor of {subnet} in network {network_id} holds \
                  {s:?}, not an IP address"
             ))
-        })
+        })?;
+        Ok(Some(spread(c, subnet, self.kv.attempt)))
     }
 
     fn set_cursor(&mut self, network_id: &str, subnet: &IpNet, addr: IpAddr) -> Result<()> {

@@ -15,6 +15,7 @@ mod dhcp;
 mod dns;
 mod docker;
 mod doctor;
+mod etcd;
 mod firewall;
 mod harness;
 mod kernel_vm;
