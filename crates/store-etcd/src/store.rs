@@ -11,15 +11,18 @@ use lanyard_core::{Error, Result};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-/// How long connecting to a member may take: an unreachable cluster fails an
-/// attach in about this long, with nothing written.
+/// How long connecting to a member may take, and how long a request goes on
+/// being sent while no member accepts a connection: an unreachable cluster (its
+/// ports refuse) fails an attach in about this long, with nothing written.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one request may take, tries again included (a member down, a leader
-/// election: about a second).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+/// How long one request may take, tries again included, while members are
+/// connected but slow or busy (a member down, a leader election: about a second;
+/// a host starved of CPU: several). A cluster that drops packets without
+/// answering fails a request after this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one try of a request may take before it is sent again (a member that
 /// died with the request unanswered gives no answer at all).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The pause before a failed request is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How long a write keeps retrying after conflicts before it reports `TryAgain`.
@@ -64,7 +67,7 @@ impl Conn {
         &self,
         fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
         deadline: Instant,
-    ) -> std::result::Result<T, String> {
+    ) -> std::result::Result<T, Failure> {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .min(ATTEMPT_TIMEOUT);
@@ -73,20 +76,46 @@ impl Conn {
             .block_on(async { tokio::time::timeout(left, fut).await })
         {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {left:?}")),
+            Ok(Err(e)) => Err(Failure::of(&e)),
+            Err(_) => Err(Failure {
+                why: format!("no answer within {left:?}"),
+                refused: false,
+            }),
         }
     }
 
-    /// After a failed request: waits a little before it is sent again, or says the
-    /// cluster is unreachable when `deadline` is too near.
-    pub(crate) fn pause(&self, what: &str, key: &str, why: &str, deadline: Instant) -> Result<()> {
-        if Instant::now() + RETRY_PAUSE >= deadline {
-            return Err(self.unreachable(what, key, why));
+    /// After a failed request (whose `deadline` is [`REQUEST_TIMEOUT`] after its
+    /// start): waits a little before it is sent again, or says the cluster is
+    /// unreachable when `deadline` is too near, or when the request was refused
+    /// for [`DIAL_TIMEOUT`] and no member listens now.
+    pub(crate) fn pause(
+        &self,
+        what: &str,
+        key: &str,
+        why: &Failure,
+        deadline: Instant,
+    ) -> Result<()> {
+        let now = Instant::now();
+        let started = deadline.checked_sub(REQUEST_TIMEOUT).unwrap_or(now);
+        let down = why.refused && now >= started + DIAL_TIMEOUT && !self.any_member_listens();
+        if now + RETRY_PAUSE >= deadline || down {
+            return Err(self.unreachable(what, key, &why.why));
         }
-        tracing::debug!("etcd: {what} {key:?}: {why}; trying again");
+        tracing::debug!("etcd: {what} {key:?}: {}; trying again", why.why);
         std::thread::sleep(RETRY_PAUSE);
         Ok(())
+    }
+
+    /// Whether any member accepts a TCP connection (the client's balancer goes on
+    /// sending some requests to a member that is down while others are up).
+    fn any_member_listens(&self) -> bool {
+        use std::net::{TcpStream, ToSocketAddrs};
+        self.endpoints.split(',').any(|hp| {
+            hp.to_socket_addrs()
+                .into_iter()
+                .flatten()
+                .any(|a| TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok())
+        })
     }
 
     fn unreachable(&self, what: &str, key: &str, why: &str) -> Error {
@@ -99,6 +128,29 @@ impl Conn {
             "etcd at {}: {what}{on}: {why} (is the cluster up and reachable from this host?)",
             self.endpoints
         ))
+    }
+}
+
+/// Why one try of a request failed.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The error, as text.
+    pub(crate) why: String,
+    /// The member tried refused the connection (nothing listens, no route): down,
+    /// not slow. The cluster is down when no member listens.
+    pub(crate) refused: bool,
+}
+
+impl Failure {
+    fn of(e: &etcd_client::Error) -> Failure {
+        let why = e.to_string();
+        let refused = match e {
+            etcd_client::Error::TransportError(_) => true,
+            // tonic's "tcp connect error" (refused, no route), as an Unavailable status.
+            etcd_client::Error::GRpcStatus(_) => why.contains("connect error"),
+            _ => false,
+        };
+        Failure { why, refused }
     }
 }
 

@@ -1,7 +1,12 @@
 //! The `Store`/`Tx` contract, run against every store: the reference `MemStore`,
 //! the SQLite store, and the etcd store on a real etcd (one member started by the
-//! test on a free port of 127.0.0.1, with a temp data dir, stopped after, also on
-//! failure; loopback traffic only). Each case is a generic function over `Store`.
+//! test with a temp data dir, stopped after, also on failure). The etcd and its
+//! clients run in a `lyt-` network namespace the test makes and removes
+//! ([`labns`]); nothing touches the namespace the tests were started in. Each case
+//! is a generic function over `Store`.
+
+#[path = "contract/labns.rs"]
+mod labns;
 
 use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest, PortMapping};
 use lanyard_core::owner::Owner;
@@ -12,6 +17,8 @@ use lanyard_store_etcd::EtcdStore;
 use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use labns::LabNs;
 
 fn id(c: char) -> String {
     c.to_string().repeat(64)
@@ -304,7 +311,8 @@ fn sqlite_store_keeps_the_contract() {
     concurrent_writers_never_share_an_address(&|| SqliteStore::open(&dir).unwrap(), 4, 25);
 }
 
-/// One etcd member on 127.0.0.1 (free ports, temp data dir), killed on drop.
+/// One etcd member on 127.0.0.1:2379 of the calling thread's network namespace
+/// (a [`LabNs`]: the port is free there), temp data dir, killed on drop.
 struct Etcd {
     child: Child,
     url: String,
@@ -318,33 +326,28 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// Starts the member; call it inside [`LabNs::run`].
 fn etcd() -> Etcd {
-    let dir = tempfile::tempdir().unwrap();
-    let (c, p) = (free_port(), free_port());
-    let client = format!("http://127.0.0.1:{c}");
-    let peer = format!("http://127.0.0.1:{p}");
+    let dir = tempfile::Builder::new()
+        .prefix("lyt-etcd-")
+        .tempdir()
+        .unwrap();
+    let client = "http://127.0.0.1:2379";
+    let peer = "http://127.0.0.1:2380";
     let child = Command::new("etcd")
         .args(["--name", "m0", "--data-dir"])
         .arg(dir.path())
         .args([
             "--listen-client-urls",
-            &client,
+            client,
             "--advertise-client-urls",
-            &client,
+            client,
         ])
         .args([
             "--listen-peer-urls",
-            &peer,
+            peer,
             "--initial-advertise-peer-urls",
-            &peer,
+            peer,
         ])
         .args([
             "--initial-cluster",
@@ -357,11 +360,11 @@ fn etcd() -> Etcd {
         .expect("etcd (Debian's etcd-server) is installed");
     let e = Etcd {
         child,
-        url: format!("etcd://127.0.0.1:{c}"),
+        url: "etcd://127.0.0.1:2379".into(),
         _dir: dir,
     };
     let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", c)).is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", 2379)).is_err() {
         assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -370,25 +373,35 @@ fn etcd() -> Etcd {
 
 #[test]
 fn etcd_store_keeps_the_contract() {
-    let e = etcd();
-    let mut i = 0;
-    contract(|| {
-        i += 1;
-        EtcdStore::open(&format!("{}/case{i}", e.url)).unwrap()
+    let Some(ns) = LabNs::new("etcd_store_keeps_the_contract") else {
+        return;
+    };
+    ns.run(|| {
+        let e = etcd();
+        let mut i = 0;
+        contract(|| {
+            i += 1;
+            EtcdStore::open(&format!("{}/case{i}", e.url)).unwrap()
+        });
+        let url = format!("{}/conc", e.url);
+        concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
     });
-    let url = format!("{}/conc", e.url);
-    concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
 }
 
 #[test]
 fn etcd_unreachable_fails_fast_with_a_clear_error_and_writes_nothing() {
-    let port = free_port(); // nothing listens there
-    let t = Instant::now();
-    let r = EtcdStore::open(&format!("etcd://127.0.0.1:{port}"))
-        .and_then(|s| s.write(&mut |tx| tx.set_meta("k", Some("v"))));
-    let e = r.unwrap_err().to_string();
-    assert!(e.contains(&format!("etcd at 127.0.0.1:{port}")), "{e}");
-    assert!(e.contains("reachable"), "{e}");
-    // A bound against hanging, not a speed check: dial and request time out in seconds.
-    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    let Some(ns) = LabNs::new("etcd_unreachable_fails_fast") else {
+        return;
+    };
+    ns.run(|| {
+        // Nothing listens in the fresh namespace.
+        let t = Instant::now();
+        let r = EtcdStore::open("etcd://127.0.0.1:2379")
+            .and_then(|s| s.write(&mut |tx| tx.set_meta("k", Some("v"))));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("etcd at 127.0.0.1:2379"), "{e}");
+        assert!(e.contains("reachable"), "{e}");
+        // A bound against hanging, not a speed check: dial and request time out in seconds.
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    });
 }
