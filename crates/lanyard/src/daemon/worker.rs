@@ -249,7 +249,7 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             use lanyard_core::store::Store;
             let opened = match kept.store.take() {
                 Some(s) => Ok(s),
-                None => SqliteStore::open(&cli.state_dir),
+                None => crate::store::open(cli),
             };
             let r = opened.and_then(|s| {
                 let r = s.read(&mut |tx| tx.endpoints());
