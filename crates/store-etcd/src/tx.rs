@@ -8,8 +8,7 @@
 //! | `hold/SCOPE␟KEY` | the id holding it: addresses (scope: the network id), published ports (`port/tcp/80`, key the host address), MACs (`mac/NETWORK`), owners (`owner/cni/NET`), namespaces (`netns/DEV:INO`, key the endpoint id) |
 //! | `rev/ID␟SCOPE␟KEY` | empty: what `ID` holds, to release it without a scan |
 //! | `cursor/NETWORK␟SUBNET` | the last address handed out there |
-//! | `meta/KEY` | a small fact |
-//! | `node/NAME` | empty, bound to the host's lease (store.rs) |
+//! | `meta/KEY` | a small fact; `meta/alive/NODE` (empty) is bound to that host's lease (store.rs) |
 //! | `gen/DIR` | bumped by every delete in a large range (kv.rs) |
 //!
 //! `␟` is U+001F ([`SEP`]), which no scope, key or name contains.

@@ -202,10 +202,24 @@ fn unexpected(o: &Outcome) -> Error {
     Error::Other(format!("lanyard daemon answered {o:?}"))
 }
 
+/// The config file: `LANYARD_CONFIG`, else the default path.
+fn config_path() -> PathBuf {
+    std::env::var_os("LANYARD_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| lanyard_core::config::DEFAULT_PATH.into())
+}
+
 /// The engine over the store in `state` and the kernel, sharing `run/lock` with
 /// every other lanyard process of this host.
 pub fn open(state: &Path, run: &Path) -> Result<Lanyard> {
-    let store = crate::store::open_url(std::env::var("LANYARD_STORE").ok().as_deref(), state)?;
+    // A runtime passes no LANYARD_STORE: the config file's `store` holds for the
+    // plugin as for the CLI (a shared etcd store, or each host would hand out the
+    // same addresses).
+    let url = match std::env::var("LANYARD_STORE") {
+        Ok(u) => Some(u),
+        Err(_) => Config::store_of(&config_path())?,
+    };
+    let store = crate::store::open_url(url.as_deref(), state)?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(run.join(handoff::SOCKET));
     netlink.exits_soon();
@@ -295,10 +309,7 @@ pub fn network_for(engine: &mut Lanyard, source: &Source) -> Result<Network> {
         Err(Error::NotFound { .. }) => {}
         Err(e) => return Err(e),
     }
-    let config_path = std::env::var_os("LANYARD_CONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| lanyard_core::config::DEFAULT_PATH.into());
-    engine.config = Config::load(&config_path)?;
+    engine.config = Config::load(&config_path())?;
     match engine.create_network(req) {
         Ok(net) => Ok(net),
         // Another ADD made it first: use it.

@@ -480,3 +480,54 @@ fn etcd_unreachable_attach_fails_fast_and_writes_nothing() {
         "nothing plugged"
     );
 }
+
+#[test]
+fn etcd_store_of_the_config_file_is_the_cni_plugins_store_too() {
+    let lab = lab!();
+    let cluster = Cluster::start(&lab);
+    let hs = hosts(&lab, &cluster.url, 1);
+    let h = &hs[0];
+    shared_network(h);
+    // As a container runtime runs the plugin: no --store, no LANYARD_STORE; the
+    // host's config file names the cluster.
+    let config = h.dir.join("config.toml");
+    std::fs::write(&config, format!("store = \"{}\"\n", cluster.url)).unwrap();
+    let c = lab.netns("c0");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "shared", "type": "lanyard", "network": "shared"
+    });
+    let mut cmd = h.ns.command(&[lanyard_bin()]);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "ctr1")
+        .env("CNI_NETNS", c.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("LANYARD_STATE_DIR", h.dir.join("state"))
+        .env("LANYARD_RUN_DIR", h.dir.join("run"))
+        .env("LANYARD_CONFIG", &config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run the CNI plugin");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI ADD: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cluster.held_addresses(&lab),
+        1,
+        "the address is held in etcd, where the other hosts see it"
+    );
+}
