@@ -66,8 +66,11 @@ pub struct FileInfo {
 /// The store in use.
 #[derive(Debug, Serialize)]
 pub struct StoreInfo {
-    /// `sqlite`.
+    /// `sqlite`, or `etcd` (several hosts).
     pub kind: &'static str,
+    /// An etcd store's members (`HOST:PORT,…`), from `--store` or the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<String>,
     /// The database file and whether it exists.
     pub file: FileInfo,
     /// The schema version this build writes (an older file is migrated on first use).
@@ -180,13 +183,15 @@ pub fn collect(cli: &Cli) -> Info {
                 .collect(),
         ),
     );
+    let members = crate::store::etcd_members(cli);
     Info {
         version: VERSION,
         state_dir: cli.state_dir.clone(),
         run_dir: cli.run_dir.clone(),
         config: file(cli.config.clone()),
         store: StoreInfo {
-            kind: "sqlite",
+            kind: if members.is_some() { "etcd" } else { "sqlite" },
+            members,
             file: file(cli.state_dir.join(lanyard_store::DB_FILE)),
             schema_version: lanyard_store::SCHEMA_VERSION,
         },
@@ -218,6 +223,9 @@ pub fn run(cli: &Cli, json: bool) -> Result<i32> {
         yes(info.store.file.exists),
         info.store.schema_version
     );
+    if let Some(m) = &info.store.members {
+        out!("  etcd at   {m} (shared with the other hosts; the file is unused)");
+    }
     out!("kernel:     {}", info.kernel.release);
     for (f, s) in &info.kernel.features {
         out!("  {f:<10} {s}");

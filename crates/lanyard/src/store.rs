@@ -55,6 +55,16 @@ impl Store for AnyStore {
     }
 }
 
+/// The members of the etcd store `cli` names, if it names one (nothing is opened:
+/// `lanyard info` answers while the cluster is down).
+pub fn etcd_members(cli: &Cli) -> Option<String> {
+    let url = match &cli.store {
+        Some(s) => s.clone(),
+        None => lanyard_core::config::Config::store_of(&cli.config).ok()??,
+    };
+    EtcdUrl::parse(&url).ok().map(|u| u.endpoints.join(","))
+}
+
 /// The store `cli` names: `--store`/`LANYARD_STORE`, else the config file's
 /// `store`, else SQLite in `--state-dir`.
 pub fn open(cli: &Cli) -> Result<AnyStore> {

@@ -479,6 +479,10 @@ fn etcd_unreachable_attach_fails_fast_and_writes_nothing() {
         BTreeSet::from(["lo".to_string()]),
         "nothing plugged"
     );
+    // What needs no store still answers, and names the store.
+    let info = hs[0].json(&["info", "--json"]);
+    assert_eq!(info["store"]["kind"], "etcd", "{info}");
+    assert_eq!(info["store"]["members"], "10.77.0.1:2379", "{info}");
 }
 
 #[test]
