@@ -102,6 +102,21 @@ pub fn parse_aliases(raw: &[String]) -> Result<Vec<DnsName>> {
     Ok(out)
 }
 
+/// The network option naming its DNS servers: `-o dns=IP[,IP…]`, where the daemon's
+/// responder forwards its endpoints' other questions.
+pub const DNS_OPTION: &str = "dns";
+
+/// The servers of a network's `-o dns=` value, in order.
+pub fn network_servers(v: &str) -> Result<Vec<std::net::IpAddr>> {
+    v.split(',')
+        .map(|a| {
+            a.trim()
+                .parse()
+                .map_err(|_| Error::invalid("-o dns", v, format!("{a:?} is not an IP address")))
+        })
+        .collect()
+}
+
 impl TryFrom<String> for DnsName {
     type Error = Error;
     fn try_from(s: String) -> Result<Self> {
@@ -161,6 +176,11 @@ mod tests {
             assert!(e.contains("--name"), "{bad}: {e}");
         }
         assert!(parse_aliases(&["a".into(), "A.".into()]).is_err());
+        assert_eq!(network_servers("192.0.2.1, 2001:db8::1").unwrap().len(), 2);
+        assert!(network_servers("192.0.2.1,x")
+            .unwrap_err()
+            .to_string()
+            .contains("-o dns"));
         assert_eq!(parse_aliases(&["Db".into()]).unwrap()[0].as_str(), "db");
     }
 }

@@ -64,6 +64,9 @@ impl NetworkRequest {
                 ));
             }
         }
+        if let Some(d) = options.get(crate::dnsname::DNS_OPTION) {
+            crate::dnsname::network_servers(d)?;
+        }
         let subnets = match ipam {
             IpamDriver::Default => subnets::parse(self, driver)?,
             IpamDriver::Dhcp => vec![],

@@ -21,6 +21,7 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "com.docker.network.bridge.gateway_mode_ipv6",
     "dhcp_timeout",
     "arp_probe",
+    "dns",
 ];
 
 /// Splits `KEY=VALUE` (a non-empty key), naming `field` on error.

@@ -19,7 +19,8 @@
 //! that send no notice).
 //!
 //! **Forwarding.** Queries for other names go, as they came, to the namespace's
-//! upstreams (`lanyard run --dns`, else the DHCP lease's servers, else the host's
+//! upstreams (`lanyard run --dns`, else the network's `-o dns=`, else the DHCP
+//! lease's servers, else the host's
 //! real ones, never a loopback stub: [`super::dns_upstream`]), over the transport
 //! they came by, from the daemon's own namespace; each server gets
 //! [`FORWARD_TIMEOUT`], then the next; none answering is SERVFAIL. A UDP answer too
@@ -89,11 +90,18 @@ pub async fn run(worker: Worker, mut events: broadcast::Receiver<Message>, cfg: 
     let mut served: HashMap<NsKey, Served> = HashMap::new();
     let mut events_open = true;
     loop {
-        match worker.endpoints().await {
-            Ok(eps) => {
+        match worker.names().await {
+            Ok((eps, nets)) => {
                 let host = dns_upstream::host_upstreams(&cfg.resolv, &cfg.resolved);
                 let given = read_given(&cfg.given_dir);
-                let t = Arc::new(Table::build(&eps, cfg.node.as_deref(), &host, &given));
+                let nets = network_servers(&nets);
+                let t = Arc::new(Table::build(
+                    &eps,
+                    cfg.node.as_deref(),
+                    &host,
+                    &given,
+                    &nets,
+                ));
                 tables.send_replace(t.clone());
                 reconcile(&mut served, &t, &rx);
             }
@@ -179,6 +187,19 @@ fn open(key: NsKey, q: &Querier) -> io::Result<(UdpSocket, TcpListener)> {
         UdpSocket::from_std(std::net::UdpSocket::from(udp))?,
         TcpListener::from_std(std::net::TcpListener::from(tcp))?,
     ))
+}
+
+/// The servers networks name (`-o dns=`), by network id.
+fn network_servers(nets: &[lanyard_core::model::Network]) -> HashMap<String, Vec<IpAddr>> {
+    nets.iter()
+        .filter_map(|n| {
+            let v = n.options.get(lanyard_core::dnsname::DNS_OPTION)?;
+            Some((
+                n.id.clone(),
+                lanyard_core::dnsname::network_servers(v).ok()?,
+            ))
+        })
+        .collect()
 }
 
 /// The servers `lanyard run --dns` gave namespaces, by identity.

@@ -49,6 +49,8 @@ pub struct Querier {
     pub networks: Vec<String>,
     /// Where its other questions go.
     pub upstreams: Vec<SocketAddr>,
+    /// Its networks' servers (`-o dns=`), while the table is built.
+    net_upstreams: Vec<SocketAddr>,
 }
 
 /// What to do with one query.
@@ -80,14 +82,16 @@ fn local(ep: &Endpoint, node: Option<&str>) -> bool {
 
 impl Table {
     /// Builds the table from every endpoint in the store. `node` is this host's node
-    /// name: endpoints of other nodes are answered for but not served. `host` are the
-    /// host's real upstreams; `given` the servers a namespace was given by `lanyard
-    /// run --dns`. Only active endpoints count; Docker's have Docker's own resolver.
+    /// name: endpoints of other nodes are answered for but not served. A namespace's
+    /// upstreams: those `lanyard run --dns` gave it (`given`), else its networks'
+    /// (`-o dns=`, `nets` by network id), else its DHCP leases', else the host's real
+    /// ones (`host`). Only active endpoints count; Docker's have Docker's own resolver.
     pub fn build(
         eps: &[Endpoint],
         node: Option<&str>,
         host: &[IpAddr],
         given: &HashMap<NsKey, Vec<IpAddr>>,
+        nets: &HashMap<String, Vec<IpAddr>>,
     ) -> Table {
         let on53 = |a: &IpAddr| SocketAddr::new(*a, 53);
         let live: Vec<&Endpoint> = eps
@@ -136,8 +140,12 @@ impl Table {
                     netns: e.netns.clone(),
                     networks: vec![],
                     upstreams: vec![],
+                    net_upstreams: vec![],
                 });
                 q.networks.push(e.network_id.clone());
+                if let Some(n) = nets.get(&e.network_id) {
+                    q.net_upstreams.extend(n.iter().map(on53));
+                }
                 if let Some(l) = &e.lease {
                     q.upstreams
                         .extend(l.dns.iter().map(|a| on53(&IpAddr::V4(*a))));
@@ -147,7 +155,10 @@ impl Table {
         for (key, q) in t.queriers.iter_mut() {
             if let Some(g) = given.get(key).filter(|g| !g.is_empty()) {
                 q.upstreams = g.iter().map(on53).collect();
+            } else if !q.net_upstreams.is_empty() {
+                q.upstreams = std::mem::take(&mut q.net_upstreams);
             }
+            q.net_upstreams.clear();
             if q.upstreams.is_empty() {
                 q.upstreams = t.fallback.clone();
             }
@@ -370,6 +381,7 @@ mod tests {
             None,
             &["203.0.113.53".parse().unwrap()],
             &HashMap::new(),
+            &HashMap::new(),
         )
     }
 
@@ -449,7 +461,7 @@ mod tests {
                 e
             })
             .collect();
-        let t = Table::build(&eps, None, &[], &HashMap::new());
+        let t = Table::build(&eps, None, &[], &HashMap::new(), &HashMap::new());
         let q = ask("pool", RecordType::A, false);
         let Outcome::Reply(b) = t.answer((4, 1), &q, true) else {
             panic!()
@@ -465,10 +477,16 @@ mod tests {
     }
 
     #[test]
-    fn upstreams_given_then_leased_then_the_hosts_and_servfail_without_any() {
+    fn upstreams_given_then_the_networks_then_leased_then_the_hosts_and_servfail_without_any() {
         let mut e = ep(Some("x"), "a", 1, &["192.0.2.1/24"]);
         let host: IpAddr = "203.0.113.1".parse().unwrap();
-        let t = Table::build(std::slice::from_ref(&e), None, &[host], &HashMap::new());
+        let t = Table::build(
+            std::slice::from_ref(&e),
+            None,
+            &[host],
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert_eq!(
             t.queriers()[&(4, 1)].upstreams,
             ["203.0.113.1:53".parse().unwrap()]
@@ -480,19 +498,39 @@ mod tests {
         );
         lease.dns = vec!["192.0.2.53".parse().unwrap()];
         e.lease = Some(lease);
-        let t = Table::build(std::slice::from_ref(&e), None, &[host], &HashMap::new());
+        let t = Table::build(
+            std::slice::from_ref(&e),
+            None,
+            &[host],
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert_eq!(
             t.queriers()[&(4, 1)].upstreams,
             ["192.0.2.53:53".parse().unwrap()]
         );
+        // The network's -o dns= comes before the lease's.
+        let nets = HashMap::from([(e.network_id.clone(), vec!["203.0.113.9".parse().unwrap()])]);
+        let t = Table::build(
+            std::slice::from_ref(&e),
+            None,
+            &[host],
+            &HashMap::new(),
+            &nets,
+        );
+        assert_eq!(
+            t.queriers()[&(4, 1)].upstreams,
+            ["203.0.113.9:53".parse().unwrap()]
+        );
+        // lanyard run --dns before both.
         let given = HashMap::from([((4, 1), vec!["198.51.100.1".parse().unwrap()])]);
-        let t = Table::build(std::slice::from_ref(&e), None, &[host], &given);
+        let t = Table::build(std::slice::from_ref(&e), None, &[host], &given, &nets);
         assert_eq!(
             t.queriers()[&(4, 1)].upstreams,
             ["198.51.100.1:53".parse().unwrap()]
         );
         e.lease = None;
-        let t = Table::build(&[e], None, &[], &HashMap::new());
+        let t = Table::build(&[e], None, &[], &HashMap::new(), &HashMap::new());
         let Outcome::Reply(b) = t.answer((4, 1), &ask("example.org", RecordType::A, false), true)
         else {
             panic!()
@@ -514,7 +552,13 @@ mod tests {
             endpoint_id: "e".repeat(64),
         });
         let near = ep(Some("near"), "a", 9, &["192.0.2.90/24"]);
-        let t = Table::build(&[far, d, near], Some("me"), &[], &HashMap::new());
+        let t = Table::build(
+            &[far, d, near],
+            Some("me"),
+            &[],
+            &HashMap::new(),
+            &HashMap::new(),
+        );
         assert_eq!(t.queriers().keys().collect::<Vec<_>>(), [&(4, 9)]);
         assert_eq!(
             records(t.answer((4, 9), &ask("far", RecordType::A, false), true)),

@@ -10,7 +10,7 @@
 
 use crate::cli::Cli;
 use crate::store::AnyStore;
-use lanyard_core::model::Endpoint;
+use lanyard_core::model::{Endpoint, Network};
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
@@ -40,6 +40,10 @@ enum Job {
         json: String,
         conn: OwnedFd,
         done: oneshot::Sender<Option<Message>>,
+    },
+    /// Every endpoint and network in the store, for the DNS responder.
+    Names {
+        done: oneshot::Sender<Result<(Vec<Endpoint>, Vec<Network>)>>,
     },
     /// Every endpoint in the store.
     Endpoints {
@@ -137,6 +141,14 @@ impl Worker {
     pub async fn endpoints(&self) -> Result<Vec<Endpoint>> {
         let (done, rx) = oneshot::channel();
         self.send(Job::Endpoints { done })?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Reads every endpoint and network (one read transaction, on the store kept
+    /// open for delegated verbs) on the engine thread.
+    pub async fn names(&self) -> Result<(Vec<Endpoint>, Vec<Network>)> {
+        let (done, rx) = oneshot::channel();
+        self.send(Job::Names { done })?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -243,7 +255,7 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
         Job::Gc { done } => {
             let _ = done.send(crate::open(cli).and_then(|mut engine| engine.gc()));
         }
-        Job::Endpoints { done } => {
+        Job::Names { done } => {
             // On the store kept open for delegated verbs: one read, no open (the
             // DNS responder asks after every attach and detach).
             use lanyard_core::store::Store;
@@ -252,11 +264,14 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
                 None => crate::store::open(cli),
             };
             let r = opened.and_then(|s| {
-                let r = s.read(&mut |tx| tx.endpoints());
+                let r = s.read(&mut |tx| Ok((tx.endpoints()?, tx.networks()?)));
                 kept.store = Some(s);
                 r
             });
             let _ = done.send(r);
+        }
+        Job::Endpoints { done } => {
+            let _ = done.send(crate::open(cli).and_then(|engine| engine.endpoints()));
         }
         Job::Leases { reboot, done } => {
             let r = crate::open(cli)

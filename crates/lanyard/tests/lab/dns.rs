@@ -336,3 +336,47 @@ fn run_without_a_daemon_names_the_given_servers_and_refuses_bad_flags() {
         assert!(err.contains(flag), "{flag} {bad}: {err}");
     }
 }
+
+#[test]
+fn a_networks_dns_option_is_where_its_endpoints_other_questions_go() {
+    let lab = lab!();
+    let _dnsmasq = upstream(&lab);
+    // The host's own upstream answers nothing; the network names dnsmasq.
+    lab.lan_network("lan", "macvlan", &["-o", "dns=192.0.2.1"]);
+    let stub = lab.dir().join("resolv.conf");
+    std::fs::write(&stub, "nameserver 192.0.2.99\n").unwrap();
+    let mut d = lab.lanyard_spawn(&[
+        "daemon",
+        "--gc-interval",
+        "0",
+        "--resolv-conf",
+        stub.to_str().unwrap(),
+        "--resolved-conf",
+        stub.to_str().unwrap(),
+    ]);
+    assert!(
+        d.wait_for_stdout("watching nftables", SETTLE),
+        "{}",
+        d.stderr()
+    );
+    let c1 = lab.netns("c1");
+    lab.attach("lan", &c1, &["--name", "web"]);
+    let far = ["192.0.2.77"];
+    let got = ask_until(&c1, "far.example", RecordType::A, a(&far));
+    assert!(a(&far)(&got), "through the network's server: {got:?}");
+    let err = lab.lanyard_fails(
+        &[
+            "network",
+            "create",
+            "bad",
+            "-d",
+            "macvlan",
+            "-o",
+            "parent=eth0",
+            "-o",
+            "dns=nope",
+        ],
+        exit::USAGE,
+    );
+    assert!(err.contains("-o dns"), "{err}");
+}
