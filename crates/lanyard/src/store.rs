@@ -76,15 +76,16 @@ pub fn open(cli: &Cli) -> Result<AnyStore> {
             from_config.as_deref()
         }
     };
-    open_url(url, &cli.state_dir)
+    open_url(url, &cli.state_dir, crate::node(cli).as_deref())
 }
 
-/// The store `url` names (`None` or `sqlite`: SQLite in `state_dir`).
-pub fn open_url(url: Option<&str>, state_dir: &Path) -> Result<AnyStore> {
+/// The store `url` names (`None` or `sqlite`: SQLite in `state_dir`), for host
+/// `node` (an etcd store then finds namespaces among that host's endpoints only).
+pub fn open_url(url: Option<&str>, state_dir: &Path, node: Option<&str>) -> Result<AnyStore> {
     match url {
         None | Some("sqlite") => Ok(AnyStore::Sqlite(SqliteStore::open(state_dir)?)),
         Some(u) if EtcdUrl::is_etcd(u) => {
-            let store = EtcdStore::open(u)?;
+            let store = EtcdStore::open(u)?.with_node(node);
             // The host's own marker of the store's identity lives in the state dir.
             private_dir(state_dir)?;
             Ok(AnyStore::Etcd(Box::new(store)))

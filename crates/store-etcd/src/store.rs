@@ -161,6 +161,8 @@ impl Failure {
 /// One value is one client. It is `Send` but not `Sync`; transactions do not nest.
 pub struct EtcdStore {
     conn: Conn,
+    /// This host's name, if set ([`EtcdStore::with_node`]).
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -203,7 +205,17 @@ impl EtcdStore {
                 prefix: u.prefix,
                 endpoints,
             },
+            node: None,
         })
+    }
+
+    /// Names the host this store serves. A namespace's (device, inode) pair is
+    /// unique on one host only, so `Tx::endpoints_in_netns` then returns only this
+    /// node's endpoints (and those recorded without a node): another host's
+    /// namespace that happens to have the same pair is not this one.
+    pub fn with_node(mut self, node: Option<&str>) -> Self {
+        self.node = node.map(str::to_string);
+        self
     }
 
     /// The members' addresses, comma-separated.
@@ -253,7 +265,7 @@ impl EtcdStore {
 impl Store for EtcdStore {
     fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
         let kv = KvTx::new(&self.conn, 0);
-        f(&EtcdTx::new(&kv))
+        f(&EtcdTx::new(&kv, self.node.as_deref()))
     }
 
     fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
@@ -261,7 +273,7 @@ impl Store for EtcdStore {
         let mut attempt = 0u32;
         loop {
             let kv = KvTx::new(&self.conn, attempt);
-            let out = f(&mut EtcdTx::new(&kv))?;
+            let out = f(&mut EtcdTx::new(&kv, self.node.as_deref()))?;
             if kv.commit()? {
                 return Ok(out);
             }

@@ -87,11 +87,13 @@ fn short(id: &str) -> &str {
 /// One transaction's view of the cluster.
 pub(crate) struct EtcdTx<'t, 'c> {
     kv: &'t KvTx<'c>,
+    /// The host this store serves (`EtcdStore::with_node`).
+    node: Option<&'t str>,
 }
 
 impl<'t, 'c> EtcdTx<'t, 'c> {
-    pub(crate) fn new(kv: &'t KvTx<'c>) -> Self {
-        EtcdTx { kv }
+    pub(crate) fn new(kv: &'t KvTx<'c>, node: Option<&'t str>) -> Self {
+        EtcdTx { kv, node }
     }
 
     fn unreadable(kind: &str, id: &str, e: serde_json::Error) -> Error {
@@ -347,7 +349,13 @@ impl Tx for EtcdTx<'_, '_> {
             let Some(e) = Self::lenient(self.endpoint_by_id(&id)).flatten() else {
                 continue;
             };
-            if e.netns_inode == netns_inode {
+            // A namespace's (device, inode) names it on one host only: another
+            // host's namespace may have the same pair.
+            let here = match (self.node, e.node.as_deref()) {
+                (Some(me), Some(theirs)) => me == theirs,
+                _ => true,
+            };
+            if e.netns_inode == netns_inode && here {
                 eps.push(e);
             }
         }

@@ -286,6 +286,32 @@ fn concurrent_writers_never_share_an_address<S: Store + Send>(
     );
 }
 
+/// Two hosts on one etcd store: a namespace's (device, inode) names it on one host
+/// only, so each host finds its own endpoint there, never the other's.
+fn namespaces_are_each_hosts_own(url: &str) {
+    let n = net("lan", 'a');
+    let a = EtcdStore::open(url).unwrap().with_node(Some("a"));
+    let b = EtcdStore::open(url).unwrap().with_node(Some("b"));
+    let mut ea = ep(&n, &id('1'), None, (4, 9));
+    ea.node = Some("a".into());
+    let mut eb = ep(&n, &id('2'), None, (4, 9));
+    eb.node = Some("b".into());
+    w(&a, |tx| {
+        tx.put_network(&n)?;
+        tx.put_endpoint(&ea)
+    })
+    .unwrap();
+    w(&b, |tx| tx.put_endpoint(&eb)).unwrap();
+    let ids = |s: &EtcdStore| -> Vec<String> {
+        r(s, |tx| tx.endpoints_in_netns((4, 9)))
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    assert_eq!(ids(&a), [ea.id.clone()]);
+    assert_eq!(ids(&b), [eb.id.clone()]);
+}
+
 /// Runs every sequential case on a fresh store from `fresh`.
 fn contract<S: Store>(mut fresh: impl FnMut() -> S) {
     networks_by_id_name_and_prefix(&fresh());
@@ -383,6 +409,7 @@ fn etcd_store_keeps_the_contract() {
             i += 1;
             EtcdStore::open(&format!("{}/case{i}", e.url)).unwrap()
         });
+        namespaces_are_each_hosts_own(&format!("{}/hosts", e.url));
         let url = format!("{}/conc", e.url);
         concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
     });

@@ -219,7 +219,8 @@ pub fn open(state: &Path, run: &Path) -> Result<Lanyard> {
         Ok(u) => Some(u),
         Err(_) => Config::store_of(&config_path())?,
     };
-    let store = crate::store::open_url(url.as_deref(), state)?;
+    let node = node();
+    let store = crate::store::open_url(url.as_deref(), state, node.as_deref())?;
     let mut netlink = Netlink::new()?;
     netlink.hand_off_to(run.join(handoff::SOCKET));
     netlink.exits_soon();
@@ -227,7 +228,7 @@ pub fn open(state: &Path, run: &Path) -> Result<Lanyard> {
     let engine = Engine::new(store, kernel, Config::default())
         .with_run_dir(run)
         .with_state_dir(state);
-    Ok(match node() {
+    Ok(match node {
         Some(n) => engine.with_node(&n),
         None => engine,
     })
