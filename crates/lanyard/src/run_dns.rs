@@ -172,6 +172,15 @@ impl Files {
     /// Makes the directory and empty files (written by [`Files::write`] once the
     /// endpoints exist): resolv.conf when `resolv`, and hosts.
     pub fn prepare(run_dir: &Path, resolv: bool) -> Result<Files> {
+        let mut files = vec![("hosts", Path::new("/etc/hosts"))];
+        if resolv {
+            files.push(("resolv.conf", Path::new("/etc/resolv.conf")));
+        }
+        Files::prepare_for(run_dir, &files)
+    }
+
+    /// [`Files::prepare`] for `files` (name in the directory, file it covers).
+    fn prepare_for(run_dir: &Path, files: &[(&str, &Path)]) -> Result<Files> {
         let dir = run_dir.join("run").join(std::process::id().to_string());
         // Private, as the run dir is (the daemon refuses one others can read).
         use std::os::unix::fs::DirBuilderExt;
@@ -181,15 +190,21 @@ impl Files {
             .create(&dir)
             .map_err(|e| Error::Other(format!("creating {}: {e}", dir.display())))?;
         let mut mounts = vec![];
-        let mut files = vec![("hosts", "/etc/hosts")];
-        if resolv {
-            files.push(("resolv.conf", "/etc/resolv.conf"));
-        }
         for (name, target) in files {
+            // Nothing to stand in for (a minimal root without the file): the
+            // command goes without, as it would without lanyard; a bind mount needs
+            // a file to cover, and the host's root is not lanyard's to add to.
+            if !target.exists() {
+                eprintln!(
+                    "lanyard run: {} does not exist here; the command gets none",
+                    target.display()
+                );
+                continue;
+            }
             let src = dir.join(name);
             std::fs::write(&src, "")
                 .map_err(|e| Error::Other(format!("writing {}: {e}", src.display())))?;
-            mounts.push((cstr(&src)?, cstr(Path::new(target))?));
+            mounts.push((cstr(&src)?, cstr(target)?));
         }
         Ok(Files {
             dir,
@@ -308,6 +323,23 @@ impl Drop for Files {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_the_root_lacks_is_not_covered() {
+        let run = tempfile::tempdir().unwrap();
+        let etc = tempfile::tempdir().unwrap();
+        let hosts = etc.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+        let missing = etc.path().join("resolv.conf");
+        let f = Files::prepare_for(run.path(), &[("hosts", &hosts), ("resolv.conf", &missing)])
+            .unwrap();
+        let targets: Vec<_> = f.mounts.iter().map(|(_, t)| t.clone()).collect();
+        assert_eq!(
+            targets,
+            [cstr(&hosts).unwrap()],
+            "no bind onto a missing file"
+        );
+    }
     use clap::Parser;
 
     fn opts(extra: &[&str]) -> Result<NameOpts> {
