@@ -4,7 +4,7 @@
 //! ([`crate::docker::Dockerd`]).
 
 use crate::docker::{lanyard_addresses, Dockerd};
-use crate::harness::{addr, lab};
+use crate::harness::lab;
 
 /// The service's fixed address: in the network's subnet, outside its `--ip-range`
 /// (where Docker's docs put fixed addresses, away from the dynamic ones).
@@ -50,23 +50,7 @@ fn compose_brings_a_service_up_on_its_fixed_address_and_down_frees_it() {
     let d = Dockerd::start(&lab);
     let _daemon = d.lanyard_daemon(&lab);
     d.busybox_image(&lab);
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "lanyard",
-        "--ipam-driver",
-        "lanyard",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ]);
+    d.lan_network("lan", &[]);
     let dir = lab.dir().join("compose");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("docker-compose.yml"), COMPOSE).unwrap();

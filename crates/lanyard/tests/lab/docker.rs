@@ -125,6 +125,31 @@ impl Dockerd {
         d
     }
 
+    /// `docker network create -d lanyard --ipam-driver lanyard` NAME on the lab's LAN
+    /// (192.0.2.0/24, the router as gateway, addresses from 192.0.2.128/25, parent
+    /// eth0) with EXTRA flags, which must succeed.
+    pub(crate) fn lan_network(&self, name: &str, extra: &[&str]) {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "lanyard",
+            "--ipam-driver",
+            "lanyard",
+            "--subnet",
+            addr::LAN_V4,
+            "--gateway",
+            addr::ROUTER_V4,
+            "--ip-range",
+            "192.0.2.128/25",
+            "-o",
+            "parent=eth0",
+        ];
+        args.extend_from_slice(extra);
+        args.push(name);
+        self.ok(&args);
+    }
+
     /// `docker import`s an image `bb` holding only busybox-static.
     pub(crate) fn busybox_image(&self, lab: &Lab) {
         let root = lab.dir().join("bbroot");
@@ -258,28 +283,14 @@ fn docker_macvlan_networks_through_lanyard_reach_the_lan_and_the_host() {
     let d = Dockerd::start(&lab);
     let mut daemon = d.lanyard_daemon(&lab);
     d.busybox_image(&lab);
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "lanyard",
-        "--ipam-driver",
-        "lanyard",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
+    let v6 = [
         "--ipv6",
         "--subnet",
         addr::LAN_V6,
         "--gateway",
         addr::ROUTER_V6,
-        "-o",
-        "parent=eth0",
-        "lan",
-    ]);
+    ];
+    d.lan_network("lan", &v6);
     let nid = d.ok(&["network", "inspect", "-f", "{{.Id}}", "lan"]);
     assert_eq!(lanyard_networks(&lab), [format!("docker-{}", &nid[..12])]);
     // One engine decides: the CLI may not overlap Docker's network on its parent.
@@ -485,23 +496,7 @@ fn parallel_docker_runs_and_a_dockerd_restart_keep_networking() {
     let mut d = Dockerd::start(&lab);
     let _daemon = d.lanyard_daemon(&lab);
     d.busybox_image(&lab);
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "lanyard",
-        "--ipam-driver",
-        "lanyard",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-        "-o",
-        "parent=eth0",
-        "lan",
-    ]);
+    d.lan_network("lan", &[]);
     // dockerd sends these at once; each gets its own address.
     let names: Vec<String> = (0..6).map(|i| format!("p{i}")).collect();
     std::thread::scope(|s| {
