@@ -133,21 +133,14 @@ fn daemon(lab: &Lab) -> Bg {
     let real = lab.dir().join("resolved.conf");
     std::fs::write(&stub, "nameserver 127.0.0.53\noptions edns0\n").unwrap();
     std::fs::write(&real, "nameserver 192.0.2.1\n").unwrap();
-    let mut d = lab.lanyard_spawn(&[
-        "daemon",
+    lab.daemon(&[
         "--gc-interval",
         "0",
         "--resolv-conf",
         stub.to_str().unwrap(),
         "--resolved-conf",
         real.to_str().unwrap(),
-    ]);
-    assert!(
-        d.wait_for_stdout("watching nftables", SETTLE),
-        "daemon did not start: {}",
-        d.stderr()
-    );
-    d
+    ])
 }
 
 fn a<'a>(records: &'a [&'a str]) -> impl Fn(&Got) -> bool + 'a {
@@ -345,8 +338,7 @@ fn a_networks_dns_option_is_where_its_endpoints_other_questions_go() {
     lab.lan_network("lan", "macvlan", &["-o", "dns=192.0.2.1"]);
     let stub = lab.dir().join("resolv.conf");
     std::fs::write(&stub, "nameserver 192.0.2.99\n").unwrap();
-    let mut d = lab.lanyard_spawn(&[
-        "daemon",
+    let _d = lab.daemon(&[
         "--gc-interval",
         "0",
         "--resolv-conf",
@@ -354,11 +346,6 @@ fn a_networks_dns_option_is_where_its_endpoints_other_questions_go() {
         "--resolved-conf",
         stub.to_str().unwrap(),
     ]);
-    assert!(
-        d.wait_for_stdout("watching nftables", SETTLE),
-        "{}",
-        d.stderr()
-    );
     let c1 = lab.netns("c1");
     lab.attach("lan", &c1, &["--name", "web"]);
     let far = ["192.0.2.77"];
