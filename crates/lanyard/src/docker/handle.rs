@@ -135,10 +135,11 @@ fn network_of_pool<S: Store, K: Kernel>(
     engine: &Engine<S, K>,
     pool: IpNet,
 ) -> Result<Option<Network>> {
+    // The networks alone: `Engine::networks` also counts every endpoint.
     let mut found: Vec<Network> = engine
-        .networks()?
+        .store
+        .read(&mut |tx| tx.networks())?
         .into_iter()
-        .map(|s| s.network)
         .filter(|n| n.labels.contains_key(ID_LABEL) && n.subnets.iter().any(|s| s.subnet == pool))
         .collect();
     if found.len() > 1 {
