@@ -283,37 +283,15 @@ pub struct CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_core::model::{EndpointState, MacAddr};
-    use lanyard_core::name::{IfName, NetworkName};
+    use lanyard_core::testing::EndpointBuilder;
 
     fn endpoint() -> Endpoint {
-        Endpoint {
-            id: "ab".repeat(32),
-            name: None,
-            network_id: "cd".repeat(32),
-            network: NetworkName::new("lan").unwrap(),
-            netns: "/run/netns/c1".into(),
-            netns_inode: (1, 2),
-            ifname: IfName::new("eth0").unwrap(),
-            host_ifname: None,
-            mac: Some(MacAddr([2, 0x42, 0xc0, 0, 2, 0x82])),
-            addresses: vec![
-                "192.0.2.130/24".parse().unwrap(),
-                "2001:db8:1::82/64".parse().unwrap(),
-            ],
-            gateways: vec!["192.0.2.1".parse().unwrap()],
-            ports: vec![],
-            unprivileged_port_start: None,
-            route_metric: Some(100),
-            state: EndpointState::Active,
-            created: 0,
-            owner: None,
-            node: None,
-            host_link: None,
-            routes: vec![],
-            lease: None,
-            aliases: vec![],
-        }
+        EndpointBuilder::new("lan")
+            .mac("02:42:c0:00:02:82")
+            .addrs(&["192.0.2.130/24", "2001:db8:1::82/64"])
+            .gateway("192.0.2.1")
+            .route_metric(100)
+            .build()
     }
 
     #[test]

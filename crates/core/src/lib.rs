@@ -20,5 +20,7 @@ pub mod owner;
 pub mod plan;
 pub mod store;
 pub mod subnet;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::{Error, ErrorKind, Result};

@@ -610,46 +610,28 @@ pub fn endpoint_teardown(
 mod tests {
     use super::*;
     use crate::kernel::fake::{ifname, FakeKernel};
-    use crate::model::{EndpointState, NetworkRequest};
+    use crate::model::EndpointState;
+    use crate::testing::{EndpointBuilder, NetworkBuilder, ENDPOINT_ID};
 
     fn net(driver: &str, opts: &[&str], subnets: &[&str]) -> Network {
-        NetworkRequest {
-            name: "lan".into(),
-            driver: Some(driver.into()),
-            subnets: subnets.iter().map(|s| s.to_string()).collect(),
-            ipv6: subnets.iter().any(|s| s.contains(':')),
-            options: opts.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        }
-        .validate("ab".repeat(32), 0)
-        .unwrap()
+        NetworkBuilder::new("lan")
+            .driver(driver)
+            .options(opts)
+            .subnets(subnets)
+            .build()
     }
 
+    /// A pending endpoint of `net` in `/proc/1/ns/net`, with a host-side veth on a bridge.
     fn ep(net: &Network, addrs: &[&str]) -> Endpoint {
-        Endpoint {
-            id: "cd".repeat(32),
-            name: None,
-            network_id: net.id.clone(),
-            network: net.name.clone(),
-            netns: "/proc/1/ns/net".into(),
-            netns_inode: (1, 1),
-            ifname: ifname("eth0"),
-            host_ifname: (net.driver == Driver::Bridge).then(|| veth_name(&"cd".repeat(32))),
-            mac: None,
-            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            gateways: net.subnets.iter().filter_map(|s| s.gateway).collect(),
-            ports: vec![],
-            unprivileged_port_start: None,
-            route_metric: None,
-            state: EndpointState::Pending,
-            created: 0,
-            owner: None,
-            node: None,
-            host_link: None,
-            routes: vec![],
-            lease: None,
-            aliases: vec![],
+        let e = EndpointBuilder::of(net)
+            .netns("/proc/1/ns/net", (1, 1))
+            .addrs(addrs)
+            .state(EndpointState::Pending);
+        match net.driver {
+            Driver::Bridge => e.host_ifname(veth_name(ENDPOINT_ID).as_str()),
+            _ => e,
         }
+        .build()
     }
 
     #[test]

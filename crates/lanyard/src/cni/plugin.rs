@@ -547,34 +547,14 @@ pub fn gc(state: &Path, run_dir: &Path, name: &str, conf: &NetConf) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanyard_core::model::{EndpointState, MacAddr};
-    use lanyard_core::name::{IfName, NetworkName};
+    use lanyard_core::testing::EndpointBuilder;
 
     fn ep() -> Endpoint {
-        Endpoint {
-            id: "ab".repeat(32),
-            name: None,
-            network_id: "cd".repeat(32),
-            network: NetworkName::new("lan").unwrap(),
-            netns: "/run/netns/c1".into(),
-            netns_inode: (1, 2),
-            ifname: IfName::new("eth0").unwrap(),
-            host_ifname: None,
-            mac: Some(MacAddr([2, 0, 0, 0, 0, 1])),
-            addresses: vec!["192.0.2.130/24".parse().unwrap()],
-            gateways: vec!["192.0.2.1".parse().unwrap()],
-            ports: vec![],
-            unprivileged_port_start: None,
-            route_metric: None,
-            state: EndpointState::Active,
-            created: 0,
-            owner: None,
-            node: None,
-            host_link: None,
-            routes: vec![],
-            lease: None,
-            aliases: vec![],
-        }
+        EndpointBuilder::new("lan")
+            .mac("02:00:00:00:00:01")
+            .addr("192.0.2.130/24")
+            .gateway("192.0.2.1")
+            .build()
     }
 
     #[test]

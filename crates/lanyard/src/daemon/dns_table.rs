@@ -316,34 +316,20 @@ mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use lanyard_core::dnsname::DnsName;
-    use lanyard_core::model::EndpointState;
-    use lanyard_core::name::{EndpointName, IfName, NetworkName};
+    use lanyard_core::testing::EndpointBuilder;
 
+    /// An endpoint of network `net` (its id: `net` repeated) in namespace (4, `ns`).
     fn ep(name: Option<&str>, net: &str, ns: u64, addrs: &[&str]) -> Endpoint {
-        Endpoint {
-            id: format!("{ns:064x}"),
-            name: name.map(|n| EndpointName::new(n).unwrap()),
-            network_id: net.repeat(64 / net.len()),
-            network: NetworkName::new(net).unwrap(),
-            netns: format!("/run/netns/n{ns}").into(),
-            netns_inode: (4, ns),
-            ifname: IfName::new("eth0").unwrap(),
-            host_ifname: None,
-            mac: None,
-            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
-            gateways: vec![],
-            ports: vec![],
-            unprivileged_port_start: None,
-            route_metric: None,
-            state: EndpointState::Active,
-            created: 0,
-            owner: None,
-            node: None,
-            host_link: None,
-            routes: vec![],
-            lease: None,
-            aliases: vec![],
+        let e = EndpointBuilder::new(net)
+            .id(format!("{ns:064x}"))
+            .network_id(net.repeat(64 / net.len()))
+            .netns(format!("/run/netns/n{ns}"), (4, ns))
+            .addrs(addrs);
+        match name {
+            Some(n) => e.name(n),
+            None => e,
         }
+        .build()
     }
 
     fn ask(name: &str, t: RecordType, edns: bool) -> Vec<u8> {
@@ -480,17 +466,14 @@ mod tests {
     fn upstreams_given_then_the_networks_then_leased_then_the_hosts_and_servfail_without_any() {
         let mut e = ep(Some("x"), "a", 1, &["192.0.2.1/24"]);
         let host: IpAddr = "203.0.113.1".parse().unwrap();
-        let t = Table::build(
-            std::slice::from_ref(&e),
-            None,
-            &[host],
-            &HashMap::new(),
-            &HashMap::new(),
-        );
-        assert_eq!(
-            t.queriers()[&(4, 1)].upstreams,
-            ["203.0.113.1:53".parse().unwrap()]
-        );
+        let (no_given, no_nets) = (HashMap::new(), HashMap::new());
+        // Where the namespace of `e` sends its other questions.
+        let upstreams = |e: &Endpoint, given: &HashMap<_, _>, nets: &HashMap<_, _>| {
+            let t = Table::build(std::slice::from_ref(e), None, &[host], given, nets);
+            t.queriers()[&(4, 1)].upstreams.clone()
+        };
+        let on53 = |a: &str| vec![SocketAddr::new(a.parse().unwrap(), 53)];
+        assert_eq!(upstreams(&e, &no_given, &no_nets), on53("203.0.113.1"));
         let mut lease = lanyard_core::lease::Lease::test(
             "192.0.2.1".parse().unwrap(),
             "192.0.2.254".parse().unwrap(),
@@ -498,37 +481,13 @@ mod tests {
         );
         lease.dns = vec!["192.0.2.53".parse().unwrap()];
         e.lease = Some(lease);
-        let t = Table::build(
-            std::slice::from_ref(&e),
-            None,
-            &[host],
-            &HashMap::new(),
-            &HashMap::new(),
-        );
-        assert_eq!(
-            t.queriers()[&(4, 1)].upstreams,
-            ["192.0.2.53:53".parse().unwrap()]
-        );
+        assert_eq!(upstreams(&e, &no_given, &no_nets), on53("192.0.2.53"));
         // The network's -o dns= comes before the lease's.
         let nets = HashMap::from([(e.network_id.clone(), vec!["203.0.113.9".parse().unwrap()])]);
-        let t = Table::build(
-            std::slice::from_ref(&e),
-            None,
-            &[host],
-            &HashMap::new(),
-            &nets,
-        );
-        assert_eq!(
-            t.queriers()[&(4, 1)].upstreams,
-            ["203.0.113.9:53".parse().unwrap()]
-        );
+        assert_eq!(upstreams(&e, &no_given, &nets), on53("203.0.113.9"));
         // lanyard run --dns before both.
         let given = HashMap::from([((4, 1), vec!["198.51.100.1".parse().unwrap()])]);
-        let t = Table::build(std::slice::from_ref(&e), None, &[host], &given, &nets);
-        assert_eq!(
-            t.queriers()[&(4, 1)].upstreams,
-            ["198.51.100.1:53".parse().unwrap()]
-        );
+        assert_eq!(upstreams(&e, &given, &nets), on53("198.51.100.1"));
         e.lease = None;
         let t = Table::build(&[e], None, &[], &HashMap::new(), &HashMap::new());
         let Outcome::Reply(b) = t.answer((4, 1), &ask("example.org", RecordType::A, false), true)

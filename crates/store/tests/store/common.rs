@@ -4,14 +4,14 @@
 
 use ipnet::IpNet;
 use lanyard_core::model::SubnetConfig;
-use lanyard_core::model::{Endpoint, EndpointState, Network, NetworkRequest, PortMapping};
-use lanyard_core::name::{EndpointName, IfName};
+use lanyard_core::model::{Endpoint, Network, PortMapping};
 use lanyard_core::store::Tx;
+use lanyard_core::testing::{EndpointBuilder, NetworkBuilder};
 use lanyard_core::{ipam, Error, Result};
 use lanyard_store::{SqliteStore, DB_FILE};
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A 64-hex-digit id: `tag` in the first 16 digits, `n` in the last 48.
 pub fn hex_id(tag: u64, n: u64) -> String {
@@ -20,42 +20,27 @@ pub fn hex_id(tag: u64, n: u64) -> String {
 
 /// A bridge network as `lanyard network create --subnet SUBNET NAME` records it.
 pub fn network(name: &str, id: &str, subnet: &str) -> Network {
-    let ipv6 = subnet.contains(':');
-    NetworkRequest {
-        name: name.into(),
-        subnets: vec![subnet.into()],
-        ipv6,
-        ..Default::default()
-    }
-    .validate(id.into(), 1_700_000_000)
-    .unwrap()
+    NetworkBuilder::new(name)
+        .id(id)
+        .subnet(subnet)
+        .created(1_700_000_000)
+        .build()
 }
 
 /// An endpoint of `net` as attach records it.
 pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNet>) -> Endpoint {
+    let e = EndpointBuilder::of(net)
+        .id(id)
+        .netns(format!("/run/netns/{}", &id[..12]), (4, 4026532000))
+        .host_ifname(&format!("veth{}", &id[..8]))
+        .created(1_700_000_001);
+    let e = match name {
+        Some(n) => e.name(n),
+        None => e,
+    };
     Endpoint {
-        id: id.into(),
-        name: name.map(|n| EndpointName::new(n).unwrap()),
-        network_id: net.id.clone(),
-        network: net.name.clone(),
-        netns: PathBuf::from(format!("/run/netns/{}", &id[..12])),
-        netns_inode: (4, 4026532000),
-        ifname: IfName::new("eth0").unwrap(),
-        host_ifname: Some(IfName::new(&format!("veth{}", &id[..8])).unwrap()),
-        mac: None,
         addresses,
-        gateways: net.subnets.iter().filter_map(|s| s.gateway).collect(),
-        ports: vec![],
-        unprivileged_port_start: None,
-        route_metric: None,
-        state: EndpointState::Active,
-        created: 1_700_000_001,
-        owner: None,
-        node: None,
-        host_link: None,
-        routes: vec![],
-        lease: None,
-        aliases: vec![],
+        ..e.build()
     }
 }
 
