@@ -1121,19 +1121,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn validate_names_both_sides_of_a_port_clash() {
+    /// `sample()` and a second endpoint, lyv-web2 (10.88.1.3), publishing `spec`.
+    fn sample_and_web2_publishing(spec: &str) -> FirewallInput {
         let mut input = sample();
         input.endpoints.push(
             BridgePort::new(
                 ifname("lyv-web2"),
                 mac("02:42:0a:58:01:03"),
                 ips(&["10.88.1.3"]),
-                vec![publish("8080:8000")],
+                vec![publish(spec)],
             )
             .unwrap(),
         );
-        let e = input.validate().unwrap_err();
+        input
+    }
+
+    #[test]
+    fn validate_names_both_sides_of_a_port_clash() {
+        let e = sample_and_web2_publishing("8080:8000")
+            .validate()
+            .unwrap_err();
         assert!(matches!(e, Error::Conflict(_)), "{e}");
         assert!(
             e.to_string().contains("lyv-web2") && e.to_string().contains("lyv-web1"),
@@ -1144,17 +1151,9 @@ mod tests {
 
     #[test]
     fn validate_catches_a_specific_address_shadowed_by_all_addresses() {
-        let mut input = sample();
-        input.endpoints.push(
-            BridgePort::new(
-                ifname("lyv-web2"),
-                mac("02:42:0a:58:01:03"),
-                ips(&["10.88.1.3"]),
-                vec![publish("192.0.2.1:8080:80")],
-            )
-            .unwrap(),
-        );
-        let e = input.validate().unwrap_err();
+        let e = sample_and_web2_publishing("192.0.2.1:8080:80")
+            .validate()
+            .unwrap_err();
         assert!(e.to_string().contains("every host address"), "{e}");
     }
 

@@ -27,7 +27,9 @@
 
 use crate::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest};
 use crate::name::{EndpointName, IfName, NetworkName};
+use std::fmt::Display;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 /// The id a [`NetworkBuilder`] gives its network unless told otherwise, and the
 /// network id of an endpoint built by [`EndpointBuilder::new`].
@@ -182,10 +184,11 @@ impl EndpointBuilder {
         self
     }
 
-    /// `--name`.
-    pub fn name(mut self, name: &str) -> Self {
-        self.0.name =
-            Some(EndpointName::new(name).unwrap_or_else(|e| panic!("EndpointBuilder name: {e}")));
+    /// `--name` (`"web"`), or none (`None`).
+    pub fn name<'a>(mut self, name: impl Into<Option<&'a str>>) -> Self {
+        self.0.name = name
+            .into()
+            .map(|n| EndpointName::new(n).unwrap_or_else(|e| panic!("EndpointBuilder name: {e}")));
         self
     }
 
@@ -217,10 +220,7 @@ impl EndpointBuilder {
 
     /// One more address with its prefix length (`192.0.2.10/24`, `2001:db8::a/64`).
     pub fn addr(mut self, addr: &str) -> Self {
-        let a = addr
-            .parse()
-            .unwrap_or_else(|e| panic!("EndpointBuilder address {addr:?}: {e}"));
-        self.0.addresses.push(a);
+        self.0.addresses.push(parse("address", addr));
         self
     }
 
@@ -231,10 +231,7 @@ impl EndpointBuilder {
 
     /// One more gateway (a default route through it).
     pub fn gateway(mut self, gateway: &str) -> Self {
-        let g = gateway
-            .parse()
-            .unwrap_or_else(|e| panic!("EndpointBuilder gateway {gateway:?}: {e}"));
-        self.0.gateways.push(g);
+        self.0.gateways.push(parse("gateway", gateway));
         self
     }
 
@@ -264,6 +261,12 @@ impl EndpointBuilder {
 
 fn ifname(name: &str) -> IfName {
     IfName::new(name).unwrap_or_else(|e| panic!("EndpointBuilder interface name: {e}"))
+}
+
+/// `s` parsed, or a panic naming `what` and `s`.
+fn parse<T: FromStr<Err: Display>>(what: &str, s: &str) -> T {
+    s.parse()
+        .unwrap_or_else(|e| panic!("EndpointBuilder {what} {s:?}: {e}"))
 }
 
 #[cfg(test)]

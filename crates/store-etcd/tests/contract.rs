@@ -8,9 +8,10 @@
 #[path = "contract/labns.rs"]
 mod labns;
 
-use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest, PortMapping};
+use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, PortMapping};
 use lanyard_core::owner::Owner;
 use lanyard_core::store::{mem::MemStore, Store, Tx};
+use lanyard_core::testing::{EndpointBuilder, NetworkBuilder};
 use lanyard_core::{Error, Result};
 use lanyard_store::SqliteStore;
 use lanyard_store_etcd::EtcdStore;
@@ -25,24 +26,20 @@ fn id(c: char) -> String {
 }
 
 fn net(name: &str, idc: char) -> Network {
-    NetworkRequest {
-        name: name.into(),
-        driver: Some("bridge".into()),
-        subnets: vec!["198.51.100.0/24".into()],
-        ..Default::default()
-    }
-    .validate(id(idc), 0)
-    .unwrap()
+    NetworkBuilder::new(name)
+        .id(id(idc))
+        .subnet("198.51.100.0/24")
+        .build()
 }
 
 fn ep(n: &Network, eid: &str, name: Option<&str>, ns: (u64, u64)) -> Endpoint {
-    serde_json::from_value(serde_json::json!({
-        "id": eid, "name": name, "network_id": n.id, "network": n.name,
-        "netns": "/proc/1/ns/net", "netns_inode": ns, "ifname": "eth0",
-        "host_ifname": null, "mac": null, "addresses": [], "gateways": [],
-        "state": "pending", "created": 0
-    }))
-    .unwrap()
+    EndpointBuilder::new(n.name.as_str())
+        .id(eid)
+        .name(name)
+        .network_id(n.id.clone())
+        .netns("/proc/1/ns/net", ns)
+        .state(EndpointState::Pending)
+        .build()
 }
 
 fn ip(s: &str) -> IpAddr {

@@ -320,16 +320,13 @@ mod tests {
 
     /// An endpoint of network `net` (its id: `net` repeated) in namespace (4, `ns`).
     fn ep(name: Option<&str>, net: &str, ns: u64, addrs: &[&str]) -> Endpoint {
-        let e = EndpointBuilder::new(net)
+        EndpointBuilder::new(net)
             .id(format!("{ns:064x}"))
+            .name(name)
             .network_id(net.repeat(64 / net.len()))
             .netns(format!("/run/netns/n{ns}"), (4, ns))
-            .addrs(addrs);
-        match name {
-            Some(n) => e.name(n),
-            None => e,
-        }
-        .build()
+            .addrs(addrs)
+            .build()
     }
 
     fn ask(name: &str, t: RecordType, edns: bool) -> Vec<u8> {

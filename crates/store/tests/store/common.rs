@@ -31,13 +31,10 @@ pub fn network(name: &str, id: &str, subnet: &str) -> Network {
 pub fn endpoint(id: &str, name: Option<&str>, net: &Network, addresses: Vec<IpNet>) -> Endpoint {
     let e = EndpointBuilder::of(net)
         .id(id)
+        .name(name)
         .netns(format!("/run/netns/{}", &id[..12]), (4, 4026532000))
         .host_ifname(&format!("veth{}", &id[..8]))
         .created(1_700_000_001);
-    let e = match name {
-        Some(n) => e.name(n),
-        None => e,
-    };
     Endpoint {
         addresses,
         ..e.build()
