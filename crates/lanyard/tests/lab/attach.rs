@@ -8,26 +8,17 @@ use std::time::Duration;
 /// `lan`: macvlan on eth0 in the host's LAN (v4 from .128/25, and v6); `lan2`: macvlan
 /// on the same parent in the LAN's second subnet.
 fn two_macvlan_networks(lab: &Lab) {
-    lab.lanyard_ok(&[
-        "network",
-        "create",
+    lab.lan_network(
         "lan",
-        "-d",
         "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-        "--ip-range",
-        "192.0.2.128/25",
-        "--ipv6",
-        "--subnet",
-        addr::LAN_V6,
-        "--gateway",
-        addr::ROUTER_V6,
-    ]);
+        &[
+            "--ipv6",
+            "--subnet",
+            addr::LAN_V6,
+            "--gateway",
+            addr::ROUTER_V6,
+        ],
+    );
     lab.lanyard_ok(&[
         "network",
         "create",

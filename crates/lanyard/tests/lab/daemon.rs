@@ -3,7 +3,7 @@
 //! control socket carries (never another user: run directories others may write are
 //! refused).
 
-use crate::harness::{addr, addr_of, exit, lab, Lab};
+use crate::harness::{addr_of, exit, lab};
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
@@ -49,22 +49,6 @@ fn the_daemon_puts_back_an_anti_spoofing_element_deleted_by_hand() {
     assert!(daemon.stdout().contains("element"), "{}", daemon.stdout());
 }
 
-fn macvlan_lan(lab: &Lab) {
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "lan",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=eth0",
-        "--subnet",
-        addr::LAN_V4,
-        "--gateway",
-        addr::ROUTER_V4,
-    ]);
-}
-
 fn chmod(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
@@ -86,7 +70,7 @@ fn the_daemon_refuses_a_run_directory_others_may_write() {
 #[test]
 fn a_detach_never_hands_a_namespace_to_a_socket_another_user_bound() {
     let lab = lab!();
-    macvlan_lan(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
     // A run directory anyone may write, reachable by user nobody, and nobody's
     // socket in it before any daemon's.
     chmod(lab.dir(), 0o711);
@@ -142,7 +126,7 @@ fn a_detach_never_hands_a_namespace_to_a_socket_another_user_bound() {
 #[test]
 fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart() {
     let lab = lab!();
-    macvlan_lan(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
     let cs: Vec<_> = (1..=3).map(|i| lab.netns(&format!("c{i}"))).collect();
     for c in &cs {
         lab.attach("lan", c, &[]);
@@ -188,7 +172,7 @@ fn a_daemon_killed_with_hand_offs_queued_leaves_no_tombstone_after_its_restart()
 fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
     use lanyard_kernel::handoff::{Change, Client, Message};
     let lab = lab!();
-    macvlan_lan(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
     let mut daemon = lab.daemon(&[]);
     assert!(
         daemon.stdout().contains("0 endpoints in the store"),
@@ -237,7 +221,7 @@ fn a_subscriber_hears_of_every_attach_and_detach_and_status_counts_them() {
 #[test]
 fn an_attach_starts_no_thread_and_no_event_loop() {
     let lab = lab!();
-    macvlan_lan(&lab);
+    lab.lan_network("lan", "macvlan", &[]);
     let c1 = lab.netns("c1");
     let trace = lab.dir().join("attach.strace");
     let path = c1.path();
