@@ -53,6 +53,9 @@ pub trait Tx {
 
     /// Who holds `addr` in `network_id`, if anyone.
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>>;
+    /// Every address held in `network_id`, with its holder (an endpoint id, or a
+    /// reservation's owner), by address: one range read of the network's holdings.
+    fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>>;
     /// Records `addr` in `network_id` as held by `owner` (an endpoint id).
     fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()>;
     /// Releases everything `owner` holds: addresses and published ports.
@@ -297,6 +300,14 @@ pub mod mem {
         }
         fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
             Ok(self.addresses.get(&(network_id.to_string(), addr)).cloned())
+        }
+        fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>> {
+            Ok(self
+                .addresses
+                .iter()
+                .filter(|((n, _), _)| n == network_id)
+                .map(|((_, a), o)| (*a, o.clone()))
+                .collect())
         }
         fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
             self.addresses

@@ -19,7 +19,9 @@ mod reserve;
 
 pub use maintain::Report;
 pub use network::NetworkSummary;
-pub use reserve::reservation_owner;
+pub use reserve::{
+    reservation_max_age, reservation_owner, RESERVATION_MAX_AGE_ENV, RESERVATION_MAX_AGE_SECS,
+};
 
 use lanyard_core::config::Config;
 use lanyard_core::kernel::Kernel;

@@ -216,7 +216,8 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     }
 
     /// `gc`: reports records it cannot read, forgets endpoints whose namespace is gone (freeing their addresses),
-    /// removes pending records a crash left, deletes tombstones and orphaned links.
+    /// removes pending records a crash left, frees address reservations no endpoint
+    /// claimed in time, deletes tombstones and orphaned links.
     pub fn gc(&mut self) -> Result<Report> {
         let _lock = self.lock(Mode::Exclusive)?;
         self.check_store()?;
@@ -245,6 +246,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             {
                 self.forget(ep, &mut report, "an attach was interrupted");
             }
+        }
+        // Addresses reserved for an endpoint that never came (Docker's IPAM).
+        match self.free_stale_reservations(crate::reserve::reservation_max_age()) {
+            Ok(freed) => report.removed.extend(freed),
+            Err(e) => report.errors.push(format!("reservations: {e}")),
         }
         if self.ensure_networks(&networks, &mut report)? {
             if let Err(e) = self.rebuild_firewall() {

@@ -1,15 +1,18 @@
 //! Addresses held before their endpoint exists, for an IPAM front end whose caller
 //! asks for the address first and makes the endpoint later (Docker: `RequestAddress`,
 //! then `CreateEndpoint` with that address). A reservation is an address holding in
-//! the store under a reservation owner ([`reservation_owner`]) instead of an endpoint
-//! id: other callers see the address taken; the endpoint that names it takes it over
-//! in its own allocation transaction ([`claim`]); `free_reserved` gives it back.
+//! the store under a reservation owner ([`reservation_owner`]: the network, the
+//! address and when it was made) instead of an endpoint id: other callers see the
+//! address taken; the endpoint that names it takes it over in its own allocation
+//! transaction ([`claim`]); `free_reserved` gives it back; one that nobody claims
+//! (its caller died between the two calls, or never gave it back) is freed by `gc`
+//! once it is [`RESERVATION_MAX_AGE_SECS`] old ([`Engine::free_stale_reservations`]).
 //! Also the free pool subnet for a caller that asks for one before its network
 //! exists (Docker's `RequestPool` without `--subnet`).
 
 use crate::endpoint::excluded;
 use crate::lock::Mode;
-use crate::Engine;
+use crate::{now, Engine};
 use ipnet::IpNet;
 use lanyard_core::ipam;
 use lanyard_core::kernel::Kernel;
@@ -20,20 +23,61 @@ use lanyard_core::store::{Store, Tx};
 use lanyard_core::{Error, Result};
 use std::net::IpAddr;
 
-/// The owner recorded for a reserved address: never an endpoint id (those are hex).
-pub fn reservation_owner(network_id: &str, addr: IpAddr) -> String {
+/// How long a reservation waits for the endpoint that claims it before `gc` frees
+/// it. dockerd sends `CreateEndpoint` right after `RequestAddress` (milliseconds
+/// apart); ten minutes is far beyond any live caller, so only a dead one's goes.
+pub const RESERVATION_MAX_AGE_SECS: u64 = 600;
+
+/// Overrides [`RESERVATION_MAX_AGE_SECS`] (seconds), for tests.
+pub const RESERVATION_MAX_AGE_ENV: &str = "LANYARD_RESERVATION_MAX_AGE";
+
+/// [`RESERVATION_MAX_AGE_SECS`], or [`RESERVATION_MAX_AGE_ENV`] seconds if set to a
+/// number.
+pub fn reservation_max_age() -> u64 {
+    std::env::var(RESERVATION_MAX_AGE_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(RESERVATION_MAX_AGE_SECS)
+}
+
+/// The owner recorded for `addr` reserved on `network_id` at `since` (unix
+/// seconds): `reserved:NET12:ADDR@SINCE`, never an endpoint id (those are hex).
+pub fn reservation_owner(network_id: &str, addr: IpAddr, since: u64) -> String {
+    format!("{}@{since}", owner_stem(network_id, addr))
+}
+
+/// `reserved:NET12:ADDR`: a reservation's owner without its time (as reservations
+/// were recorded before they were dated).
+fn owner_stem(network_id: &str, addr: IpAddr) -> String {
     format!(
         "reserved:{}:{addr}",
         &network_id[..12.min(network_id.len())]
     )
 }
 
+/// If `owner` is a reservation of `addr` on `network_id`: when it was made (`None`
+/// for an undated one, from before reservations were dated).
+fn reserved_since(owner: &str, network_id: &str, addr: IpAddr) -> Option<Option<u64>> {
+    let rest = owner.strip_prefix(owner_stem(network_id, addr).as_str())?;
+    if rest.is_empty() {
+        return Some(None);
+    }
+    rest.strip_prefix('@')?.parse().ok().map(Some)
+}
+
+/// Inside a transaction: whether `addr` on `net` is held by a reservation, and by
+/// which owner.
+fn reservation_of(tx: &dyn Tx, net_id: &str, addr: IpAddr) -> Result<Option<String>> {
+    Ok(tx
+        .address_owner(net_id, addr)?
+        .filter(|o| reserved_since(o, net_id, addr).is_some()))
+}
+
 /// Inside an allocation's transaction: the wanted addresses that are reserved are
 /// released, so the allocation that names them takes them.
 pub(crate) fn claim(tx: &mut dyn Tx, net: &Network, wanted: &[IpAddr]) -> Result<()> {
     for a in wanted {
-        let owner = reservation_owner(&net.id, *a);
-        if tx.address_owner(&net.id, *a)?.as_deref() == Some(owner.as_str()) {
+        if let Some(owner) = reservation_of(tx, &net.id, *a)? {
             tx.release_addresses(&owner)?;
         }
     }
@@ -56,7 +100,9 @@ fn subnet_for(net: &Network, pool: IpNet, range: Option<IpNet>) -> Result<Subnet
 
 impl<S: Store, K: Kernel> Engine<S, K> {
     /// Reserves `want` (or the next free address of `pool`, within `range` if given)
-    /// on network `network`: the address with the subnet's length.
+    /// on network `network`: the address with the subnet's length. A `want` that is
+    /// reserved already is reserved again (idempotent, dated now); one an endpoint
+    /// holds is a conflict.
     pub fn reserve_address(
         &mut self,
         network: &str,
@@ -73,15 +119,22 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let exclude = excluded(&net, &host);
         let addr = self.store.write(&mut |tx| {
             crate::alloc::recheck_network(tx, &net)?;
+            let since = now();
             let addr = match want {
+                // Asked again while reserved (a retried request, or a container
+                // started again after dockerd died before its CreateEndpoint): the
+                // same reservation, dated anew.
                 Some(a) => {
-                    let owner = reservation_owner(&net.id, a);
+                    if let Some(old) = reservation_of(tx, &net.id, a)? {
+                        tx.release_addresses(&old)?;
+                    }
+                    let owner = reservation_owner(&net.id, a, since);
                     ipam::reserve_excluding(tx, &net.id, &sc, "Address", a, &owner, &exclude)?;
                     a
                 }
                 None => {
                     let a = ipam::allocate_excluding(tx, &net.id, &sc, "reserved", &exclude)?;
-                    tx.take_address(&net.id, a, &reservation_owner(&net.id, a))?;
+                    tx.take_address(&net.id, a, &reservation_owner(&net.id, a, since))?;
                     a
                 }
             };
@@ -95,13 +148,61 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     pub fn free_reserved(&mut self, network: &str, addr: IpAddr) -> Result<bool> {
         let _lock = self.lock(Mode::Shared)?;
         let net = self.network(network)?;
-        let owner = reservation_owner(&net.id, addr);
         self.store.write(&mut |tx| {
-            if tx.address_owner(&net.id, addr)?.as_deref() == Some(owner.as_str()) {
+            if let Some(owner) = reservation_of(tx, &net.id, addr)? {
                 tx.release_addresses(&owner)?;
                 return Ok(true);
             }
             Ok(false)
+        })
+    }
+
+    /// Frees every reservation made `max_age` seconds ago or earlier (one no
+    /// endpoint claimed: a claimed address is its endpoint's, not a reservation).
+    /// An undated one (recorded before reservations were dated) is dated now, so
+    /// it goes `max_age` later. One read transaction; a write only when there is
+    /// something to change, re-checked inside it. What was freed, for gc's report.
+    pub fn free_stale_reservations(&mut self, max_age: u64) -> Result<Vec<String>> {
+        let _lock = self.lock(Mode::Shared)?;
+        let now = now();
+        // (network id, network name, address, owner, since)
+        type Found = (String, String, IpAddr, String, Option<u64>);
+        let found: Vec<Found> = self.store.read(&mut |tx| {
+            let mut found = vec![];
+            for net in tx.networks()? {
+                for (addr, owner) in tx.addresses(&net.id)? {
+                    if let Some(since) = reserved_since(&owner, &net.id, addr) {
+                        if since.is_none_or(|t| now.saturating_sub(t) >= max_age) {
+                            found.push((net.id.clone(), net.name.to_string(), addr, owner, since));
+                        }
+                    }
+                }
+            }
+            Ok(found)
+        })?;
+        if found.is_empty() {
+            return Ok(vec![]);
+        }
+        self.store.write(&mut |tx| {
+            let mut freed = vec![];
+            for (net_id, name, addr, owner, since) in &found {
+                // Claimed, given back or asked again meanwhile: not this one any more.
+                if tx.address_owner(net_id, *addr)?.as_deref() != Some(owner.as_str()) {
+                    continue;
+                }
+                tx.release_addresses(owner)?;
+                match since {
+                    Some(t) => freed.push(format!(
+                        "reservation of {addr} on network {name} (no endpoint claimed it \
+                         in {} s)",
+                        now.saturating_sub(*t)
+                    )),
+                    None => {
+                        tx.take_address(net_id, *addr, &reservation_owner(net_id, *addr, now))?
+                    }
+                }
+            }
+            Ok(freed)
         })
     }
 
@@ -123,7 +224,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 #[cfg(test)]
 mod tests {
     use crate::endpoint::tests::engine;
+    use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::owner::{AllocateRequest, Owner};
+    use lanyard_core::store::mem::MemStore;
+    use lanyard_core::store::Store;
     use std::net::IpAddr;
 
     fn docker(ep: &str, ip: Option<&str>) -> AllocateRequest {
@@ -167,14 +271,20 @@ mod tests {
         };
         let err = e.allocate(&cli).unwrap_err().to_string();
         assert!(err.contains("already in use"), "{err}");
-        let again = e.reserve_address("lan", pool, None, Some(r.addr()));
-        assert!(again.unwrap_err().to_string().contains("already in use"));
+        // Asked again by its caller (a retry, a container started again): the same.
+        let again = e
+            .reserve_address("lan", pool, None, Some(r.addr()))
+            .unwrap();
+        assert_eq!(again, r);
         // Docker's CreateEndpoint names it: the endpoint takes it over.
         let ep = e
             .allocate(&docker("e1", Some(&r.addr().to_string())))
             .unwrap();
         assert_eq!(v4(&ep), r.addr());
-        // Now the endpoint's: ReleaseAddress of it frees nothing.
+        // Now the endpoint's: asking for it is a conflict, ReleaseAddress of it frees
+        // nothing.
+        let err = e.reserve_address("lan", pool, None, Some(r.addr()));
+        assert!(err.unwrap_err().to_string().contains("already in use"));
         assert!(!e.free_reserved("lan", r.addr()).unwrap());
         assert!(e
             .allocate(&docker("e2", Some(&r.addr().to_string())))
@@ -185,6 +295,80 @@ mod tests {
             .allocate(&docker("e3", Some(&next.addr().to_string())))
             .unwrap();
         assert_eq!(v4(&ep3), next.addr());
+    }
+
+    /// Who holds `a` on "lan" now.
+    fn holder(e: &crate::Engine<MemStore, FakeKernel>, a: IpAddr) -> Option<String> {
+        let net = e.network("lan").unwrap();
+        e.store
+            .read(&mut |tx| tx.address_owner(&net.id, a))
+            .unwrap()
+    }
+
+    /// dockerd killed between RequestAddress and CreateEndpoint (or never sending
+    /// ReleaseAddress) left a reservation nobody claims: `gc` frees it once it is
+    /// older than the bound, and only it.
+    #[test]
+    fn gc_frees_a_reservation_never_claimed_and_keeps_fresh_and_claimed_ones() {
+        let mut e = engine();
+        let net = e.network("lan").unwrap();
+        let pool = "192.0.2.0/24".parse().unwrap();
+        // Made 11 minutes ago (as the store keeps it: the time is in the owner).
+        let old: IpAddr = "192.0.2.150".parse().unwrap();
+        let aged = format!(
+            "reserved:{}:{old}@{}",
+            &net.id[..12],
+            crate::now() - 11 * 60
+        );
+        e.store
+            .write(&mut |tx| tx.take_address(&net.id, old, &aged))
+            .unwrap();
+        // Made a moment ago for a CreateEndpoint in flight.
+        let fresh = e.reserve_address("lan", pool, None, None).unwrap().addr();
+        // Claimed by its endpoint.
+        let claimed = e.reserve_address("lan", pool, None, None).unwrap().addr();
+        let ep = e
+            .allocate(&docker("e1", Some(&claimed.to_string())))
+            .unwrap();
+        let report = e.gc().unwrap();
+        assert_eq!(holder(&e, old), None, "{:?}", report.removed);
+        assert!(
+            report
+                .removed
+                .iter()
+                .any(|r| r.contains("192.0.2.150") && r.contains("reservation")),
+            "{:?}",
+            report.removed
+        );
+        assert!(holder(&e, fresh).unwrap().starts_with("reserved:"));
+        assert_eq!(holder(&e, claimed).unwrap(), ep.id);
+        // The freed address is anyone's again.
+        let again = e.allocate(&docker("e2", Some("192.0.2.150"))).unwrap();
+        assert_eq!(v4(&again), old);
+    }
+
+    /// A reservation recorded before they were dated has no age: the first gc dates
+    /// it (a CreateEndpoint may be in flight across the upgrade), a later one frees it.
+    #[test]
+    fn an_undated_reservation_is_dated_first_and_freed_later() {
+        let mut e = engine();
+        let net = e.network("lan").unwrap();
+        let a: IpAddr = "192.0.2.140".parse().unwrap();
+        let undated = format!("reserved:{}:{a}", &net.id[..12]);
+        e.store
+            .write(&mut |tx| tx.take_address(&net.id, a, &undated))
+            .unwrap();
+        assert!(e.gc().unwrap().removed.is_empty());
+        let dated = holder(&e, a).unwrap();
+        assert!(dated.starts_with(&format!("{undated}@")), "{dated}");
+        // Still a reservation: its endpoint takes it over, ReleaseAddress frees it.
+        assert!(e.free_reserved("lan", a).unwrap());
+        e.store
+            .write(&mut |tx| tx.take_address(&net.id, a, &undated))
+            .unwrap();
+        e.free_stale_reservations(0).unwrap();
+        assert_eq!(e.free_stale_reservations(0).unwrap().len(), 1);
+        assert_eq!(holder(&e, a), None);
     }
 
     #[test]

@@ -391,6 +391,18 @@ impl Tx for EtcdTx<'_, '_> {
         self.kv.get(&hold_key(network_id, &addr.to_string()))
     }
 
+    fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>> {
+        let prefix = hold_key(network_id, "");
+        let mut v: Vec<(IpAddr, String)> = self
+            .kv
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|(k, o)| Some((k[prefix.len()..].parse().ok()?, o)))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
         self.hold(network_id, &addr.to_string(), owner)
     }

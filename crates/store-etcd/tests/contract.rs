@@ -182,7 +182,8 @@ fn endpoints_hold_names_owners_macs_and_namespaces<S: Store>(s: &S) {
     assert_eq!(r(s, |tx| tx.endpoints()).len(), 1);
 }
 
-/// Addresses, ports, cursors and meta; release keeps owner, MAC and namespace.
+/// Addresses (one network's listed by address), ports, cursors and meta; release
+/// keeps owner, MAC and namespace.
 fn addresses_ports_cursor_and_meta<S: Store>(s: &S) {
     let n = net("lan", 'a');
     let sub = "198.51.100.0/24".parse().unwrap();
@@ -203,6 +204,15 @@ fn addresses_ports_cursor_and_meta<S: Store>(s: &S) {
         Some("e1")
     );
     assert_eq!(r(s, |tx| tx.address_count(&n.id)), 2);
+    let held = |s: &S| r(s, |tx| tx.addresses(&n.id));
+    assert_eq!(
+        held(s),
+        [
+            (ip("198.51.100.2"), "e1".to_string()),
+            (ip("198.51.100.3"), "e2".to_string())
+        ],
+        "by address, the port held beside them not among them"
+    );
     assert_eq!(r(s, |tx| tx.cursor(&n.id, &sub)), Some(ip("198.51.100.3")));
     assert_eq!(r(s, |tx| tx.meta("k")).as_deref(), Some("v"));
     let all = PortMapping::parse_spec("80:80").unwrap()[0];
@@ -218,6 +228,7 @@ fn addresses_ports_cursor_and_meta<S: Store>(s: &S) {
     .unwrap();
     assert_eq!(r(s, |tx| tx.address_owner(&n.id, ip("198.51.100.2"))), None);
     assert_eq!(r(s, |tx| tx.address_count(&n.id)), 1);
+    assert_eq!(held(s), [(ip("198.51.100.3"), "e2".to_string())]);
     assert_eq!(r(s, |tx| tx.port_holder(&all)), None);
     assert_eq!(r(s, |tx| tx.meta("k")), None);
 }

@@ -408,6 +408,21 @@ impl Tx for SqliteTx<'_> {
         )
     }
 
+    fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>> {
+        let rows = self.rows(
+            "SELECT key, owner FROM holdings WHERE scope = ?1 ORDER BY key",
+            [network_id],
+            || format!("listing the addresses held in network {network_id}"),
+        )?;
+        // A network's scope holds only addresses (written by `take_address`).
+        let mut v: Vec<(IpAddr, String)> = rows
+            .into_iter()
+            .filter_map(|(k, o)| Some((k.parse().ok()?, o)))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     fn take_address(&mut self, network_id: &str, addr: IpAddr, owner: &str) -> Result<()> {
         self.exec(HOLD, params![network_id, addr.to_string(), owner], || {
             format!("recording address {addr} in network {network_id}")

@@ -531,6 +531,127 @@ mod tests {
         d.ok("/IpamDriver.ReleasePool", json!({"PoolID": pool_id}));
     }
 
+    /// `docker network create` with `--ip-range 192.0.2.128/25` and the gateway:
+    /// the pool id.
+    fn lan_network(d: &mut Dockerd) -> String {
+        let pool = d.ok(
+            "/IpamDriver.RequestPool",
+            json!({"AddressSpace": "LanyardLocal", "Pool": "192.0.2.0/24",
+                   "SubPool": "192.0.2.128/25", "Options": {}, "V6": false}),
+        );
+        let pool_id = pool["PoolID"].as_str().unwrap().to_string();
+        d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.1",
+                   "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        );
+        d.ok("/NetworkDriver.CreateNetwork", lan_create());
+        pool_id
+    }
+
+    /// Who holds `addr` on the Docker network now.
+    fn holder(d: &Dockerd, addr: &str) -> Option<String> {
+        let net = d.engine.network("docker-3f2a9c0b1d4e").unwrap();
+        let a: IpAddr = addr.parse().unwrap();
+        d.engine
+            .store
+            .read(&mut |tx| tx.address_owner(&net.id, a))
+            .unwrap()
+    }
+
+    /// Makes the reservation of `addr` look `secs` older (the store keeps when it
+    /// was made in its owner, after an `@`).
+    fn age(d: &mut Dockerd, addr: &str, secs: u64) {
+        let net = d.engine.network("docker-3f2a9c0b1d4e").unwrap();
+        let a: IpAddr = addr.parse().unwrap();
+        let owner = holder(d, addr).unwrap();
+        let stem = owner.split('@').next().unwrap().to_string();
+        let old = format!("{stem}@{}", lanyard_engine::now() - secs);
+        d.engine
+            .store
+            .write(&mut |tx| {
+                tx.release_addresses(&owner)?;
+                tx.take_address(&net.id, a, &old)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn a_reservation_dockerd_never_claims_is_freed_by_gc_and_nothing_else() {
+        let mut d = Dockerd::new();
+        let pool_id = lan_network(&mut d);
+        let request = |d: &mut Dockerd| {
+            let a = d.ok(
+                "/IpamDriver.RequestAddress",
+                json!({"PoolID": pool_id, "Address": "", "Options": {}}),
+            );
+            a["Address"].as_str().unwrap().to_string()
+        };
+        // dockerd killed after RequestAddress: no CreateEndpoint, no ReleaseAddress.
+        assert_eq!(request(&mut d), "192.0.2.128/24");
+        // A container that got its endpoint.
+        assert_eq!(request(&mut d), "192.0.2.129/24");
+        d.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NID, "EndpointID": EID,
+                   "Interface": {"Address": "192.0.2.129/24", "AddressIPv6": "", "MacAddress": ""},
+                   "Options": {}}),
+        );
+        // A CreateEndpoint in flight.
+        assert_eq!(request(&mut d), "192.0.2.130/24");
+        age(&mut d, "192.0.2.128", 11 * 60);
+        let report = d.engine.gc().unwrap();
+        assert!(
+            report.removed.iter().any(|r| r.contains("192.0.2.128")),
+            "{:?}",
+            report.removed
+        );
+        assert_eq!(holder(&d, "192.0.2.128"), None, "freed");
+        let ep = d.engine.endpoints().unwrap();
+        assert_eq!(holder(&d, "192.0.2.129"), Some(ep[0].id.clone()), "claimed");
+        assert!(holder(&d, "192.0.2.130").unwrap().starts_with("reserved:"));
+        // The gateway is the network's for as long as it lives: never handed out.
+        let e = d.err(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.1", "Options": {}}),
+        );
+        assert!(e.contains("192.0.2.1"), "{e}");
+        let gw = d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.1",
+                   "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+        );
+        assert_eq!(gw["Address"], "192.0.2.1/24");
+        // The freed address is anyone's again.
+        let again = d.ok(
+            "/IpamDriver.RequestAddress",
+            json!({"PoolID": pool_id, "Address": "192.0.2.128", "Options": {}}),
+        );
+        assert_eq!(again["Address"], "192.0.2.128/24");
+    }
+
+    #[test]
+    fn a_repeated_request_for_a_reserved_address_gets_it_again() {
+        let mut d = Dockerd::new();
+        let pool_id = lan_network(&mut d);
+        let ask = json!({"PoolID": pool_id, "Address": "192.0.2.140", "Options": {}});
+        // A retry, or `docker start` of a container whose earlier start died
+        // between RequestAddress and CreateEndpoint (dockerd killed).
+        for _ in 0..2 {
+            let a = d.ok("/IpamDriver.RequestAddress", ask.clone());
+            assert_eq!(a["Address"], "192.0.2.140/24");
+        }
+        d.ok(
+            "/NetworkDriver.CreateEndpoint",
+            json!({"NetworkID": NID, "EndpointID": EID,
+                   "Interface": {"Address": "192.0.2.140/24", "AddressIPv6": "", "MacAddress": ""},
+                   "Options": {}}),
+        );
+        // An endpoint's address is not given twice.
+        let e = d.err("/IpamDriver.RequestAddress", ask);
+        assert!(e.contains("already in use"), "{e}");
+    }
+
     #[test]
     fn refusals_name_the_field_and_change_nothing() {
         let mut d = Dockerd::new();
