@@ -55,6 +55,77 @@ fn the_plugin_socket_answers_the_handshake_and_refuses_readably() {
     );
 }
 
+/// dockerd killed between RequestAddress and CreateEndpoint (the plugin calls sent
+/// by hand, no dockerd needed): the reservation holds the address until `gc` finds
+/// it older than the bound (`LANYARD_RESERVATION_MAX_AGE`), then it is free.
+#[test]
+fn a_reservation_never_claimed_is_freed_by_gc() {
+    let lab = lab!();
+    let _daemon = lab.daemon(&[]);
+    let sock = lab.run_dir().join("docker-plugin.sock");
+    let call = |path: &str, body: serde_json::Value| -> serde_json::Value {
+        let (status, out) = post(&sock, path, &body.to_string());
+        assert!(status.contains("200"), "{path}: {status} {out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let id = "5a".repeat(32);
+    let pool = call(
+        "/IpamDriver.RequestPool",
+        serde_json::json!({"Pool": addr::LAN_V4, "SubPool": "192.0.2.128/25", "V6": false}),
+    );
+    let pool_id = pool["PoolID"].as_str().unwrap();
+    call(
+        "/IpamDriver.RequestAddress",
+        serde_json::json!({"PoolID": pool_id, "Address": addr::ROUTER_V4,
+            "Options": {"RequestAddressType": "com.docker.network.gateway"}}),
+    );
+    call(
+        "/NetworkDriver.CreateNetwork",
+        serde_json::json!({"NetworkID": id,
+            "Options": {"com.docker.network.generic": {"parent": "eth0"}},
+            "IPv4Data": [{"AddressSpace": "LanyardLocal", "Pool": addr::LAN_V4,
+                          "Gateway": format!("{}/24", addr::ROUTER_V4)}]}),
+    );
+    let got = call(
+        "/IpamDriver.RequestAddress",
+        serde_json::json!({"PoolID": pool_id, "Address": ""}),
+    );
+    let reserved = got["Address"].as_str().unwrap().split('/').next().unwrap();
+    // dockerd dies here. The address stays held, also across a gc...
+    let net = format!("docker-{}", &id[..12]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    let attach = [
+        "attach",
+        &net,
+        "--netns",
+        path.to_str().unwrap(),
+        "--ip",
+        reserved,
+    ];
+    let err = lab.lanyard_fails(&attach, crate::harness::exit::CONFLICT);
+    assert!(err.contains("in use"), "{err}");
+    lab.lanyard_ok(&["gc"]);
+    lab.lanyard_fails(&attach, crate::harness::exit::CONFLICT);
+    // ...until it is older than the bound.
+    let mut gc = lab.lanyard_command(&["gc"]);
+    gc.env("LANYARD_RESERVATION_MAX_AGE", "0");
+    let out = gc.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {out:?}");
+    assert!(
+        said.contains(reserved) && said.contains("reservation"),
+        "{said}"
+    );
+    let ep = lab.attach(&net, &c1, &["--ip", reserved]);
+    assert_eq!(crate::harness::addr_of(&ep, false), reserved);
+    lab.lanyard_ok(&["detach", ep["id"].as_str().unwrap()]);
+    call(
+        "/NetworkDriver.DeleteNetwork",
+        serde_json::json!({"NetworkID": id}),
+    );
+}
+
 /// A dockerd 20.10 in the lab's host namespace and a private mount namespace
 /// (where `/run/docker/plugins/lanyard.sock` points at the lab's plugin socket);
 /// stopped on drop, also when the test fails.
