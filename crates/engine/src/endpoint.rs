@@ -461,26 +461,22 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 pub(crate) mod tests {
     use super::*;
     use lanyard_core::kernel::fake::FakeKernel;
-    use lanyard_core::model::NetworkRequest;
     use lanyard_core::store::mem::MemStore;
     use lanyard_core::store::Tx;
+    use lanyard_core::testing::NetworkBuilder;
 
     pub(crate) fn engine() -> Engine<MemStore, FakeKernel> {
         let mut k = FakeKernel::with_eth0(&["192.0.2.2/24", "2001:db8:1::2/64"]);
         k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
         k.namespaces.push(("/run/netns/c2".into(), (1, 11)));
         let mut e = Engine::new(MemStore::default(), k, Default::default());
-        e.create_network(&NetworkRequest {
-            name: "lan".into(),
-            driver: Some("macvlan".into()),
-            subnets: vec!["192.0.2.0/24".into(), "2001:db8:1::/64".into()],
-            ip_ranges: vec!["192.0.2.128/25".into()],
-            gateways: vec!["192.0.2.1".into()],
-            ipv6: true,
-            options: vec!["parent=eth0".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let lan = NetworkBuilder::new("lan")
+            .driver("macvlan")
+            .option("parent=eth0")
+            .subnets(&["192.0.2.0/24", "2001:db8:1::/64"])
+            .ip_range("192.0.2.128/25")
+            .gateway("192.0.2.1");
+        e.create_network(&lan.request()).unwrap();
         // The fake does not model links: show the shim as made, so attaches plan none.
         let mut shim = e.kernel.host.links[1].clone();
         shim.name = plan::shim_name(&IfName::new("eth0").unwrap()).to_string();
@@ -501,12 +497,8 @@ pub(crate) mod tests {
 
     /// A bridge network `name` on 203.0.113.0/24 beside `lan`.
     pub(crate) fn add_bridge(e: &mut Engine<MemStore, FakeKernel>, name: &str) {
-        e.create_network(&NetworkRequest {
-            name: name.into(),
-            subnets: vec!["203.0.113.0/24".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let b = NetworkBuilder::new(name).subnet("203.0.113.0/24");
+        e.create_network(&b.request()).unwrap();
     }
 
     pub(crate) fn attach(ns: &str) -> AttachRequest {
@@ -861,12 +853,8 @@ pub(crate) mod tests {
     fn a_default_route_metric_freed_by_a_detach_is_reused_not_a_held_one() {
         let mut e = engine();
         add_bridge(&mut e, "b");
-        e.create_network(&NetworkRequest {
-            name: "c".into(),
-            subnets: vec!["198.51.100.0/24".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let c = NetworkBuilder::new("c").subnet("198.51.100.0/24");
+        e.create_network(&c.request()).unwrap();
         let on = |net: &str| AttachRequest {
             network: net.into(),
             ..attach("/run/netns/c1")

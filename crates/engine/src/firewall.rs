@@ -162,9 +162,10 @@ mod tests {
     use crate::Engine;
     use lanyard_core::kernel::fake::FakeKernel;
     use lanyard_core::kernel::{Kernel, NsId, View};
-    use lanyard_core::model::{AttachRequest, NetworkRequest};
+    use lanyard_core::model::AttachRequest;
     use lanyard_core::op::{Netns, Op};
     use lanyard_core::store::mem::MemStore;
+    use lanyard_core::testing::NetworkBuilder;
     use lanyard_core::{Error, Result};
     use std::path::Path;
 
@@ -204,12 +205,8 @@ mod tests {
             },
             Default::default(),
         );
-        e.create_network(&NetworkRequest {
-            name: "br".into(),
-            subnets: vec!["203.0.113.0/24".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let br = NetworkBuilder::new("br").subnet("203.0.113.0/24");
+        e.create_network(&br.request()).unwrap();
         e.kernel.reason = Some(reason);
         e
     }

@@ -350,22 +350,19 @@ fn report_unreadable(bad: &[Unreadable], report: &mut Report) {
 mod tests {
     use crate::Engine;
     use lanyard_core::kernel::fake::FakeKernel;
-    use lanyard_core::model::{AttachRequest, NetworkRequest};
+    use lanyard_core::model::AttachRequest;
     use lanyard_core::op::Op;
     use lanyard_core::store::mem::MemStore;
     use lanyard_core::store::Store;
+    use lanyard_core::testing::NetworkBuilder;
 
     #[test]
     fn gc_forgets_endpoints_whose_namespace_is_gone_and_frees_their_address() {
         let mut k = FakeKernel::with_eth0(&["192.0.2.2/24"]);
         k.namespaces.push(("/run/netns/c1".into(), (1, 10)));
         let mut e = Engine::new(MemStore::default(), k, Default::default());
-        e.create_network(&NetworkRequest {
-            name: "b".into(),
-            subnets: vec!["203.0.113.0/24".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let b = NetworkBuilder::new("b").subnet("203.0.113.0/24");
+        e.create_network(&b.request()).unwrap();
         let ep = e
             .attach(&AttachRequest {
                 network: "b".into(),
@@ -391,14 +388,11 @@ mod tests {
             FakeKernel::with_eth0(&["192.0.2.2/24"]),
             Default::default(),
         );
-        e.create_network(&NetworkRequest {
-            name: "m".into(),
-            driver: Some("macvlan".into()),
-            subnets: vec!["192.0.2.0/24".into()],
-            options: vec!["parent=eth0".into()],
-            ..Default::default()
-        })
-        .unwrap();
+        let m = NetworkBuilder::new("m")
+            .driver("macvlan")
+            .option("parent=eth0")
+            .subnet("192.0.2.0/24");
+        e.create_network(&m.request()).unwrap();
         let n = e.kernel.applied.len();
         e.restore().unwrap();
         // The fake host never shows the shim, so restore plans it again.

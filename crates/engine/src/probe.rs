@@ -95,8 +95,9 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 mod tests {
     use crate::endpoint::tests::engine;
     use lanyard_core::kernel::fake::FakeKernel;
-    use lanyard_core::model::{AttachRequest, MacAddr, NetworkRequest};
+    use lanyard_core::model::{AttachRequest, MacAddr};
     use lanyard_core::store::mem::MemStore;
+    use lanyard_core::testing::NetworkBuilder;
     use lanyard_core::ErrorKind;
 
     const ROUTER: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xfe]);
@@ -113,15 +114,12 @@ mod tests {
 
     /// `probed`: macvlan on eth0 in `subnet` whose range is `range`, `-o arp_probe=probe`.
     fn probing(e: &mut E, subnet: &str, range: &str, probe: &str) {
-        e.create_network(&NetworkRequest {
-            name: "probed".into(),
-            driver: Some("macvlan".into()),
-            subnets: vec![subnet.into()],
-            ip_ranges: vec![range.into()],
-            options: vec!["parent=eth0".into(), format!("arp_probe={probe}")],
-            ..Default::default()
-        })
-        .unwrap();
+        let probed = NetworkBuilder::new("probed")
+            .driver("macvlan")
+            .options(&["parent=eth0", &format!("arp_probe={probe}")])
+            .subnet(subnet)
+            .ip_range(range);
+        e.create_network(&probed.request()).unwrap();
     }
 
     fn req(ip: Option<&str>) -> AttachRequest {
@@ -182,12 +180,8 @@ mod tests {
         .unwrap();
         assert!(e.kernel.arp_probes.is_empty());
         assert!(
-            e.create_network(&NetworkRequest {
-                name: "b".into(),
-                options: vec!["arp_probe=200".into()],
-                ..Default::default()
-            })
-            .is_err(),
+            e.create_network(&NetworkBuilder::new("b").option("arp_probe=200").request())
+                .is_err(),
             "bridge networks do not probe"
         );
     }
