@@ -112,6 +112,16 @@ fn udp_peer(from: &Ns, addr: &str, port: u16) -> Option<IpAddr> {
     })
 }
 
+/// `br` (as [`dual_stack_bridge`]) with `c1` on it publishing 8080 to a TCP server
+/// on its port 80: the namespace and the server.
+fn web_published_on_8080(lab: &Lab) -> (Ns, Vec<Bg>) {
+    dual_stack_bridge(lab, "br");
+    let c1 = lab.netns("c1");
+    lab.attach("br", &c1, &["-p", "8080:80"]);
+    let web = serve_tcp(&c1, 80);
+    (c1, web)
+}
+
 /// `br`: a bridge network, 203.0.113.0/24 and 2001:db8:5::/64.
 fn dual_stack_bridge(lab: &Lab, name: &str) {
     lab.lanyard_ok(&[
@@ -700,10 +710,7 @@ fn an_endpoint_cannot_take_over_anothers_ipv6_address_or_send_from_a_forged_link
 #[test]
 fn restore_after_nft_flush_ruleset_brings_published_ports_and_masquerade_back() {
     let lab = lab!();
-    dual_stack_bridge(&lab, "br");
-    let c1 = lab.netns("c1");
-    lab.attach("br", &c1, &["-p", "8080:80"]);
-    let _web = serve_tcp(&c1, 80);
+    let (c1, _web) = web_published_on_8080(&lab);
     let _router = serve_tcp(&lab.lan(), 9000);
     let (lan, host) = (lab.lan(), lab.host());
     let works = || {
@@ -842,10 +849,7 @@ fn published_port_back_within(lab: &Lab, since: Instant) -> Option<Duration> {
 #[test]
 fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
     let lab = lab!();
-    dual_stack_bridge(&lab, "br");
-    let c1 = lab.netns("c1");
-    lab.attach("br", &c1, &["-p", "8080:80"]);
-    let _web = serve_tcp(&c1, 80);
+    let (_c1, _web) = web_published_on_8080(&lab);
     let mut daemon = lab.daemon(&["--interval", "60"]);
     let host = lab.host();
     let lan = lab.lan();
@@ -907,10 +911,7 @@ fn the_daemon_rebuilds_lanyards_tables_after_a_flush_or_a_firewall_reload() {
 #[test]
 fn the_daemon_keeps_running_when_the_store_is_unreadable_and_recovers() {
     let lab = lab!();
-    dual_stack_bridge(&lab, "br");
-    let c1 = lab.netns("c1");
-    lab.attach("br", &c1, &["-p", "8080:80"]);
-    let _web = serve_tcp(&c1, 80);
+    let (_c1, _web) = web_published_on_8080(&lab);
     let mut daemon = lab.daemon(&["--interval", "60"]);
     // The state dir vanishes for a while (a store that cannot be opened).
     let state = lab.state_dir();
