@@ -136,9 +136,16 @@ pub fn reserve_excluding(
         )));
     }
     if let Some(holder) = tx.address_owner(network_id, addr)? {
+        // A reservation's owner is `reserved:…` (lanyard-engine's reserve.rs).
+        let by = if holder.starts_with("reserved:") {
+            "a Docker endpoint being created (reserved by RequestAddress; `lanyard gc` \
+             frees it if no endpoint claims it within 10 minutes)"
+                .to_string()
+        } else {
+            format!("endpoint {}", &holder[..12.min(holder.len())])
+        };
         return Err(Error::Conflict(format!(
-            "{field} {addr}: address is already in use by endpoint {}",
-            &holder[..12.min(holder.len())]
+            "{field} {addr}: address is already in use by {by}"
         )));
     }
     tx.take_address(network_id, addr, owner)

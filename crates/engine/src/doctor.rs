@@ -36,7 +36,7 @@ pub trait Inspect: TableReader {
 pub struct Finding {
     /// Which check found it (`host-access`, `wireless-parent`, `parent-down`,
     /// `route-overlap`, `firewall`, `namespace-gone`, `duplicate-address`,
-    /// `forwarding`, `daemon`).
+    /// `forwarding`, `daemon`, `reservation`).
     pub check: &'static str,
     /// What it is about (`network lan`, `endpoint web`).
     pub subject: String,
@@ -93,6 +93,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         check_duplicates(&networks, &endpoints, inspect, &mut out)?;
+        self.check_reservations(&mut out)?;
         let bridged: Vec<&Network> = networks
             .iter()
             .filter(|n| n.driver == Driver::Bridge && !n.bridge_external)
@@ -135,6 +136,34 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 }
 
 impl<S: Store, K: Kernel> Engine<S, K> {
+    /// Addresses Docker's IPAM reserved that no endpoint claimed within the bound:
+    /// `gc` frees them, so one seen here means gc has not run since.
+    fn check_reservations(&mut self, out: &mut Vec<Finding>) -> Result<()> {
+        let max_age = crate::reserve::reservation_max_age();
+        let now = crate::now();
+        let stale = self
+            .store
+            .read(&mut |tx| crate::reserve::stale_reservations(tx, max_age, now))?;
+        for r in stale {
+            let when = match r.since {
+                Some(t) => format!("{} s ago", now.saturating_sub(t)),
+                None => "by an older lanyard".into(),
+            };
+            out.push(finding(
+                "reservation",
+                format!("network {}", r.network),
+                format!(
+                    "address {} was reserved for a Docker endpoint {when} and no endpoint \
+                     claimed it (dockerd stopped between RequestAddress and \
+                     CreateEndpoint?): nobody can have it until gc frees it",
+                    r.addr
+                ),
+                "lanyard gc (lanyard daemon runs it every minute: is it running?)",
+            ));
+        }
+        Ok(())
+    }
+
     /// IPv6 addresses of `ep` whose duplicate address detection failed: another LAN
     /// host holds them (DAD runs optimistic, after the attach has returned).
     fn check_dad(&mut self, ep: &Endpoint, out: &mut Vec<Finding>) {
@@ -431,6 +460,22 @@ mod tests {
         assert!(f.iter().all(|f| !f.fix.is_empty()));
         let dup = f.iter().find(|f| f.check == "duplicate-address").unwrap();
         assert!(dup.problem.contains("02:00:00:00:00:77"), "{dup:?}");
+
+        // A Docker reservation 11 minutes old that no endpoint claimed.
+        let old = format!(
+            "reserved:{}:192.0.2.150@{}",
+            &net.id[..12],
+            crate::now() - 660
+        );
+        let a: IpAddr = "192.0.2.150".parse().unwrap();
+        e.store
+            .write(&mut |tx| tx.take_address(&net.id, a, &old))
+            .unwrap();
+        let f = e.doctor(&mut Fake::default()).unwrap();
+        assert_eq!(checks(&f), ["reservation"], "{f:#?}");
+        assert!(f[0].problem.contains("192.0.2.150"), "{f:#?}");
+        e.gc().unwrap();
+        assert_eq!(e.doctor(&mut Fake::default()).unwrap(), vec![]);
 
         // The shim's route gone, then the namespace gone.
         e.kernel.host.routes.clear();

@@ -73,6 +73,43 @@ fn reservation_of(tx: &dyn Tx, net_id: &str, addr: IpAddr) -> Result<Option<Stri
         .filter(|o| reserved_since(o, net_id, addr).is_some()))
 }
 
+/// A reservation `gc` frees (or dates, if undated).
+pub(crate) struct Stale {
+    /// Its network's id.
+    pub network_id: String,
+    /// Its network's name.
+    pub network: String,
+    /// The address.
+    pub addr: IpAddr,
+    /// Its owner as stored.
+    pub owner: String,
+    /// When it was made; `None` if undated.
+    pub since: Option<u64>,
+}
+
+/// The reservations made `max_age` seconds or more before `now`, and the undated
+/// ones: one range read per network.
+pub(crate) fn stale_reservations(tx: &dyn Tx, max_age: u64, now: u64) -> Result<Vec<Stale>> {
+    let mut found = vec![];
+    for net in tx.networks()? {
+        for (addr, owner) in tx.addresses(&net.id)? {
+            let Some(since) = reserved_since(&owner, &net.id, addr) else {
+                continue;
+            };
+            if since.is_none_or(|t| now.saturating_sub(t) >= max_age) {
+                found.push(Stale {
+                    network_id: net.id.clone(),
+                    network: net.name.to_string(),
+                    addr,
+                    owner,
+                    since,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Inside an allocation's transaction: the wanted addresses that are reserved are
 /// released, so the allocation that names them takes them.
 pub(crate) fn claim(tx: &mut dyn Tx, net: &Network, wanted: &[IpAddr]) -> Result<()> {
@@ -165,41 +202,32 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     pub fn free_stale_reservations(&mut self, max_age: u64) -> Result<Vec<String>> {
         let _lock = self.lock(Mode::Shared)?;
         let now = now();
-        // (network id, network name, address, owner, since)
-        type Found = (String, String, IpAddr, String, Option<u64>);
-        let found: Vec<Found> = self.store.read(&mut |tx| {
-            let mut found = vec![];
-            for net in tx.networks()? {
-                for (addr, owner) in tx.addresses(&net.id)? {
-                    if let Some(since) = reserved_since(&owner, &net.id, addr) {
-                        if since.is_none_or(|t| now.saturating_sub(t) >= max_age) {
-                            found.push((net.id.clone(), net.name.to_string(), addr, owner, since));
-                        }
-                    }
-                }
-            }
-            Ok(found)
-        })?;
+        let found = self
+            .store
+            .read(&mut |tx| stale_reservations(tx, max_age, now))?;
         if found.is_empty() {
             return Ok(vec![]);
         }
         self.store.write(&mut |tx| {
             let mut freed = vec![];
-            for (net_id, name, addr, owner, since) in &found {
+            for r in &found {
                 // Claimed, given back or asked again meanwhile: not this one any more.
-                if tx.address_owner(net_id, *addr)?.as_deref() != Some(owner.as_str()) {
+                if tx.address_owner(&r.network_id, r.addr)?.as_deref() != Some(r.owner.as_str()) {
                     continue;
                 }
-                tx.release_addresses(owner)?;
-                match since {
+                tx.release_addresses(&r.owner)?;
+                match r.since {
                     Some(t) => freed.push(format!(
-                        "reservation of {addr} on network {name} (no endpoint claimed it \
-                         in {} s)",
-                        now.saturating_sub(*t)
+                        "reservation of {} on network {} (no endpoint claimed it in {} s)",
+                        r.addr,
+                        r.network,
+                        now.saturating_sub(t)
                     )),
-                    None => {
-                        tx.take_address(net_id, *addr, &reservation_owner(net_id, *addr, now))?
-                    }
+                    None => tx.take_address(
+                        &r.network_id,
+                        r.addr,
+                        &reservation_owner(&r.network_id, r.addr, now),
+                    )?,
                 }
             }
             Ok(freed)
@@ -270,7 +298,10 @@ mod tests {
             ..Default::default()
         };
         let err = e.allocate(&cli).unwrap_err().to_string();
-        assert!(err.contains("already in use"), "{err}");
+        assert!(
+            err.contains("already in use by a Docker endpoint being created"),
+            "{err}"
+        );
         // Asked again by its caller (a retry, a container started again): the same.
         let again = e
             .reserve_address("lan", pool, None, Some(r.addr()))

@@ -107,7 +107,16 @@ fn a_reservation_never_claimed_is_freed_by_gc() {
     assert!(err.contains("in use"), "{err}");
     lab.lanyard_ok(&["gc"]);
     lab.lanyard_fails(&attach, crate::harness::exit::CONFLICT);
-    // ...until it is older than the bound.
+    // ...until it is older than the bound: doctor names it, gc frees it.
+    let mut doctor = lab.lanyard_command(&["doctor"]);
+    doctor.env("LANYARD_RESERVATION_MAX_AGE", "0");
+    let out = doctor.output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said} {out:?}");
+    assert!(
+        said.contains("reservation") && said.contains(reserved),
+        "{said}"
+    );
     let mut gc = lab.lanyard_command(&["gc"]);
     gc.env("LANYARD_RESERVATION_MAX_AGE", "0");
     let out = gc.output().unwrap();
