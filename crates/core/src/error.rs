@@ -49,6 +49,11 @@ pub enum Error {
     /// The durable store failed.
     #[error("store: {0}")]
     Store(String),
+    /// The store could not be reached (a shared store's cluster down or cut off
+    /// from this host): the call gave up. Front ends treat it as [`Error::Store`];
+    /// read-only CLI verbs may answer from the host's local copy instead.
+    #[error("store: {0}")]
+    Unreachable(String),
     /// Anything else: I/O on state files, configuration.
     #[error("{0}")]
     Other(String),
@@ -82,7 +87,9 @@ impl Error {
             Error::NotFound { .. } => ErrorKind::NotFound,
             Error::TryAgain(_) => ErrorKind::TryAgain,
             Error::Unsupported(_) => ErrorKind::Unsupported,
-            Error::Kernel { .. } | Error::Store(_) | Error::Other(_) => ErrorKind::Internal,
+            Error::Kernel { .. } | Error::Store(_) | Error::Unreachable(_) | Error::Other(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 
@@ -139,9 +146,10 @@ mod tests {
             Error::Unsupported("u".into()),
             Error::TryAgain("t".into()),
             Error::Store("s".into()),
+            Error::Unreachable("u".into()),
         ];
         let codes: Vec<i32> = errors.iter().map(Error::exit_code).collect();
-        assert_eq!(codes, [2, 3, 4, 5, 6, 1]);
+        assert_eq!(codes, [2, 3, 4, 5, 6, 1, 1]);
         assert_eq!(errors[4].kind(), ErrorKind::TryAgain);
     }
 }

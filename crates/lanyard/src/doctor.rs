@@ -4,7 +4,8 @@
 //! `/sys`: a test hook, as sysfs shows the namespace it was mounted in), ARP probes
 //! sent from the parent links, and whether the daemon answers on its socket; and,
 //! here, whether dockerd can reach the plugin for the networks made through Docker
-//! ([`docker_plugin`]).
+//! ([`docker_plugin`]), and whether an etcd store was out of reach (the checks then
+//! ran against this host's local copy).
 
 use crate::cli::Cli;
 use crate::daemon::worker::Nfnetlink;
@@ -139,6 +140,19 @@ pub fn run(engine: &mut Lanyard, cli: &Cli, json: bool) -> Result<i32> {
             PluginSocket::Missing
         };
         findings.extend(docker_plugin(&docker_nets, &socket, state));
+    }
+    if let Some(fb) = engine.store.fallback() {
+        findings.push(Finding {
+            check: "store",
+            subject: "etcd".into(),
+            problem: format!(
+                "{}; the checks above ran against it (this host's endpoints only)",
+                fb.notice()
+            ),
+            fix: "bring the cluster back, or this host's route to it; attach and detach \
+                  wait for it"
+                .into(),
+        });
     }
     if json {
         crate::output::json(&findings)?;

@@ -16,6 +16,7 @@ mod delegate;
 mod docker;
 mod doctor;
 mod info;
+mod local_copy;
 mod log;
 mod manpage;
 mod output;

@@ -8,12 +8,18 @@
 //! ([`forget_host`]) frees a dead host's endpoints and addresses and refuses while
 //! that key lives. The heartbeat thread also frees, now and then, the endpoints of
 //! every host that once held a lease (`meta/leased/NODE`) and lost it.
+//!
+//! On etcd, what every transaction saw of networks and this host's endpoints goes
+//! into this host's local copy ([`crate::local_copy`]); the read-only verbs
+//! ([`reads_only`]) answer from it while the cluster is unreachable, and say so.
 
-use crate::cli::Cli;
+use crate::cli::{Cli, Command, EndpointCmd, NetworkCmd};
+use crate::local_copy::{CopyFile, Fallback};
 use lanyard_core::store::{Store, Tx};
 use lanyard_core::{Error, Result};
 use lanyard_store::SqliteStore;
 use lanyard_store_etcd::{EtcdStore, EtcdUrl};
+use std::cell::OnceCell;
 use std::path::Path;
 use std::time::Duration;
 
@@ -35,8 +41,8 @@ fn lease_ttl() -> Duration {
 pub enum AnyStore {
     /// One host: `STATE_DIR/state.db`.
     Sqlite(SqliteStore),
-    /// Several hosts: an etcd cluster.
-    Etcd(Box<EtcdStore>),
+    /// Several hosts: an etcd cluster, and this host's local copy of it.
+    Etcd(Box<Shared>),
 }
 
 impl Store for AnyStore {
@@ -53,6 +59,105 @@ impl Store for AnyStore {
             AnyStore::Etcd(s) => s.write(f),
         }
     }
+}
+
+impl AnyStore {
+    /// When a read-only verb answers from the local copy (the cluster being out of
+    /// reach): why, and the copy's time.
+    pub fn fallback(&self) -> Option<&Fallback> {
+        match self {
+            AnyStore::Etcd(s) => s.down.get(),
+            AnyStore::Sqlite(_) => None,
+        }
+    }
+}
+
+/// An etcd store with this host's local copy: every transaction's records go
+/// into the copy; a read-only verb whose cluster is unreachable reads the copy.
+#[derive(Debug)]
+pub struct Shared {
+    /// `None`: the cluster was unreachable when opened (`down` is set).
+    etcd: Option<EtcdStore>,
+    /// This host's copy.
+    copy: CopyFile,
+    /// Whether reads may answer from the copy (a read-only verb).
+    reads_may_fall_back: bool,
+    /// The copy, once the cluster turned out unreachable: later reads go to it.
+    down: OnceCell<Fallback>,
+}
+
+impl Shared {
+    fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+        if let Some(fb) = self.down.get() {
+            return fb.read(f);
+        }
+        let Some(etcd) = &self.etcd else {
+            return Err(Error::Unreachable("etcd: not connected".into()));
+        };
+        match etcd.read(f) {
+            Ok(v) => {
+                self.keep_copy(etcd);
+                Ok(v)
+            }
+            Err(Error::Unreachable(why)) if self.reads_may_fall_back => {
+                match self.fall_back(&why) {
+                    Some(fb) => fb.read(f),
+                    None => Err(Error::Unreachable(why)),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
+        if let Some(fb) = self.down.get() {
+            return fb.write(f);
+        }
+        let Some(etcd) = &self.etcd else {
+            return Err(Error::Unreachable("etcd: not connected".into()));
+        };
+        let v = etcd.write(f)?;
+        self.keep_copy(etcd);
+        Ok(v)
+    }
+
+    /// Merges what the last transaction saw into the copy; a failure only warns
+    /// (the cluster has the state; the copy is for when it is out of reach).
+    fn keep_copy(&self, etcd: &EtcdStore) {
+        if let Some(seen) = etcd.take_seen() {
+            if let Err(e) = self.copy.merge(&seen) {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+
+    /// Switches to the local copy, if there is one, saying so on stderr.
+    fn fall_back(&self, why: &str) -> Option<&Fallback> {
+        let copy = match self.copy.load() {
+            Ok(c) => c?,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return None;
+            }
+        };
+        let fb = self.down.get_or_init(|| Fallback::new(&copy, why));
+        eprintln!("lanyard: {}", fb.notice());
+        Some(fb)
+    }
+}
+
+/// Whether `cmd` only reads the store, so that it may answer from the local copy
+/// while a shared store is unreachable: listings, inspections, `endpoint check`
+/// and `doctor`.
+pub fn reads_only(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Network(NetworkCmd::Ls { .. } | NetworkCmd::Inspect { .. })
+            | Command::Endpoint(
+                EndpointCmd::Ls { .. } | EndpointCmd::Inspect { .. } | EndpointCmd::Check { .. }
+            )
+            | Command::Doctor(_)
+    )
 }
 
 /// The members of the etcd store `cli` names, if it names one (nothing is opened:
@@ -76,19 +181,59 @@ pub fn open(cli: &Cli) -> Result<AnyStore> {
             from_config.as_deref()
         }
     };
-    open_url(url, &cli.state_dir, crate::node(cli).as_deref())
+    let node = crate::node(cli);
+    open_shared(
+        url,
+        &cli.state_dir,
+        node.as_deref(),
+        reads_only(&cli.command),
+    )
 }
 
 /// The store `url` names (`None` or `sqlite`: SQLite in `state_dir`), for host
 /// `node` (an etcd store then finds namespaces among that host's endpoints only).
 pub fn open_url(url: Option<&str>, state_dir: &Path, node: Option<&str>) -> Result<AnyStore> {
+    open_shared(url, state_dir, node, false)
+}
+
+/// [`open_url`]; with `reads_only`, an unreachable etcd store answers reads from
+/// this host's local copy, if it has one.
+fn open_shared(
+    url: Option<&str>,
+    state_dir: &Path,
+    node: Option<&str>,
+    reads_only: bool,
+) -> Result<AnyStore> {
     match url {
         None | Some("sqlite") => Ok(AnyStore::Sqlite(SqliteStore::open(state_dir)?)),
         Some(u) if EtcdUrl::is_etcd(u) => {
-            let store = EtcdStore::open(u)?.with_node(node);
-            // The host's own marker of the store's identity lives in the state dir.
+            let parsed = EtcdUrl::parse(u)?;
+            // The host's own marker of the store's identity, and its local copy,
+            // live in the state dir.
             private_dir(state_dir)?;
-            Ok(AnyStore::Etcd(Box::new(store)))
+            let copy = CopyFile::new(
+                state_dir,
+                &format!("{}{}", parsed.endpoints.join(","), parsed.prefix),
+                node,
+            );
+            let shared = Shared {
+                etcd: None,
+                copy,
+                reads_may_fall_back: reads_only,
+                down: OnceCell::new(),
+            };
+            let etcd = match EtcdStore::open(u) {
+                Ok(s) => s.with_node(node).observing(),
+                Err(Error::Unreachable(why)) if reads_only => {
+                    shared.fall_back(&why).ok_or(Error::Unreachable(why))?;
+                    return Ok(AnyStore::Etcd(Box::new(shared)));
+                }
+                Err(e) => return Err(e),
+            };
+            Ok(AnyStore::Etcd(Box::new(Shared {
+                etcd: Some(etcd),
+                ..shared
+            })))
         }
         Some(u) => Err(Error::invalid(
             "--store",
@@ -208,18 +353,25 @@ pub fn heartbeat(cli: &Cli, sweep: Duration) {
     let Some(url) = url.filter(|u| EtcdUrl::is_etcd(u)) else {
         return;
     };
+    let state_dir = cli.state_dir.clone();
     let spawned = std::thread::Builder::new()
         .name("etcd-lease".into())
-        .spawn(move || beat(&url, &node, sweep));
+        .spawn(move || beat(&url, &node, &state_dir, sweep));
     if let Err(e) = spawned {
         tracing::warn!("etcd lease thread not started: {e}");
     }
 }
 
-fn beat(url: &str, node: &str, sweep: Duration) {
+/// How often the daemon lists every network and endpoint into this host's local
+/// copy (what other hosts changed comes in so; this host's own changes are merged
+/// as they are made).
+const COPY_REFRESH: Duration = Duration::from_secs(60);
+
+fn beat(url: &str, node: &str, state_dir: &Path, sweep: Duration) {
     let ttl = lease_ttl();
     let mut lease = None;
     let mut last_sweep = std::time::Instant::now();
+    let mut last_refresh: Option<std::time::Instant> = None;
     loop {
         let r = EtcdStore::open(url).and_then(|s| -> Result<()> {
             loop {
@@ -233,9 +385,18 @@ fn beat(url: &str, node: &str, sweep: Duration) {
                     tracing::info!("etcd: host {node} holds lease {id:x}");
                     lease = Some(id);
                 }
+                if last_refresh.is_none_or(|t| t.elapsed() >= COPY_REFRESH) {
+                    last_refresh = Some(std::time::Instant::now());
+                    let store = open_shared(Some(url), state_dir, Some(node), false)?;
+                    store.read(&mut |tx| {
+                        tx.networks()?;
+                        tx.endpoints()?;
+                        Ok(())
+                    })?;
+                }
                 if !sweep.is_zero() && last_sweep.elapsed() >= sweep {
                     last_sweep = std::time::Instant::now();
-                    let store = AnyStore::Etcd(Box::new(EtcdStore::open(url)?));
+                    let store = open_shared(Some(url), state_dir, Some(node), false)?;
                     for dead in dead_hosts(&store, node)? {
                         let freed = forget_host(&store, &dead, Some(node))?;
                         tracing::info!(

@@ -14,6 +14,7 @@
 //! transaction again. Hint reads ([`KvTx::get_hint`]) are not compared: the
 //! allocation cursor is only where a search starts; each address is compared.
 
+use crate::seen::{Record, Seen};
 use crate::store::{Conn, REQUEST_TIMEOUT};
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use lanyard_core::{Error, Result};
@@ -58,6 +59,48 @@ struct State {
     reads: BTreeMap<String, Vec<Read>>,
     /// Buffered writes: `Some(value)` puts, `None` deletes.
     writes: BTreeMap<String, Option<String>>,
+    /// When observing: the networks and endpoints read, by key, with their
+    /// `mod_revision`, and whether all of them were listed.
+    seen: BTreeMap<String, (i64, String)>,
+    listed_networks: bool,
+    listed_endpoints: bool,
+}
+
+/// The keys a [`Seen`] reports: `net/ID` and `ep/ID`.
+const OBSERVED: [&str; 2] = ["net/", "ep/"];
+
+impl State {
+    /// What this transaction saw of networks and endpoints; what it writes counts
+    /// at revision `written_at`.
+    fn seen(&self, written_at: i64) -> Seen {
+        let mut out = Seen {
+            snapshot: self.rev.unwrap_or(0),
+            all_networks: self.listed_networks,
+            all_endpoints: self.listed_endpoints,
+            ..Seen::default()
+        };
+        let read = self
+            .seen
+            .iter()
+            .filter(|(k, _)| !self.writes.contains_key(*k))
+            .map(|(k, (r, v))| (k, *r, Some(v.clone())));
+        let written = self.writes.iter().map(|(k, w)| (k, written_at, w.clone()));
+        for (key, revision, json) in read.chain(written) {
+            let (list, id) = if let Some(id) = key.strip_prefix("net/") {
+                (&mut out.networks, id)
+            } else if let Some(id) = key.strip_prefix("ep/") {
+                (&mut out.endpoints, id)
+            } else {
+                continue;
+            };
+            list.push(Record {
+                id: id.to_string(),
+                revision,
+                json,
+            });
+        }
+        out
+    }
 }
 
 /// One optimistic transaction (see the module doc). Keys are given without the
@@ -67,16 +110,33 @@ pub(crate) struct KvTx<'a> {
     st: RefCell<State>,
     /// How many times this transaction already ran into a conflict.
     pub(crate) attempt: u32,
+    /// Whether to note what it sees of networks and endpoints ([`KvTx::seen`]).
+    observe: bool,
+}
+
+/// How a commit ended.
+pub(crate) enum Commit {
+    /// Applied at this revision (the snapshot's when nothing was written), with
+    /// what was seen when observing.
+    Done(Option<Seen>),
+    /// Something read has changed since; nothing was written.
+    Conflict,
 }
 
 impl<'a> KvTx<'a> {
     /// A transaction's `attempt`-th run (0: the first).
-    pub(crate) fn new(conn: &'a Conn, attempt: u32) -> Self {
+    pub(crate) fn new(conn: &'a Conn, attempt: u32, observe: bool) -> Self {
         KvTx {
             conn,
             st: RefCell::new(State::default()),
             attempt,
+            observe,
         }
+    }
+
+    /// What a read-only transaction saw, when observing.
+    pub(crate) fn seen(&self) -> Option<Seen> {
+        self.observe.then(|| self.st.borrow().seen(0))
     }
 
     /// Reads `[start, end)` (a single key when `end` is `None`) at the snapshot.
@@ -107,7 +167,8 @@ impl<'a> KvTx<'a> {
             self.st.borrow_mut().rev = Some(r);
         }
         let plen = self.conn.prefix.len();
-        resp.kvs()
+        let got = resp
+            .kvs()
             .iter()
             .map(|kv| {
                 let k = String::from_utf8_lossy(&kv.key()[plen..]).into_owned();
@@ -116,7 +177,20 @@ impl<'a> KvTx<'a> {
                 })?;
                 Ok((k, v, kv.mod_revision()))
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        if self.observe {
+            let mut st = self.st.borrow_mut();
+            for (k, v, r) in &got {
+                if OBSERVED.iter().any(|p| k.starts_with(p)) {
+                    st.seen.insert(k.clone(), (*r, v.clone()));
+                }
+            }
+            if limit == 0 && end == Some(prefix_end(start).as_str()) {
+                st.listed_networks |= start == "net/";
+                st.listed_endpoints |= start == "ep/";
+            }
+        }
+        Ok(got)
     }
 
     fn note(&self, key: &str, r: Read) {
@@ -213,13 +287,14 @@ impl<'a> KvTx<'a> {
     }
 
     /// Sends the buffered writes, if any, guarded by the compares of every read.
-    /// `Ok(false)`: something read has changed since; nothing was written.
-    pub(crate) fn commit(self) -> Result<bool> {
+    pub(crate) fn commit(self) -> Result<Commit> {
         let st = self.st.into_inner();
-        if st.writes.is_empty() {
-            return Ok(true);
-        }
+        let observe = self.observe;
+        let done = |rev: i64| Ok(Commit::Done(observe.then(|| st.seen(rev))));
         let snap = st.rev.unwrap_or(0);
+        if st.writes.is_empty() {
+            return done(snap);
+        }
         let mut cmps = vec![];
         for (k, reads) in &st.reads {
             for r in reads {
@@ -274,11 +349,12 @@ impl<'a> KvTx<'a> {
                         .once(async move { kv.get(key, None).await }, deadline)
                     {
                         Ok(r) => {
-                            let applied = r.kvs().first().is_some_and(|x| {
-                                x.value() == v.as_bytes() && x.mod_revision() > snap
-                            });
-                            if applied {
-                                return Ok(true);
+                            let applied = r
+                                .kvs()
+                                .first()
+                                .filter(|x| x.value() == v.as_bytes() && x.mod_revision() > snap);
+                            if let Some(x) = applied {
+                                return done(x.mod_revision());
                             }
                         }
                         Err(why) => {
@@ -292,7 +368,10 @@ impl<'a> KvTx<'a> {
             let t = txn.clone();
             sent = true;
             match self.conn.once(async move { kv.txn(t).await }, deadline) {
-                Ok(resp) => return Ok(resp.succeeded()),
+                Ok(resp) if resp.succeeded() => {
+                    return done(resp.header().map_or(snap, |h| h.revision()));
+                }
+                Ok(_) => return Ok(Commit::Conflict),
                 Err(why) => self.conn.pause("committing", "", &why, deadline)?,
             }
         }

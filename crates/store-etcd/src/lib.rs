@@ -15,12 +15,16 @@
 //! when it is opened, so nothing of it runs for the SQLite store.
 //!
 //! Modules: `url` parses `etcd://…`, `store` connects and retries, `kv` is the
-//! optimistic transaction over keys, `tx` maps each `Tx` method to keys.
+//! optimistic transaction over keys, `tx` maps each `Tx` method to keys, `seen`
+//! reports what a transaction saw of networks and endpoints (for a host's local
+//! copy, which the binary keeps).
 
 mod kv;
+mod seen;
 mod store;
 mod tx;
 mod url;
 
+pub use seen::{Record, Seen};
 pub use store::{EtcdStore, CONFLICT_BUDGET, DIAL_TIMEOUT, REQUEST_TIMEOUT};
 pub use url::EtcdUrl;

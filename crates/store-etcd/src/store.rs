@@ -2,7 +2,8 @@
 //! runtime owned by the store, made only when an etcd store is opened), the retry
 //! loop of [`Store::write`], and the host's lease ([`EtcdStore::lease_key`]).
 
-use crate::kv::KvTx;
+use crate::kv::{Commit, KvTx};
+use crate::seen::Seen;
 use crate::tx::EtcdTx;
 use crate::url::EtcdUrl;
 use etcd_client::{Client, ConnectOptions, KvClient, PutOptions};
@@ -124,7 +125,7 @@ impl Conn {
         } else {
             format!(" {key:?}")
         };
-        Error::Store(format!(
+        Error::Unreachable(format!(
             "etcd at {}: {what}{on}: {why} (is the cluster up and reachable from this host?)",
             self.endpoints
         ))
@@ -163,6 +164,8 @@ pub struct EtcdStore {
     conn: Conn,
     /// This host's name, if set ([`EtcdStore::with_node`]).
     node: Option<String>,
+    /// What the last transaction saw, when observing ([`EtcdStore::observing`]).
+    seen: Option<std::cell::RefCell<Option<Seen>>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -192,7 +195,7 @@ impl EtcdStore {
             .map_err(|_| format!("no member answered within {DIAL_TIMEOUT:?}"))
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|why| {
-                Error::Store(format!(
+                Error::Unreachable(format!(
                     "etcd at {endpoints}: connecting: {why} (is the cluster up and \
                      reachable from this host?)"
                 ))
@@ -206,7 +209,27 @@ impl EtcdStore {
                 endpoints,
             },
             node: None,
+            seen: None,
         })
+    }
+
+    /// Notes what each transaction reads and writes of networks and endpoints, for
+    /// [`EtcdStore::take_seen`] (a host's local copy of them).
+    pub fn observing(mut self) -> Self {
+        self.seen = Some(Default::default());
+        self
+    }
+
+    /// What the last successful transaction saw of networks and endpoints, when
+    /// observing; each is handed out once.
+    pub fn take_seen(&self) -> Option<Seen> {
+        self.seen.as_ref()?.borrow_mut().take()
+    }
+
+    fn keep(&self, seen: Option<Seen>) {
+        if let (Some(cell), Some(s)) = (&self.seen, seen) {
+            *cell.borrow_mut() = Some(s);
+        }
     }
 
     /// Names the host this store serves. A namespace's (device, inode) pair is
@@ -264,17 +287,20 @@ impl EtcdStore {
 
 impl Store for EtcdStore {
     fn read<T>(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
-        let kv = KvTx::new(&self.conn, 0);
-        f(&EtcdTx::new(&kv, self.node.as_deref()))
+        let kv = KvTx::new(&self.conn, 0, self.seen.is_some());
+        let out = f(&EtcdTx::new(&kv, self.node.as_deref()))?;
+        self.keep(kv.seen());
+        Ok(out)
     }
 
     fn write<T>(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let mut attempt = 0u32;
         loop {
-            let kv = KvTx::new(&self.conn, attempt);
+            let kv = KvTx::new(&self.conn, attempt, self.seen.is_some());
             let out = f(&mut EtcdTx::new(&kv, self.node.as_deref()))?;
-            if kv.commit()? {
+            if let Commit::Done(seen) = kv.commit()? {
+                self.keep(seen);
                 return Ok(out);
             }
             attempt += 1;

@@ -405,6 +405,46 @@ fn etcd() -> Etcd {
     e
 }
 
+/// An observing store reports what each transaction saw of networks and
+/// endpoints, with revisions (what a host's local copy is fed with).
+fn observing_reports_what_each_transaction_saw(url: &str) {
+    let s = EtcdStore::open(url).unwrap().observing();
+    let n = net("seen", 's');
+    w(&s, |tx| tx.put_network(&n)).unwrap();
+    let put = s.take_seen().expect("a write is reported");
+    assert_eq!(s.take_seen(), None, "once");
+    assert_eq!(put.networks.len(), 1);
+    let rev = put.networks[0].revision;
+    assert!(rev > 0 && put.networks[0].json.is_some(), "{put:?}");
+    assert!(!put.all_networks && put.endpoints.is_empty());
+    let e = ep(&n, &id('e'), None, (1, 2));
+    w(&s, |tx| tx.put_endpoint(&e)).unwrap();
+    let listed = r(&s, |tx| {
+        tx.networks()?;
+        tx.endpoints()
+    });
+    assert_eq!(listed.len(), 1);
+    let all = s.take_seen().unwrap();
+    assert!(all.all_networks && all.all_endpoints, "{all:?}");
+    assert_eq!(all.networks[0].revision, rev, "read at its mod_revision");
+    assert!(all.snapshot > rev && all.endpoints.len() == 1);
+    // A look-up is no full listing; a delete reports the record gone at its commit.
+    r(&s, |tx| tx.network("seen"));
+    let one = s.take_seen().unwrap();
+    assert!(!one.all_networks && one.networks.len() == 1);
+    w(&s, |tx| tx.delete_endpoint(&e.id)).unwrap();
+    let del = s.take_seen().unwrap();
+    let gone = del.endpoints.iter().find(|x| x.id == e.id).unwrap();
+    assert!(
+        gone.json.is_none() && gone.revision > all.snapshot,
+        "{del:?}"
+    );
+    // Not observing: nothing is kept.
+    let quiet = EtcdStore::open(url).unwrap();
+    r(&quiet, |tx| tx.networks());
+    assert_eq!(quiet.take_seen(), None);
+}
+
 #[test]
 fn etcd_store_keeps_the_contract() {
     let Some(ns) = LabNs::new("etcd_store_keeps_the_contract") else {
@@ -418,6 +458,7 @@ fn etcd_store_keeps_the_contract() {
             EtcdStore::open(&format!("{}/case{i}", e.url)).unwrap()
         });
         namespaces_are_each_hosts_own(&format!("{}/hosts", e.url));
+        observing_reports_what_each_transaction_saw(&format!("{}/seen", e.url));
         let url = format!("{}/conc", e.url);
         concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
     });
@@ -433,7 +474,9 @@ fn etcd_unreachable_fails_fast_with_a_clear_error_and_writes_nothing() {
         let t = Instant::now();
         let r = EtcdStore::open("etcd://127.0.0.1:2379")
             .and_then(|s| s.write(&mut |tx| tx.set_meta("k", Some("v"))));
-        let e = r.unwrap_err().to_string();
+        let e = r.unwrap_err();
+        assert!(matches!(e, Error::Unreachable(_)), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("etcd at 127.0.0.1:2379"), "{e}");
         assert!(e.contains("reachable"), "{e}");
         // A bound against hanging, not a speed check: dial and request time out in seconds.

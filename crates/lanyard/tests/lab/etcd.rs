@@ -31,45 +31,6 @@ struct Cluster {
 impl Cluster {
     fn start(lab: &Lab) -> Cluster {
         switch(lab);
-        let lan = lab.lan();
-        let peers: Vec<String> = CLIENT_PORTS
-            .iter()
-            .map(|p| format!("http://{SWITCH}:{}", p + 1))
-            .collect();
-        let initial: Vec<String> = peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!("m{i}={p}"))
-            .collect();
-        let mut members = vec![];
-        for (i, port) in CLIENT_PORTS.iter().enumerate() {
-            let client = format!("http://{SWITCH}:{port}");
-            let dir = lab.dir().join(format!("etcd{i}"));
-            let d = dir.to_str().unwrap();
-            let args = [
-                "etcd",
-                "--name",
-                &format!("m{i}"),
-                "--data-dir",
-                d,
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-                "--listen-peer-urls",
-                &peers[i],
-                "--initial-advertise-peer-urls",
-                &peers[i],
-                "--initial-cluster",
-                &initial.join(","),
-                "--initial-cluster-state",
-                "new",
-                "--unsafe-no-fsync",
-                "--max-txn-ops",
-                "1024",
-            ];
-            members.push(Some(lan.spawn(&args)));
-        }
         let url = format!(
             "etcd://{}",
             CLIENT_PORTS
@@ -78,15 +39,27 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let c = Cluster { members, url };
-        // Up when a write through the cluster succeeds.
+        let mut c = Cluster {
+            members: vec![],
+            url,
+        };
+        c.members = (0..CLIENT_PORTS.len())
+            .map(|i| Some(member(lab, i)))
+            .collect();
+        c.wait_up(lab);
+        c
+    }
+
+    /// Up when a write through the cluster succeeds.
+    fn wait_up(&self, lab: &Lab) {
         let t = Instant::now();
         loop {
-            let ok = lan
+            let ok = lab
+                .lan()
                 .exec(&[
                     "etcdctl",
                     "--endpoints",
-                    c.url.trim_start_matches("etcd://"),
+                    self.url.trim_start_matches("etcd://"),
                     "put",
                     "/probe",
                     "1",
@@ -102,7 +75,21 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        c
+    }
+
+    /// Every member killed: the cluster is down (its data stays).
+    fn stop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Every member started again on its data dir, and the cluster up.
+    fn restart(&mut self, lab: &Lab) {
+        self.members = (0..CLIENT_PORTS.len())
+            .map(|i| Some(member(lab, i)))
+            .collect();
+        self.wait_up(lab);
     }
 
     /// How many addresses are held in etcd (keys `hold/NETWORK␟10.77.…`), read with
@@ -136,6 +123,46 @@ impl Cluster {
             m.kill();
         }
     }
+}
+
+/// Starts member `i` of the cluster in the LAN namespace, on its data dir under
+/// the lab's (a restart finds its data there).
+fn member(lab: &Lab, i: usize) -> Bg {
+    let peers: Vec<String> = CLIENT_PORTS
+        .iter()
+        .map(|p| format!("http://{SWITCH}:{}", p + 1))
+        .collect();
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("m{i}={p}"))
+        .collect();
+    let client = format!("http://{SWITCH}:{}", CLIENT_PORTS[i]);
+    let dir = lab.dir().join(format!("etcd{i}"));
+    let d = dir.to_str().unwrap();
+    let args = [
+        "etcd",
+        "--name",
+        &format!("m{i}"),
+        "--data-dir",
+        d,
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peers[i],
+        "--initial-advertise-peer-urls",
+        &peers[i],
+        "--initial-cluster",
+        &initial.join(","),
+        "--initial-cluster-state",
+        "new",
+        "--unsafe-no-fsync",
+        "--max-txn-ops",
+        "1024",
+    ];
+    lab.lan().spawn(&args)
 }
 
 /// One simulated host: a namespace on the switch, its own dirs, `--node NAME`.
@@ -479,10 +506,124 @@ fn etcd_unreachable_attach_fails_fast_and_writes_nothing() {
         BTreeSet::from(["lo".to_string()]),
         "nothing plugged"
     );
+    // A listing with no local copy to fall back on: the same clear error.
+    let out = hs[0].run(&["endpoint", "ls"]);
+    assert_eq!(out.status.code(), Some(exit::ERROR));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd at 10.77.0.1:2379"), "{err}");
     // What needs no store still answers, and names the store.
     let info = hs[0].json(&["info", "--json"]);
     assert_eq!(info["store"]["kind"], "etcd", "{info}");
     assert_eq!(info["store"]["members"], "10.77.0.1:2379", "{info}");
+}
+
+/// The stderr line of a read-only verb that answered from the local copy.
+const LOCAL_COPY: &str = "showing this host's local copy from";
+
+#[test]
+fn etcd_down_reads_answer_from_this_hosts_local_copy_and_writes_fail_changing_nothing() {
+    let lab = lab!();
+    let mut cluster = Cluster::start(&lab);
+    let hs = hosts(&lab, &cluster.url, 1);
+    let h = &hs[0];
+    shared_network(h);
+    let (c0, c1, c2) = (lab.netns("c0"), lab.netns("c1"), lab.netns("c2"));
+    let attach = |c: &Ns| {
+        let p = c.path();
+        h.json(&["attach", "shared", "--netns", p.to_str().unwrap(), "--json"])
+    };
+    let (ep0, ep1) = (attach(&c0), attach(&c1));
+    let id0 = ep0["id"].as_str().unwrap();
+    cluster.stop();
+    // c1's namespace goes while the cluster is down (doctor is to notice).
+    let del = Command::new("ip")
+        .args(["netns", "del", c1.name()])
+        .status()
+        .expect("ip netns del");
+    assert!(del.success());
+
+    // Reads answer from the copy, and say so.
+    let said = |out: &std::process::Output| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("etcd unreachable (etcd at 10.77.0.1:") && err.contains(LOCAL_COPY),
+            "{err}"
+        );
+    };
+    let out = h.run(&["network", "ls"]);
+    assert!(out.status.success());
+    said(&out);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("shared"), "{table}");
+    let out = h.run(&["endpoint", "ls", "--json"]);
+    assert!(out.status.success());
+    said(&out);
+    let eps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<&str> = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![id0, ep1["id"].as_str().unwrap()];
+    want.sort();
+    assert_eq!(ids, want);
+    let one = h.ok(&["endpoint", "inspect", id0, "--json"]);
+    assert!(one.contains(&crate::harness::addr_of(&ep0, false)), "{one}");
+    // doctor: the kernel-side checks run against the copy (c1's namespace is gone),
+    // and the store is named.
+    let out = h.run(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(exit::ERROR));
+    said(&out);
+    let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks: BTreeSet<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        checks,
+        BTreeSet::from(["namespace-gone", "store"]),
+        "{found}"
+    );
+
+    // Writes fail fast with the clear error and change nothing.
+    let copy = h.dir.join("state").join("etcd-copy.json");
+    let before = std::fs::read(&copy).unwrap();
+    let p2 = c2.path();
+    let out = h.run(&["attach", "shared", "--netns", p2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(exit::ERROR));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("etcd at 10.77.0.1:") && !err.contains(LOCAL_COPY),
+        "{err}"
+    );
+    assert_eq!(
+        c2.links(),
+        BTreeSet::from(["lo".to_string()]),
+        "nothing plugged"
+    );
+    h.run_fails(&["detach", id0], exit::ERROR);
+    assert!(c0.links().contains("eth0"), "c0 keeps its link");
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        before,
+        "the copy is as it was"
+    );
+
+    // The cluster back: everything as before, nothing half-written; normal again.
+    cluster.restart(&lab);
+    let out = h.run(&["network", "ls"]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(LOCAL_COPY));
+    assert_eq!(cluster.held_addresses(&lab), 2);
+    h.ok(&["gc"]);
+    attach(&c2);
+    let eps = h.json(&["endpoint", "ls", "--json"]);
+    assert_eq!(eps.as_array().unwrap().len(), 2, "{eps}");
+    assert_eq!(cluster.held_addresses(&lab), 2);
 }
 
 #[test]

@@ -71,6 +71,7 @@ pub fn kind(e: &Error) -> &'static str {
         Error::TryAgain(_) => "TryAgain",
         Error::Kernel { .. } => "Kernel",
         Error::Store(_) => "Store",
+        Error::Unreachable(_) => "Unreachable",
         Error::Other(_) => "Other",
     }
 }
