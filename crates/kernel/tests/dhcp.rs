@@ -5,7 +5,7 @@
 #[allow(dead_code)] // each test file uses part of it
 mod lab;
 
-use lab::{in_fresh_netns, name, SideNetns};
+use lab::{in_fresh_netns, name, veth, SideNetns};
 use lanyard_core::kernel::Kernel;
 use lanyard_core::op::{Netns, Op};
 use lanyard_dhcp::exchange::{acquire, extend, release, Extended};
@@ -85,16 +85,7 @@ fn sh(args: &[&str]) {
 fn lan() -> SideNetns {
     let side = SideNetns::new();
     let mut k = Netlink::new().unwrap();
-    k.apply(&Op::CreateVeth {
-        host: name("srv0"),
-        peer: name("cli0"),
-        peer_netns: side.netns(),
-        mtu: None,
-        master: None,
-        peer_mac: None,
-        host_mac: None,
-    })
-    .unwrap();
+    k.apply(&veth("srv0", "cli0", side.netns())).unwrap();
     k.apply(&Op::SetUp {
         netns: Netns::Host,
         name: name("srv0"),

@@ -4,7 +4,7 @@
 mod lab;
 
 use ipnet::IpNet;
-use lab::{in_fresh_netns, ip_json, name, tombstones_left, SideNetns};
+use lab::{in_fresh_netns, ip_json, name, tombstones_left, veth, SideNetns};
 use lanyard_core::kernel::{tombstone_name, Kernel};
 use lanyard_core::model::{IpvlanMode, MacAddr, MacvlanMode};
 use lanyard_core::op::{Netns, Op, RouteSpec};
@@ -26,16 +26,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// A veth pair `a`/`b` in the host namespace, `a` up: a parent for macvlans.
 fn parent_pair(k: &mut Netlink, a: &str, b: &str) {
-    k.apply(&Op::CreateVeth {
-        host: name(a),
-        peer: name(b),
-        peer_netns: Netns::Host,
-        mtu: None,
-        master: None,
-        peer_mac: None,
-        host_mac: None,
-    })
-    .expect("parent veth pair");
+    k.apply(&veth(a, b, Netns::Host)).expect("parent veth pair");
 }
 
 fn macvlan(netns: Netns, n: &str, parent: &str, mac: Option<MacAddr>) -> Op {
@@ -46,6 +37,16 @@ fn macvlan(netns: Netns, n: &str, parent: &str, mac: Option<MacAddr>) -> Op {
         mode: MacvlanMode::Bridge,
         mac,
         mtu: Some(1400),
+    }
+}
+
+/// `ip addr add A dev LINK nodad` in `netns`.
+fn address(netns: Netns, link: &str, a: &str) -> Op {
+    Op::AddAddress {
+        netns,
+        link: name(link),
+        addr: net(a),
+        nodad: true,
     }
 }
 
@@ -229,12 +230,7 @@ fn addresses_v4_and_v6_skip_dad_and_adding_twice_is_fine() {
             "2001:db8::10/64",
             "2001:db8::11/128",
         ] {
-            let op = Op::AddAddress {
-                netns: ns.clone(),
-                link: name("eth0"),
-                addr: net(a),
-                nodad: true,
-            };
+            let op = address(ns.clone(), "eth0", a);
             k.apply(&op).unwrap();
             k.apply(&op).expect("second add is a no-op");
         }
@@ -283,12 +279,7 @@ fn addresses_v4_and_v6_skip_dad_and_adding_twice_is_fine() {
             addr: net("192.0.2.10/24"),
         })
         .expect("address on a missing link is already gone");
-        match k.apply(&Op::AddAddress {
-            netns: ns,
-            link: name("gone0"),
-            addr: net("192.0.2.10/24"),
-            nodad: true,
-        }) {
+        match k.apply(&address(ns, "gone0", "192.0.2.10/24")) {
             Err(Error::NotFound {
                 kind: "interface", ..
             }) => {}
@@ -306,13 +297,7 @@ fn routes_replace_and_delete_are_idempotent() {
         parent_pair(&mut k, "lyp0", "lyp1");
         k.apply(&macvlan(ns.clone(), "eth0", "lyp0", None)).unwrap();
         for a in ["192.0.2.10/24", "2001:db8::10/64"] {
-            k.apply(&Op::AddAddress {
-                netns: ns.clone(),
-                link: name("eth0"),
-                addr: net(a),
-                nodad: true,
-            })
-            .unwrap();
+            k.apply(&address(ns.clone(), "eth0", a)).unwrap();
         }
         let default = route("0.0.0.0/0", Some("192.0.2.1"), Some("eth0"));
         let onlink = route("203.0.113.0/24", None, Some("eth0"));
@@ -388,16 +373,7 @@ fn sysctls_land_in_the_namespace_they_name() {
     in_fresh_netns("sysctl", || {
         let side = SideNetns::new();
         let mut k = Netlink::new().unwrap();
-        k.apply(&Op::CreateVeth {
-            host: name("lyv0"),
-            peer: name("ly.0"),
-            peer_netns: side.netns(),
-            mtu: None,
-            master: None,
-            peer_mac: None,
-            host_mac: None,
-        })
-        .unwrap();
+        k.apply(&veth("lyv0", "ly.0", side.netns())).unwrap();
         let set = |netns: Netns, key: &str, value: &str| Op::SetSysctl {
             netns,
             key: key.into(),
@@ -465,13 +441,7 @@ fn retire_frees_the_name_addresses_and_mac_at_once_and_reap_deletes_the_tombston
             k.apply(&macvlan(ns.clone(), "eth0", "lyp0", Some(MAC)))
                 .unwrap();
             for a in ["192.0.2.20/24", "2001:db8::20/64"] {
-                k.apply(&Op::AddAddress {
-                    netns: ns.clone(),
-                    link: name("eth0"),
-                    addr: net(a),
-                    nodad: true,
-                })
-                .unwrap();
+                k.apply(&address(ns.clone(), "eth0", a)).unwrap();
             }
         };
         let retire = |k: &mut Netlink, nonce: u32| {
@@ -730,13 +700,7 @@ fn a_macvlan_endpoint_is_attached_and_detached_again_and_again() {
             k.apply(&macvlan(ns.clone(), "eth0", "lyp0", Some(mac)))
                 .unwrap();
             for a in ["192.0.2.30/24", "2001:db8::30/64"] {
-                k.apply(&Op::AddAddress {
-                    netns: ns.clone(),
-                    link: name("eth0"),
-                    addr: net(a),
-                    nodad: true,
-                })
-                .unwrap();
+                k.apply(&address(ns.clone(), "eth0", a)).unwrap();
             }
             k.apply(&Op::AddRoute {
                 netns: ns.clone(),
@@ -778,13 +742,7 @@ fn view_links_shows_the_named_links_and_their_addresses_only() {
             ("lyp0", "2001:db8::2/64"),
             ("lyo0", "198.51.100.2/24"),
         ] {
-            k.apply(&Op::AddAddress {
-                netns: Netns::Host,
-                link: name(link),
-                addr: net(a),
-                nodad: true,
-            })
-            .unwrap();
+            k.apply(&address(Netns::Host, link, a)).unwrap();
         }
         let names = [name("lyp0"), name("nope0"), name("lyp0")];
         let part = k.view_links(&Netns::Host, &names).unwrap();
@@ -815,14 +773,7 @@ fn remembered_link_indexes_never_outlive_a_change_of_the_link() {
         let ns = side.netns();
         let mut k = Netlink::new().unwrap();
         parent_pair(&mut k, "lyp0", "lyp1");
-        let add = |k: &mut Netlink, a: &str| {
-            k.apply(&Op::AddAddress {
-                netns: ns.clone(),
-                link: name("eth0"),
-                addr: net(a),
-                nodad: true,
-            })
-        };
+        let add = |k: &mut Netlink, a: &str| k.apply(&address(ns.clone(), "eth0", a));
         k.apply(&macvlan(ns.clone(), "eth0", "lyp0", None)).unwrap();
         add(&mut k, "192.0.2.20/24").unwrap();
         k.apply(&Op::RetireLink {

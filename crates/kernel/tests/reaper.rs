@@ -6,9 +6,9 @@
 #[allow(dead_code)]
 mod lab;
 
-use lab::{in_fresh_netns, name, tombstones_left};
+use lab::{in_fresh_netns, tombstones_left, veth};
 use lanyard_core::kernel::{tombstone_name, Kernel};
-use lanyard_core::op::{Netns, Op};
+use lanyard_core::op::Netns;
 use lanyard_kernel::Netlink;
 use std::time::{Duration, Instant};
 
@@ -23,16 +23,8 @@ fn a_cli_callers_worker_deletes_every_tombstone_and_holds_no_pipe() {
         let mut tombs = Vec::new();
         for i in 0..N {
             let t = tombstone_name(0x300 + i);
-            k.apply(&Op::CreateVeth {
-                host: t.clone(),
-                peer: name(&format!("lyq{i}")),
-                peer_netns: Netns::Host,
-                mtu: None,
-                master: None,
-                peer_mac: None,
-                host_mac: None,
-            })
-            .expect("veth pair");
+            k.apply(&veth(t.as_str(), &format!("lyq{i}"), Netns::Host))
+                .expect("veth pair");
             tombs.push((Netns::Host, t));
         }
         // A pipe like a CNI runtime's stdout: EOF must come when we close our end.

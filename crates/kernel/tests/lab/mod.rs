@@ -5,7 +5,7 @@
 
 use lanyard_core::kernel::fake::ifname;
 use lanyard_core::name::IfName;
-use lanyard_core::op::Netns;
+use lanyard_core::op::{Netns, Op};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
@@ -158,6 +158,20 @@ fn run_json(cmd: &str, pre: &[&str], args: &str) -> serde_json::Value {
 /// An interface name known to be valid.
 pub fn name(s: &str) -> IfName {
     ifname(s)
+}
+
+/// A plain veth pair (no MTU, master or MAC of its own): `host` in the calling
+/// thread's namespace, `peer` in `peer_netns`.
+pub fn veth(host: &str, peer: &str, peer_netns: Netns) -> Op {
+    Op::CreateVeth {
+        host: name(host),
+        peer: name(peer),
+        peer_netns,
+        mtu: None,
+        master: None,
+        peer_mac: None,
+        host_mac: None,
+    }
 }
 
 /// Tombstones (`lyx-…`) left in the calling thread's namespace.
