@@ -62,7 +62,7 @@ vm_tests() {
 # executable (the toolchain's defaults; [profile.release] in Cargo.toml, the bundled
 # SQLite's build flags in .cargo/config.toml).
 build_release() {
-  cargo build --release -q -p lanyard --bin lanyard >&2 || return 1
+  cargo build --release -q -p lanyard --bins >&2 || return 1
   release_bin
 }
 

@@ -77,13 +77,67 @@ impl AnyStore {
 #[derive(Debug)]
 pub struct Shared {
     /// `None`: the cluster was unreachable when opened (`down` is set).
-    etcd: Option<EtcdStore>,
+    etcd: Option<Box<dyn SharedStore>>,
     /// This host's copy.
     copy: CopyFile,
     /// Whether reads may answer from the copy (a read-only verb).
     reads_may_fall_back: bool,
     /// The copy, once the cluster turned out unreachable: later reads go to it.
     down: OnceCell<Fallback>,
+}
+
+/// The etcd store as an object: `lanyard` names no etcd code, so the linker leaves
+/// the etcd client out of it (only `lanyardd` makes one: [`crate::full`]). One
+/// dynamic call per transaction.
+pub trait SharedStore: std::fmt::Debug + Send {
+    /// [`Store::read`], its result kept by the closure.
+    fn read_dyn(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<()>) -> Result<()>;
+    /// [`Store::write`], its result kept by the closure.
+    fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()>;
+    /// What the last transaction saw ([`EtcdStore::take_seen`]).
+    fn take_seen(&self) -> Option<lanyard_store_etcd::Seen>;
+}
+
+impl SharedStore for EtcdStore {
+    fn read_dyn(&self, f: &mut dyn FnMut(&dyn Tx) -> Result<()>) -> Result<()> {
+        self.read(f)
+    }
+
+    fn write_dyn(&self, f: &mut dyn FnMut(&mut dyn Tx) -> Result<()>) -> Result<()> {
+        self.write(f)
+    }
+
+    fn take_seen(&self) -> Option<lanyard_store_etcd::Seen> {
+        EtcdStore::take_seen(self)
+    }
+}
+
+/// [`SharedStore::read_dyn`] with a result.
+fn read_shared<T>(s: &dyn SharedStore, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) -> Result<T> {
+    let mut out = None;
+    s.read_dyn(&mut |tx| {
+        out = Some(f(tx)?);
+        Ok(())
+    })?;
+    kept(out)
+}
+
+/// [`SharedStore::write_dyn`] with a result.
+fn write_shared<T>(
+    s: &dyn SharedStore,
+    f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>,
+) -> Result<T> {
+    let mut out = None;
+    s.write_dyn(&mut |tx| {
+        out = Some(f(tx)?);
+        Ok(())
+    })?;
+    kept(out)
+}
+
+/// The result a closure left in `out` (a transaction that succeeded ran it).
+fn kept<T>(out: Option<T>) -> Result<T> {
+    out.ok_or_else(|| Error::Other("store: a transaction ended without running".into()))
 }
 
 impl Shared {
@@ -94,9 +148,9 @@ impl Shared {
         let Some(etcd) = &self.etcd else {
             return Err(Error::Unreachable("etcd: not connected".into()));
         };
-        match etcd.read(f) {
+        match read_shared(etcd.as_ref(), f) {
             Ok(v) => {
-                self.keep_copy(etcd);
+                self.keep_copy(etcd.as_ref());
                 Ok(v)
             }
             Err(Error::Unreachable(why)) if self.reads_may_fall_back => {
@@ -116,14 +170,14 @@ impl Shared {
         let Some(etcd) = &self.etcd else {
             return Err(Error::Unreachable("etcd: not connected".into()));
         };
-        let v = etcd.write(f)?;
-        self.keep_copy(etcd);
+        let v = write_shared(etcd.as_ref(), f)?;
+        self.keep_copy(etcd.as_ref());
         Ok(v)
     }
 
     /// Merges what the last transaction saw into the copy; a failure only warns
     /// (the cluster has the state; the copy is for when it is out of reach).
-    fn keep_copy(&self, etcd: &EtcdStore) {
+    fn keep_copy(&self, etcd: &dyn SharedStore) {
         if let Some(seen) = etcd.take_seen() {
             if let Err(e) = self.copy.merge(&seen) {
                 tracing::warn!("{e}");
@@ -190,6 +244,12 @@ pub fn open(cli: &Cli) -> Result<AnyStore> {
     )
 }
 
+/// Opens the etcd store at `url` for host `node`, observing what its transactions
+/// see (the full build's [`crate::full::Full::etcd`]).
+pub fn open_etcd(url: &str, node: Option<&str>) -> Result<Box<dyn SharedStore>> {
+    Ok(Box::new(EtcdStore::open(url)?.with_node(node).observing()))
+}
+
 /// The store `url` names (`None` or `sqlite`: SQLite in `state_dir`), for host
 /// `node` (an etcd store then finds namespaces among that host's endpoints only).
 pub fn open_url(url: Option<&str>, state_dir: &Path, node: Option<&str>) -> Result<AnyStore> {
@@ -222,8 +282,8 @@ fn open_shared(
                 reads_may_fall_back: reads_only,
                 down: OnceCell::new(),
             };
-            let etcd = match EtcdStore::open(u) {
-                Ok(s) => s.with_node(node).observing(),
+            let etcd = match (crate::full::get()?.etcd)(u, node) {
+                Ok(s) => s,
                 Err(Error::Unreachable(why)) if reads_only => {
                     shared.fall_back(&why).ok_or(Error::Unreachable(why))?;
                     return Ok(AnyStore::Etcd(Box::new(shared)));

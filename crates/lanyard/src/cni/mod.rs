@@ -45,6 +45,8 @@ pub fn run_if_plugin() {
         .lock()
         .take(conf::MAX_STDIN as u64 + 1)
         .read_to_end(&mut stdin);
+    // Should the verb need `lanyardd` (an etcd store), it reads the same input.
+    crate::full::replay_stdin(&stdin);
     let outcome = match read {
         Ok(_) => run(&Invocation::from_env(), &stdin, as_ipam),
         Err(e) => Err(plain(5, "cannot read stdin", e.to_string())),
