@@ -135,7 +135,7 @@ pub(crate) fn node(cli: &Cli) -> Option<String> {
 }
 
 /// The `lanyard` binary: everything but the daemon and the etcd store, which
-/// [`full::exec`] finds in `lanyardd`.
+/// `full.rs` finds in `lanyardd`.
 pub fn main_cli() {
     run()
 }
