@@ -123,10 +123,7 @@ fn read_shared<T>(s: &dyn SharedStore, f: &mut dyn FnMut(&dyn Tx) -> Result<T>) 
 }
 
 /// [`SharedStore::write_dyn`] with a result.
-fn write_shared<T>(
-    s: &dyn SharedStore,
-    f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>,
-) -> Result<T> {
+fn write_shared<T>(s: &dyn SharedStore, f: &mut dyn FnMut(&mut dyn Tx) -> Result<T>) -> Result<T> {
     let mut out = None;
     s.write_dyn(&mut |tx| {
         out = Some(f(tx)?);
