@@ -773,6 +773,7 @@ pub fn teardown() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{bridge_net as net, bridge_port};
 
     fn ifname(s: &str) -> IfName {
         IfName::new(s).unwrap()
@@ -791,22 +792,6 @@ mod tests {
             .map(|e| format!("{} {}", e.set().name(), e.text()))
             .collect()
     }
-    fn net(
-        name: &str,
-        br: &str,
-        subnets: &[&str],
-        internal: bool,
-        snat: Option<&str>,
-    ) -> BridgeNet {
-        BridgeNet::new(
-            NetworkName::new(name).unwrap(),
-            ifname(br),
-            subnets.iter().map(|s| s.parse().unwrap()).collect(),
-            internal,
-            snat.map(|s| s.parse().unwrap()),
-        )
-        .unwrap()
-    }
     fn sample() -> FirewallInput {
         FirewallInput {
             networks: vec![
@@ -819,13 +804,12 @@ mod tests {
                 ),
                 net("db", "lyb-db", &["10.88.2.0/24"], true, None),
             ],
-            endpoints: vec![BridgePort::new(
-                ifname("lyv-web1"),
-                mac("02:42:0a:58:01:02"),
-                ips(&["10.88.1.2", "2001:db8:1::2"]),
-                vec![publish("8080:80"), publish("192.0.2.1:5353:53/udp")],
-            )
-            .unwrap()],
+            endpoints: vec![bridge_port(
+                "lyv-web1",
+                "02:42:0a:58:01:02",
+                &["10.88.1.2", "2001:db8:1::2"],
+                &["8080:80", "192.0.2.1:5353:53/udp"],
+            )],
         }
     }
 
@@ -1069,13 +1053,7 @@ mod tests {
 
     #[test]
     fn attaching_an_endpoint_touches_each_guard_set_once() {
-        let p = BridgePort::new(
-            ifname("lyv-a1"),
-            mac("02:00:00:00:00:a1"),
-            ips(&["10.88.1.5"]),
-            vec![],
-        )
-        .unwrap();
+        let p = bridge_port("lyv-a1", "02:00:00:00:00:a1", &["10.88.1.5"], &[]);
         assert_eq!(
             element_ops(Change::Add, &p.elements()),
             "add element bridge lanyard ports { \"lyv-a1\" }\n\
@@ -1124,15 +1102,12 @@ mod tests {
     /// `sample()` and a second endpoint, lyv-web2 (10.88.1.3), publishing `spec`.
     fn sample_and_web2_publishing(spec: &str) -> FirewallInput {
         let mut input = sample();
-        input.endpoints.push(
-            BridgePort::new(
-                ifname("lyv-web2"),
-                mac("02:42:0a:58:01:03"),
-                ips(&["10.88.1.3"]),
-                vec![publish(spec)],
-            )
-            .unwrap(),
-        );
+        input.endpoints.push(bridge_port(
+            "lyv-web2",
+            "02:42:0a:58:01:03",
+            &["10.88.1.3"],
+            &[spec],
+        ));
         input
     }
 

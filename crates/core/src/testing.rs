@@ -1,6 +1,7 @@
 //! Test support: builders for the [`Network`]s and [`Endpoint`]s that the tests of
 //! every crate need, so that no test spells out every field of an `Endpoint`
-//! literal and a new field is added here once.
+//! literal and a new field is added here once; and the firewall's view of them
+//! ([`bridge_net`], [`bridge_port`]) for the ruleset tests.
 //!
 //! Compiled for core's own tests and, in other crates, only with the `testing`
 //! feature, which those crates turn on in their `[dev-dependencies]`
@@ -25,7 +26,8 @@
 //! assert_eq!(web.gateways, ["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]);
 //! ```
 
-use crate::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest};
+use crate::firewall::{BridgeNet, BridgePort};
+use crate::model::{Endpoint, EndpointState, MacAddr, Network, NetworkRequest, PortMapping};
 use crate::name::{EndpointName, IfName, NetworkName};
 use std::fmt::Display;
 use std::path::PathBuf;
@@ -259,14 +261,51 @@ impl EndpointBuilder {
     }
 }
 
+/// A bridge network as the firewall sees it: `name` on bridge `br` with `subnets`,
+/// `internal` (no way out) or not, its egress SNAT'ed to `snat` if given.
+pub fn bridge_net(
+    name: &str,
+    br: &str,
+    subnets: &[&str],
+    internal: bool,
+    snat: Option<&str>,
+) -> BridgeNet {
+    BridgeNet::new(
+        NetworkName::new(name).unwrap_or_else(|e| panic!("bridge_net name: {e}")),
+        ifname(br),
+        subnets.iter().map(|s| parse("subnet", s)).collect(),
+        internal,
+        snat.map(|s| parse("SNAT address", s)),
+    )
+    .unwrap_or_else(|e| panic!("bridge_net: {e}"))
+}
+
+/// A bridge endpoint as the firewall sees it: host-side veth `host` with `mac` and
+/// `addrs`, publishing each of `ports` (`-p` specs, one mapping each).
+pub fn bridge_port(host: &str, mac: &str, addrs: &[&str], ports: &[&str]) -> BridgePort {
+    BridgePort::new(
+        ifname(host),
+        MacAddr::parse_for("mac", mac).unwrap_or_else(|e| panic!("bridge_port: {e}")),
+        addrs.iter().map(|a| parse("address", a)).collect(),
+        ports.iter().map(|p| publish(p)).collect(),
+    )
+    .unwrap_or_else(|e| panic!("bridge_port: {e}"))
+}
+
+/// The first mapping of `-p SPEC`.
+fn publish(spec: &str) -> PortMapping {
+    let mut m = PortMapping::parse_spec(spec).unwrap_or_else(|e| panic!("-p {spec}: {e}"));
+    m.remove(0)
+}
+
 fn ifname(name: &str) -> IfName {
-    IfName::new(name).unwrap_or_else(|e| panic!("EndpointBuilder interface name: {e}"))
+    IfName::new(name).unwrap_or_else(|e| panic!("test fixture interface name: {e}"))
 }
 
 /// `s` parsed, or a panic naming `what` and `s`.
 fn parse<T: FromStr<Err: Display>>(what: &str, s: &str) -> T {
     s.parse()
-        .unwrap_or_else(|e| panic!("EndpointBuilder {what} {s:?}: {e}"))
+        .unwrap_or_else(|e| panic!("test fixture {what} {s:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -295,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "EndpointBuilder address")]
+    #[should_panic(expected = "test fixture address")]
     fn a_typo_in_an_address_panics_naming_it() {
         EndpointBuilder::new("lan").addr("192.0.2.300/24");
     }

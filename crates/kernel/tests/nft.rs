@@ -7,10 +7,11 @@
 //! a Drop guard, also on panic. Nothing here touches the caller's namespace. Needs root.
 
 use lanyard_core::firewall::{
-    element_ops, mapping_elements, ruleset, teardown, BridgeNet, BridgePort, Change, FirewallInput,
+    element_ops, mapping_elements, ruleset, teardown, BridgePort, Change, FirewallInput,
 };
 use lanyard_core::model::{MacAddr, PortMapping};
-use lanyard_core::name::{IfName, NetworkName};
+use lanyard_core::name::IfName;
+use lanyard_core::testing::{bridge_net, bridge_port};
 use lanyard_core::Error;
 use lanyard_kernel::nft::Nft;
 use std::collections::hash_map::RandomState;
@@ -166,33 +167,6 @@ fn publish(spec: &str) -> PortMapping {
 fn ips(v: &[&str]) -> Vec<IpAddr> {
     v.iter().map(|s| s.parse().unwrap()).collect()
 }
-fn bridge_net(
-    name: &str,
-    br: &str,
-    subnets: &[&str],
-    internal: bool,
-    snat: Option<&str>,
-) -> BridgeNet {
-    let subnets = subnets.iter().map(|s| s.parse().unwrap()).collect();
-    BridgeNet::new(
-        NetworkName::new(name).unwrap(),
-        ifname(br),
-        subnets,
-        internal,
-        snat.map(|s| s.parse().unwrap()),
-    )
-    .unwrap()
-}
-fn port(host: &str, m: &str, addrs: &[&str], ports: &[&str]) -> BridgePort {
-    BridgePort::new(
-        ifname(host),
-        mac(m),
-        ips(addrs),
-        ports.iter().map(|p| publish(p)).collect(),
-    )
-    .unwrap()
-}
-
 /// What the lab wires: net `a` (dual stack, two endpoints, published ports), net `b`
 /// (SNAT to a fixed address, one endpoint with a published port), net `i` (internal).
 fn lab_input() -> FirewallInput {
@@ -215,20 +189,20 @@ fn lab_input() -> FirewallInput {
             bridge_net("i", "lyb-i", &["10.88.3.0/24"], true, None),
         ],
         endpoints: vec![
-            port(
+            bridge_port(
                 "lyv-a1",
                 "02:00:0a:58:01:02",
                 &["10.88.1.2", "2001:db8:a::2"],
                 &["8080:80"],
             ),
-            port(
+            bridge_port(
                 "lyv-a2",
                 "02:00:0a:58:01:03",
                 &["10.88.1.3"],
                 &["198.51.100.1:9090:80"],
             ),
-            port("lyv-b1", "02:00:0a:58:02:02", &["10.88.2.2"], &["8081:80"]),
-            port("lyv-i1", "02:00:0a:58:03:02", &["10.88.3.2"], &[]),
+            bridge_port("lyv-b1", "02:00:0a:58:02:02", &["10.88.2.2"], &["8081:80"]),
+            bridge_port("lyv-i1", "02:00:0a:58:03:02", &["10.88.3.2"], &[]),
         ],
     }
 }
@@ -389,7 +363,8 @@ fn a_failing_script_changes_nothing() {
             many,
         )
         .unwrap();
-        clash.endpoints[2] = port("lyv-b1", "02:00:0a:58:02:02", &["10.88.2.2"], &["21000:80"]);
+        clash.endpoints[2] =
+            bridge_port("lyv-b1", "02:00:0a:58:02:02", &["10.88.2.2"], &["21000:80"]);
         assert!(clash.validate().is_err());
         let err = nft.run(&ruleset(&clash)).unwrap_err().to_string();
         assert!(
