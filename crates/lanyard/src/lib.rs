@@ -168,6 +168,9 @@ fn run() {
 /// (callgrind: 70k of an attach's 1.1M). Errors, `--help` and `--version` exit
 /// here, as with `parse()`.
 fn parse_args() -> Cli {
+    if let Some(cli) = Cli::parse_hot(std::env::args_os()) {
+        return cli;
+    }
     let cmd = Box::leak(Box::new(Cli::command()));
     let parsed = cmd
         .try_get_matches_from_mut(std::env::args_os())
