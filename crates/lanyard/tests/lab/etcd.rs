@@ -590,8 +590,16 @@ fn etcd_down_reads_answer_from_this_hosts_local_copy_and_writes_fail_changing_no
     );
 
     // Writes fail fast with the clear error and change nothing.
-    let copy = h.dir.join("state").join("etcd-copy.json");
-    let before = std::fs::read(&copy).unwrap();
+    // This host's local copy: snapshot and journal.
+    let copy = || {
+        ["etcd-copy.json", "etcd-copy.journal"]
+            .map(|f| std::fs::read(h.dir.join("state").join(f)).ok())
+    };
+    let before = copy();
+    assert!(
+        before.iter().any(Option::is_some),
+        "attach keeps the local copy"
+    );
     let p2 = c2.path();
     let out = h.run(&["attach", "shared", "--netns", p2.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(exit::ERROR));
@@ -607,11 +615,7 @@ fn etcd_down_reads_answer_from_this_hosts_local_copy_and_writes_fail_changing_no
     );
     h.run_fails(&["detach", id0], exit::ERROR);
     assert!(c0.links().contains("eth0"), "c0 keeps its link");
-    assert_eq!(
-        std::fs::read(&copy).unwrap(),
-        before,
-        "the copy is as it was"
-    );
+    assert_eq!(copy(), before, "the copy is as it was");
 
     // The cluster back: everything as before, nothing half-written; normal again.
     cluster.restart(&lab);
