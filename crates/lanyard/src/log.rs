@@ -1,7 +1,7 @@
 //! Where `tracing` events go: stderr.
 //!
-//! With `LANYARD_LOG` set (an `EnvFilter` directive such as `debug` or
-//! `lanyard_engine=trace`), and always for `lanyard daemon`, the full
+//! With `LANYARD_LOG` set (directives such as `debug` or
+//! `lanyard_engine=trace,warn`: [`filter`]), and always for `lanyard daemon`, the full
 //! `tracing-subscriber` formatter. Otherwise — every plain CLI call — [`Warnings`],
 //! which prints warnings and errors as `lanyard: warning: …` and nothing else. It
 //! exists for speed: the formatter's span registry and filter parsing cost a short
@@ -20,15 +20,31 @@ pub const ENV: &str = "LANYARD_LOG";
 /// `LANYARD_LOG` (the daemon, whose log is read later).
 pub fn init(long_running: bool) {
     if long_running || std::env::var_os(ENV).is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_env(ENV).unwrap_or_else(|_| "warn".into()),
-            )
-            .with_writer(std::io::stderr)
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(filter(std::env::var(ENV).ok().as_deref()))
             .init();
     } else {
         // Only fails if a subscriber is already set, which then stays.
         let _ = tracing::subscriber::set_global_default(Warnings);
+    }
+}
+
+/// What `LANYARD_LOG` asks for: `LEVEL` or `TARGET=LEVEL` directives, comma
+/// separated (tracing-subscriber's `Targets`: the `EnvFilter` syntax without span
+/// and field filters, and without the regex engine those need); warnings and
+/// errors when unset or unreadable.
+fn filter(directives: Option<&str>) -> tracing_subscriber::filter::Targets {
+    let warn = || tracing_subscriber::filter::Targets::new().with_default(LevelFilter::WARN);
+    match directives.map(str::parse) {
+        Some(Ok(t)) => t,
+        Some(Err(e)) => {
+            eprintln!("lanyard: warning: {ENV}: {e}; logging warnings only");
+            warn()
+        }
+        None => warn(),
     }
 }
 
@@ -101,6 +117,20 @@ impl Visit for Line {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn lanyard_log_takes_levels_per_target_and_falls_back_to_warnings() {
+        let t = filter(Some("lanyard_engine=trace,lanyard=debug,info"));
+        assert!(t.would_enable("lanyard_engine::endpoint", &Level::TRACE));
+        assert!(t.would_enable("lanyard", &Level::DEBUG));
+        assert!(!t.would_enable("lanyard", &Level::TRACE));
+        assert!(t.would_enable("rusqlite", &Level::INFO));
+        assert!(!t.would_enable("rusqlite", &Level::DEBUG));
+        for warn_only in [filter(None), filter(Some("lanyard=loud"))] {
+            assert!(warn_only.would_enable("lanyard", &Level::WARN));
+            assert!(!warn_only.would_enable("lanyard", &Level::INFO));
+        }
+    }
 
     /// Records the lines [`Warnings`] would print.
     struct Capture(Arc<Mutex<Vec<String>>>);
