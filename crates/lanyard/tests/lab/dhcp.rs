@@ -44,16 +44,7 @@ fn dnsmasq_with(lab: &Lab, lease: &str, extra: &[&str]) -> Dnsmasq {
     ];
     args.extend_from_slice(extra);
     let bg = lab.lan().spawn(&args);
-    // Ready once its pid file is written.
-    let end = Instant::now() + Duration::from_secs(10);
-    while !pid.exists() {
-        assert!(
-            Instant::now() < end,
-            "dnsmasq did not start: {}",
-            bg.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    bg.wait_for_file(&pid, "dnsmasq");
     Dnsmasq { _bg: bg, leases }
 }
 

@@ -114,15 +114,7 @@ fn upstream(lab: &Lab) -> Bg {
         &txt,
         &pidfile,
     ]);
-    let end = Instant::now() + Duration::from_secs(10);
-    while !pid.exists() {
-        assert!(
-            Instant::now() < end,
-            "dnsmasq did not start: {}",
-            bg.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    bg.wait_for_file(&pid, "dnsmasq");
     bg
 }
 

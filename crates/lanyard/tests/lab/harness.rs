@@ -708,6 +708,20 @@ impl Bg {
         }
     }
 
+    /// Waits up to 10 s for `path` to exist (the pid file a server writes once it is
+    /// ready); else panics: "`what` did not start" and its stderr.
+    pub fn wait_for_file(&self, path: &Path, what: &str) {
+        let end = Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(
+                Instant::now() < end,
+                "{what} did not start: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits for the exit (at most `within`; then kills it and panics) and returns all
     /// it printed.
     pub fn finish(mut self, within: Duration) -> Output {
