@@ -83,17 +83,15 @@ pub fn allocate_excluding(
     };
     let probes = size.min(MAX_PROBES);
     let mut cand = start;
-    for _ in 0..probes {
+    let mut candidates = (0..probes).filter_map(|_| {
         cand = if cand >= hi { lo } else { cand + 1 };
         let addr = from_u128(v4, cand);
-        if reserved_reason(sc, addr).is_some() || exclude.contains(&addr) {
-            continue;
-        }
-        if tx.address_owner(network_id, addr)?.is_none() {
-            tx.take_address(network_id, addr, owner)?;
-            tx.set_cursor(network_id, &sc.subnet, addr)?;
-            return Ok(addr);
-        }
+        (reserved_reason(sc, addr).is_none() && !exclude.contains(&addr)).then_some(addr)
+    });
+    if let Some(addr) = tx.first_free_address(network_id, &mut candidates)? {
+        tx.take_address(network_id, addr, owner)?;
+        tx.set_cursor(network_id, &sc.subnet, addr)?;
+        return Ok(addr);
     }
     Err(Error::Conflict(format!(
         "no free address in {}{} (looked at {probes} addresses)",

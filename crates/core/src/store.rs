@@ -53,6 +53,24 @@ pub trait Tx {
 
     /// Who holds `addr` in `network_id`, if anyone.
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>>;
+    /// The first of `candidates` that no one holds in `network_id` (the allocator's
+    /// search, in its order), `None` when all are held. The free one found is a read
+    /// like any other (the commit fails if someone took it meanwhile); the held ones
+    /// passed over need not be: one freed since was safely passed over. So a store
+    /// that guards each read (etcd) may guard just the one, however many it passes.
+    fn first_free_address(
+        &self,
+        network_id: &str,
+        candidates: &mut dyn Iterator<Item = IpAddr>,
+    ) -> Result<Option<IpAddr>> {
+        for addr in candidates {
+            if self.address_owner(network_id, addr)?.is_none() {
+                return Ok(Some(addr));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every address held in `network_id`, with its holder (an endpoint id, or a
     /// reservation's owner), by address: one range read of the network's holdings.
     fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>>;

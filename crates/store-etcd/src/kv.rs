@@ -11,8 +11,12 @@
 //!   networks, endpoints, a network's addresses, a caller's owners: [`gen_dir`]).
 //!
 //! If any compare fails, nothing is written and the store runs the whole
-//! transaction again. Hint reads ([`KvTx::get_hint`]) are not compared: the
-//! allocation cursor is only where a search starts; each address is compared.
+//! transaction again. Hint reads ([`KvTx::get_hint`], [`KvTx::range_hint`]) are not
+//! compared: the allocation cursor is only where a search starts, and the addresses
+//! a search passes over as held need no guard (one freed since was safely passed
+//! over); the free address it takes is compared ([`KvTx::get_if_absent`]). So one
+//! allocation adds one compare, however many held addresses it passes (etcd allows
+//! [`MAX_TXN_OPS`] in all).
 
 use crate::seen::{Record, Seen};
 use crate::store::{Conn, REQUEST_TIMEOUT};
@@ -25,6 +29,10 @@ use std::time::Instant;
 /// The largest number of compares or operations one etcd `Txn` may carry
 /// (etcd's `--max-txn-ops`, 128 by default).
 pub(crate) const MAX_TXN_OPS: usize = 128;
+
+/// Keys per read of [`KvTx::range_hint`] (a network's holdings may be many
+/// thousand: one answer stays far below gRPC's message size limit).
+const HINT_PAGE: i64 = 1000;
 
 /// The generation key's directory of `key`, if deletions in its range are counted
 /// there instead of compared key by key: the ranges that may hold many keys.
@@ -212,6 +220,17 @@ impl<'a> KvTx<'a> {
         self.get_inner(key, false)
     }
 
+    /// The value of `key`, compared at commit only when absent ("still absent"): for
+    /// the allocator's search, which takes the first absent address and passes over
+    /// the held ones (see the module doc).
+    pub(crate) fn get_if_absent(&self, key: &str) -> Result<Option<String>> {
+        let got = self.get_inner(key, false)?;
+        if got.is_none() && !self.st.borrow().writes.contains_key(key) {
+            self.note(key, Read::Key(0));
+        }
+        Ok(got)
+    }
+
     fn get_inner(&self, key: &str, compare: bool) -> Result<Option<String>> {
         if let Some(w) = self.st.borrow().writes.get(key) {
             return Ok(w.clone());
@@ -225,6 +244,25 @@ impl<'a> KvTx<'a> {
             self.note(key, Read::Key(rev));
         }
         Ok(value)
+    }
+
+    /// Every (key, value) in `[start, end)`, by key, not compared at commit: for
+    /// the held addresses an allocator's search passes over (see the module doc).
+    /// Read in pages of [`HINT_PAGE`] keys, all at the snapshot.
+    pub(crate) fn range_hint(&self, start: &str, end: &str) -> Result<Vec<(String, String)>> {
+        let mut got = vec![];
+        let mut from = start.to_string();
+        loop {
+            let page = self.fetch(&from, Some(end), HINT_PAGE)?;
+            let more = page.len() as i64 == HINT_PAGE;
+            got.extend(page);
+            match got.last() {
+                // The next key after the last one read.
+                Some((k, _, _)) if more => from = format!("{k}\0"),
+                _ => break,
+            }
+        }
+        Ok(self.with_writes(start, end, got))
     }
 
     /// Every (key, value) whose key starts with `prefix`, by key; compared at commit.
@@ -254,6 +292,16 @@ impl<'a> KvTx<'a> {
                 }
             }
         }
+        Ok(self.with_writes(start, end, got))
+    }
+
+    /// `got`, read from `[start, end)`, as this transaction's writes have left it.
+    fn with_writes(
+        &self,
+        start: &str,
+        end: &str,
+        got: Vec<(String, String, i64)>,
+    ) -> Vec<(String, String)> {
         let mut m: BTreeMap<String, String> = got.into_iter().map(|(k, v, _)| (k, v)).collect();
         for (k, w) in self
             .st
@@ -266,7 +314,7 @@ impl<'a> KvTx<'a> {
                 None => m.remove(k),
             };
         }
-        Ok(m.into_iter().collect())
+        m.into_iter().collect()
     }
 
     /// Buffers a put of `key`.

@@ -19,7 +19,12 @@ use lanyard_core::model::{Endpoint, EndpointState, MacAddr, Network, PortMapping
 use lanyard_core::owner::{Owner, OwnerScope};
 use lanyard_core::store::{is_full_id, Tx, Unreadable};
 use lanyard_core::{Error, Result};
+use std::collections::HashSet;
 use std::net::IpAddr;
+
+/// Candidates an allocation looks up one by one before it reads the network's
+/// holdings as one range ([`Tx::first_free_address`]).
+const PROBES_ONE_BY_ONE: usize = 4;
 
 /// Separates a holding's scope from its key.
 pub(crate) const SEP: char = '\u{1f}';
@@ -389,6 +394,37 @@ impl Tx for EtcdTx<'_, '_> {
 
     fn address_owner(&self, network_id: &str, addr: IpAddr) -> Result<Option<String>> {
         self.kv.get(&hold_key(network_id, &addr.to_string()))
+    }
+
+    fn first_free_address(
+        &self,
+        network_id: &str,
+        candidates: &mut dyn Iterator<Item = IpAddr>,
+    ) -> Result<Option<IpAddr>> {
+        // Only the free address found is compared at commit (kv.rs). The first few
+        // candidates one read each (after a fresh cursor the first is free); past
+        // them, the network's holdings in one uncompared range read, not one read
+        // per held address.
+        for addr in (&mut *candidates).take(PROBES_ONE_BY_ONE) {
+            let key = hold_key(network_id, &addr.to_string());
+            if self.kv.get_if_absent(&key)?.is_none() {
+                return Ok(Some(addr));
+            }
+        }
+        let prefix = hold_key(network_id, "");
+        let held: HashSet<String> = self
+            .kv
+            .range_hint(&prefix, &prefix_end(&prefix))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for addr in candidates {
+            let key = hold_key(network_id, &addr.to_string());
+            if !held.contains(&key) && self.kv.get_if_absent(&key)?.is_none() {
+                return Ok(Some(addr));
+            }
+        }
+        Ok(None)
     }
 
     fn addresses(&self, network_id: &str) -> Result<Vec<(IpAddr, String)>> {

@@ -294,6 +294,59 @@ fn concurrent_writers_never_share_an_address<S: Store + Send>(
     );
 }
 
+/// An allocation that passes over `taken` held addresses (its cursor stale: the
+/// others' attaches took them meanwhile), on a host with `endpoints` endpoints,
+/// commits, and takes the first free address after them: one transaction's reads
+/// stay within what one etcd `Txn` may compare (`--max-txn-ops`, 128), however many
+/// addresses or endpoints there are.
+fn allocation_past_many_taken_addresses_commits<S: Store>(s: &S, taken: u32, endpoints: u32) {
+    let n = NetworkBuilder::new("big")
+        .id(id('b'))
+        .subnet("10.9.0.0/16")
+        .build();
+    let sc = n.subnets[0].clone();
+    w(s, |tx| tx.put_network(&n)).unwrap();
+    // 10.9.0.1 is the gateway: 10.9.0.2 on are taken, in small transactions.
+    let addr = |i: u32| IpAddr::V4((u32::from(std::net::Ipv4Addr::new(10, 9, 0, 2)) + i).into());
+    for chunk in (0..taken).collect::<Vec<_>>().chunks(40) {
+        w(s, |tx| {
+            for &i in chunk {
+                tx.take_address(&n.id, addr(i), &format!("other{i}"))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    for chunk in (0..endpoints).collect::<Vec<_>>().chunks(30) {
+        w(s, |tx| {
+            for &i in chunk {
+                let mut e = ep(&n, &format!("{i:064x}"), None, (7, u64::from(i)));
+                e.node = Some("a".into());
+                tx.put_endpoint(&e)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    let mut mine = ep(&n, &id('f'), Some("mine"), (8, 1));
+    mine.node = Some("a".into());
+    let got = w(s, |tx| {
+        let a = lanyard_core::ipam::allocate(tx, &n.id, &sc, &mine.id)?;
+        tx.put_endpoint(&mine)?;
+        Ok(a)
+    })
+    .unwrap();
+    assert_eq!(
+        got,
+        addr(taken),
+        "the first free address after the taken ones"
+    );
+    assert_eq!(
+        r(s, |tx| tx.address_owner(&n.id, got)).as_deref(),
+        Some(mine.id.as_str())
+    );
+}
+
 /// Two hosts on one etcd store: a namespace's (device, inode) names it on one host
 /// only, so each host finds its own endpoint there, never the other's.
 fn namespaces_are_each_hosts_own(url: &str) {
@@ -326,6 +379,7 @@ fn contract<S: Store>(mut fresh: impl FnMut() -> S) {
     endpoints_hold_names_owners_macs_and_namespaces(&fresh());
     addresses_ports_cursor_and_meta(&fresh());
     failed_write_leaves_nothing(&fresh());
+    allocation_past_many_taken_addresses_commits(&fresh(), 300, 300);
 }
 
 #[test]
@@ -459,6 +513,9 @@ fn etcd_store_keeps_the_contract() {
         });
         namespaces_are_each_hosts_own(&format!("{}/hosts", e.url));
         observing_reports_what_each_transaction_saw(&format!("{}/seen", e.url));
+        // More holdings than one page of the search's range read (kv.rs).
+        let big = EtcdStore::open(&format!("{}/big", e.url)).unwrap();
+        allocation_past_many_taken_addresses_commits(&big, 1100, 0);
         let url = format!("{}/conc", e.url);
         concurrent_writers_never_share_an_address(&|| EtcdStore::open(&url).unwrap(), 4, 25);
     });
