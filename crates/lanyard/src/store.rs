@@ -471,3 +471,38 @@ fn beat(url: &str, node: &str, state_dir: &Path, sweep: Duration) {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn only_verbs_that_read_may_answer_from_the_local_copy() {
+        let verb = |args: &str| {
+            let cli = Cli::try_parse_from(format!("lanyard {args}").split(' ')).unwrap();
+            reads_only(&cli.command)
+        };
+        for args in [
+            "network ls",
+            "network inspect lan",
+            "endpoint ls --json",
+            "endpoint inspect e1",
+            "endpoint check e1",
+            "doctor",
+        ] {
+            assert!(verb(args), "{args}");
+        }
+        for args in [
+            "attach lan --netns /run/netns/c",
+            "detach e1",
+            "network create lan",
+            "network rm lan",
+            "endpoint rm e1",
+            "gc",
+            "restore",
+        ] {
+            assert!(!verb(args), "{args}");
+        }
+    }
+}
