@@ -189,6 +189,25 @@ fn kill_after(lab: &Lab, args: &[&str], delay: std::time::Duration) {
     let _ = child.wait();
 }
 
+/// With the daemon up, a killed client's verb is the daemon's: it may still be
+/// queued or under way after the client died, and finish after the `gc` below.
+/// Waits (bounded) until no endpoint is mid-way, as a caller would wait for the
+/// daemon to go idle; what stays mid-way is then gc's to clear.
+fn settle(lab: &Lab) {
+    for _ in 0..100 {
+        let eps = lab.lanyard_json(&["endpoint", "ls"]);
+        if eps
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["state"] == "active")
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// After `gc`: every endpoint recorded is active with its link and address in its
 /// namespace, every namespace without one has no link but lo, no address is held
 /// twice, and the host keeps no tombstone or stray veth.
@@ -278,6 +297,9 @@ fn kill_sweep(lab: &Lab, with_daemon: bool) {
             delay,
         );
     }
+    if with_daemon {
+        settle(lab);
+    }
     let (kept, gone) = whole_or_gone(lab, &containers);
     eprintln!("killed attaches (daemon: {with_daemon}): {kept} whole, {gone} gone");
     // Every namespace attached, then detaches killed the same way.
@@ -299,6 +321,9 @@ fn kill_sweep(lab: &Lab, with_daemon: bool) {
     }
     // A detach's link goes away in the background: give the reaper its moment.
     std::thread::sleep(std::time::Duration::from_millis(300));
+    if with_daemon {
+        settle(lab);
+    }
     let (kept, gone) = whole_or_gone(lab, &containers);
     eprintln!("killed detaches (daemon: {with_daemon}): {kept} whole, {gone} gone");
     // And what is left detaches cleanly.
