@@ -162,6 +162,11 @@ pub trait Kernel {
         let _ = (who, lease);
         Ok(())
     }
+    /// The end of one caller's call on a kernel kept for the next (the daemon's):
+    /// lets go of what belongs to that call, such as handles on the namespaces it
+    /// named (kept, one would keep a deleted container's namespace alive). Default:
+    /// nothing.
+    fn end_of_call(&mut self) {}
     /// RFC 5227 probe: one ARP probe for `addr` from `parent` (in the host
     /// namespace), up to `wait` for an answer; the MAC of the host that holds it.
     /// Default: nobody answers.
@@ -194,6 +199,9 @@ impl<K: Kernel + ?Sized> Kernel for Box<K> {
     }
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         (**self).reap(links)
+    }
+    fn end_of_call(&mut self) {
+        (**self).end_of_call()
     }
     fn dhcp_acquire(&mut self, who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
         (**self).dhcp_acquire(who, previous)
@@ -270,6 +278,9 @@ impl<K: Kernel> Kernel for FailAt<K> {
     }
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         self.inner.reap(links)
+    }
+    fn end_of_call(&mut self) {
+        self.inner.end_of_call()
     }
     fn dhcp_acquire(&mut self, who: &DhcpWho, previous: Option<Ipv4Addr>) -> Result<Lease> {
         self.inner.dhcp_acquire(who, previous)

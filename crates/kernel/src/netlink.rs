@@ -227,6 +227,10 @@ impl Kernel for Netlink {
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
         reap::reap(self, links)
     }
+    fn end_of_call(&mut self) {
+        // The host's socket, the nftables context and the hand-off settings stay.
+        self.paths.clear();
+    }
     fn dhcp_acquire(
         &mut self,
         who: &lanyard_core::lease::DhcpWho,

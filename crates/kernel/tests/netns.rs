@@ -108,3 +108,32 @@ fn a_path_that_is_no_network_namespace_is_an_error_and_nothing_moves() {
         assert_eq!(thread_netns(), home);
     });
 }
+
+/// How many of this process's descriptors are the namespace file `ns` (a handle
+/// that keeps it alive after every process in it is gone).
+fn descriptors_on(ns: &Path) -> usize {
+    let want = std::fs::read_link(ns).expect("readlink namespace");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("list fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| *l == want)
+        .count()
+}
+
+#[test]
+fn end_of_call_lets_go_of_the_namespaces_the_call_named() {
+    in_fresh_netns("netns::end_of_call", || {
+        let mut k = Netlink::new().unwrap();
+        let side = SideNetns::new();
+        k.apply(&Op::SetUp {
+            netns: side.netns(),
+            name: name("lo"),
+        })
+        .expect("lo up in the side namespace");
+        assert!(descriptors_on(&side.path) >= 1, "the call's handle");
+        // The daemon keeps its kernel for the next call: a container's namespace
+        // must not be held past the call that named it.
+        k.end_of_call();
+        assert_eq!(descriptors_on(&side.path), 0);
+    });
+}

@@ -68,6 +68,12 @@ fn hook(env: &str) -> Result<Option<usize>> {
     }
 }
 
+/// Whether a test hook that counts kernel steps is set (then no engine is kept
+/// across calls: the count is per call).
+pub(crate) fn test_hooks_set() -> bool {
+    std::env::var_os(FAIL_AT_ENV).is_some() || std::env::var_os(KILL_AT_ENV).is_some()
+}
+
 /// `kill -9` of this process (the crash suite's hook).
 fn kill_self() -> ! {
     let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);

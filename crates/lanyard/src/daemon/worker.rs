@@ -9,7 +9,8 @@
 //! changes from others' by the `lanyard` prefix.
 
 use crate::cli::Cli;
-use crate::store::AnyStore;
+use crate::Lanyard;
+use lanyard_core::kernel::Kernel;
 use lanyard_core::model::{Endpoint, Network};
 use lanyard_core::{Error, Result};
 use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
@@ -69,13 +70,38 @@ pub struct Worker {
 
 /// What the engine thread keeps across delegated verbs.
 struct Kept {
-    /// The store, kept open: no open, no WAL-index rebuild, statements stay
-    /// prepared. Other jobs open their own.
-    store: Option<AnyStore>,
+    /// The engine of delegated verbs and Docker calls, kept: the store stays open
+    /// (no open, no WAL-index rebuild, statements stay prepared) and so do the
+    /// kernel's host socket and nftables context; what one call named of other
+    /// namespaces is dropped after it ([`Kernel::end_of_call`]). Other jobs open
+    /// their own.
+    engine: Option<Lanyard>,
+    /// Whether [`Kept::engine`] may be kept: not under the test hooks that fail or
+    /// kill at the N-th kernel step (their count is per call).
+    keep: bool,
     /// Where the daemon's own detaches queue their tombstones.
     reaper: LocalReaper,
     /// The Docker front end's state ([`crate::docker::handle`]).
     docker: crate::docker::handle::State,
+}
+
+impl Kept {
+    /// The kept engine, or a new one (store and kernel opened) if none is kept.
+    fn engine(&mut self, cli: &Cli) -> Result<Lanyard> {
+        match self.engine.take() {
+            Some(e) => Ok(e),
+            None => crate::store::open(cli)
+                .and_then(|s| crate::open_with_reaper(cli, s, Some(self.reaper.clone()))),
+        }
+    }
+
+    /// Keeps `engine` for the next call, without what this call named.
+    fn put(&mut self, mut engine: Lanyard) {
+        if self.keep {
+            engine.kernel.end_of_call();
+            self.engine = Some(engine);
+        }
+    }
 }
 
 /// Reads lanyard's tables over nfnetlink ([`nftwatch::table_shape`]).
@@ -111,7 +137,8 @@ impl Worker {
             .name(THREAD_NAME.into())
             .spawn_scoped(scope, move || {
                 let mut kept = Kept {
-                    store: None,
+                    engine: None,
+                    keep: !crate::test_hooks_set(),
                     reaper,
                     docker: crate::docker::handle::State::default(),
                 };
@@ -198,15 +225,10 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
         Job::Docker { call, done } => {
             let started = std::time::Instant::now();
             let name = call.name();
-            let opened = match kept.store.take() {
-                Some(s) => Ok(s),
-                None => crate::store::open(cli),
-            };
-            let reaper = Some(kept.reaper.clone());
-            let r = match opened.and_then(|s| crate::open_with_reaper(cli, s, reaper)) {
+            let r = match kept.engine(cli) {
                 Ok(mut engine) => {
                     let r = crate::docker::handle::answer(&mut engine, &mut kept.docker, call);
-                    kept.store = Some(engine.store);
+                    kept.put(engine);
                     r
                 }
                 Err(e) => lanyard_docker::Reply::err(500, format!("lanyard: {e}")),
@@ -218,31 +240,25 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             let _ = done.send(r);
         }
         Job::Verb { json, conn, done } => {
-            let opened = match kept.store.take() {
-                Some(s) => Ok(s),
-                None => crate::store::open(cli),
-            };
-            let reaper = Some(kept.reaper.clone());
             let mut used = None;
-            let (answer, notice) =
-                match opened.and_then(|s| crate::open_with_reaper(cli, s, reaper)) {
-                    Ok(mut engine) => {
-                        let r = crate::delegate::serve(&mut engine, &json);
-                        used = Some(engine);
-                        r
-                    }
-                    // Not opened here: the caller runs the verb itself, and says why.
-                    Err(_) => (
-                        Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
-                        None,
-                    ),
-                };
-            // The answer first; the engine's sockets and lock are closed after it. A
-            // caller gone meanwhile misses its answer, as it would from the loop.
+            let (answer, notice) = match kept.engine(cli) {
+                Ok(mut engine) => {
+                    let r = crate::delegate::serve(&mut engine, &json);
+                    used = Some(engine);
+                    r
+                }
+                // Not opened here: the caller runs the verb itself, and says why.
+                Err(_) => (
+                    Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
+                    None,
+                ),
+            };
+            // The answer first; the engine is put back after it. A caller gone
+            // meanwhile misses its answer, as it would from the loop.
             let _ = handoff::send_on(conn.as_fd(), &answer, &[]);
             drop(conn);
             if let Some(engine) = used {
-                kept.store = Some(engine.store);
+                kept.put(engine);
             }
             let _ = done.send(notice);
         }
@@ -256,16 +272,14 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             let _ = done.send(crate::open(cli).and_then(|mut engine| engine.gc()));
         }
         Job::Names { done } => {
-            // On the store kept open for delegated verbs: one read, no open (the
-            // DNS responder asks after every attach and detach).
+            // On the engine kept for delegated verbs: one read, no open (the DNS
+            // responder asks after every attach and detach).
             use lanyard_core::store::Store;
-            let opened = match kept.store.take() {
-                Some(s) => Ok(s),
-                None => crate::store::open(cli),
-            };
-            let r = opened.and_then(|s| {
-                let r = s.read(&mut |tx| Ok((tx.endpoints()?, tx.networks()?)));
-                kept.store = Some(s);
+            let r = kept.engine(cli).and_then(|engine| {
+                let r = engine
+                    .store
+                    .read(&mut |tx| Ok((tx.endpoints()?, tx.networks()?)));
+                kept.put(engine);
                 r
             });
             let _ = done.send(r);
