@@ -465,6 +465,15 @@ fn etcd_gc_host_frees_a_dead_hosts_addresses_and_never_a_live_ones() {
     hs[0].run_fails(&["gc", "--host", "h2"], exit::CONFLICT);
     std::thread::sleep(Duration::from_secs(4));
     eprintln!("h1 daemon:\n{}\nh2 daemon:\n{}", d1.stderr(), d2.stderr());
+    // h2 only attached (its journal); its daemon listed everything into its
+    // local copy's snapshot, other hosts' networks included, its own endpoint only.
+    let snapshot = std::fs::read_to_string(hs[1].dir.join("state/etcd-copy.json"))
+        .expect("h2's daemon refreshed its local copy");
+    let copy: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert_eq!(copy["node"], "h2", "{copy}");
+    let eps = copy["endpoints"]["entries"].as_object().unwrap();
+    assert_eq!(eps.len(), 1, "{copy}");
+    assert_eq!(copy["networks"]["entries"].as_object().unwrap().len(), 1);
     assert_eq!(
         nodes(&hs[0]),
         ["h1", "h2", "h3"],
