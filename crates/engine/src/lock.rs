@@ -100,6 +100,16 @@ impl Locks {
         })
     }
 
+    /// Closes the lock file when nothing holds the lock, so the next [`Locks::take`]
+    /// opens it by its path again: for an engine kept across calls (the daemon's),
+    /// which must lock the run directory's file as it is then, not one deleted since.
+    pub fn close(&self) {
+        let mut st = lock_state(&self.state);
+        if st.held.is_none() {
+            st.file = None;
+        }
+    }
+
     /// The run dir holding the lock file, if any.
     pub fn dir(&self) -> Option<&Path> {
         self.path.as_deref().and_then(Path::parent)
@@ -193,6 +203,23 @@ mod tests {
         // Now another engine may take it exclusively at once.
         let b = Locks::in_dir(dir.path());
         let _g = b.take(Mode::Exclusive).unwrap();
+    }
+
+    #[test]
+    fn after_close_the_lock_is_taken_on_the_file_the_path_names_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = Locks::in_dir(dir.path());
+        drop(locks.take(Mode::Shared).unwrap());
+        let path = dir.path().join(LOCK_FILE);
+        std::fs::remove_file(&path).unwrap();
+        locks.close();
+        let _held = locks.take(Mode::Exclusive).unwrap();
+        // Another process's view: the file at the path is the one held.
+        let other = std::fs::File::open(&path).expect("the lock file is there again");
+        assert!(
+            other.try_lock_shared().is_err(),
+            "held on the old inode only"
+        );
     }
 
     #[test]

@@ -99,6 +99,7 @@ impl Kept {
     fn put(&mut self, mut engine: Lanyard) {
         if self.keep {
             engine.kernel.end_of_call();
+            engine.locks.close();
             self.engine = Some(engine);
         }
     }
