@@ -18,6 +18,7 @@
 //! whose peers may hang up; `lanyard run` gives its command the default back), opens
 //! /dev/null on a closed fd 0-2, and turns a panic into exit status 101.
 
+mod argv;
 mod caps;
 mod cli;
 mod cni;
@@ -169,17 +170,22 @@ fn run() {
     std::process::exit(code);
 }
 
+/// The command line: a plain `attach`/`detach` without clap ([`argv`]), else
 /// `Cli::parse()`, without freeing clap's command tree and matches: the process
 /// exits soon after, and the frees were ~6% of a short call's instructions
 /// (callgrind: 70k of an attach's 1.1M). Errors, `--help` and `--version` exit
 /// here, as with `parse()`.
 fn parse_args() -> Cli {
-    if let Some(cli) = Cli::parse_hot(std::env::args_os()) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(cli) = argv::parse(&args, &|var| std::env::var_os(var)) {
+        return cli;
+    }
+    if let Some(cli) = Cli::parse_hot(&args) {
         return cli;
     }
     let cmd = Box::leak(Box::new(Cli::command()));
     let parsed = cmd
-        .try_get_matches_from_mut(std::env::args_os())
+        .try_get_matches_from_mut(args)
         .and_then(|m| Cli::from_arg_matches_mut(Box::leak(Box::new(m))));
     parsed.unwrap_or_else(|e| e.format(cmd).exit())
 }
