@@ -49,6 +49,11 @@ use std::path::Path;
 /// The socket's file name in the run directory.
 pub const SOCKET: &str = "daemon.sock";
 
+/// The verbs-only socket beside it: the same protocol, one `verb` per connection,
+/// served by the daemon's engine thread itself (no event loop in between). Clients
+/// try it first and fall back to [`SOCKET`] (a daemon from before it).
+pub const VERB_SOCKET: &str = "verbs.sock";
+
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 2;
 
@@ -649,6 +654,12 @@ impl Listener {
             &self.sock,
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         )?)
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
     }
 }
 

@@ -162,8 +162,11 @@ pub fn to_daemon_at(
     if local_only() {
         return None;
     }
-    let path = run_dir.join(handoff::SOCKET);
-    let client = Client::connect(&path).ok()?;
+    // `verbs.sock` first (the daemon's engine thread serves it itself: one thread
+    // woken); `daemon.sock` for a daemon from before it.
+    let client = Client::connect(&run_dir.join(handoff::VERB_SOCKET))
+        .or_else(|_| Client::connect(&run_dir.join(handoff::SOCKET)))
+        .ok()?;
     let json = serde_json::to_string(&Request {
         caller_netns: own_netns()?,
         state_dir: state_dir.map(Path::to_path_buf),

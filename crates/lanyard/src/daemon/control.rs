@@ -5,6 +5,12 @@
 //! container's namespace by mistake). Endpoint notices are logged and passed on to
 //! every subscriber; `status` is answered on the spot.
 //!
+//! Delegated verbs of current clients do not come here: they connect to
+//! `verbs.sock` ([`handoff::VERB_SOCKET`]), bound here too but served by the engine
+//! thread itself ([`super::worker`]), so a verb wakes one daemon thread, not the loop
+//! and then the engine thread. A `verb` on `daemon.sock` (a client from before
+//! `verbs.sock`) is still served, through the loop as before.
+//!
 //! A second daemon on the same socket is refused; a socket left by a killed daemon
 //! is taken over. Without the daemon (or with its socket failed) detaches fork their
 //! own workers.
@@ -28,6 +34,8 @@ const SUBSCRIBER_QUEUE: usize = 1024;
 pub struct Control {
     path: PathBuf,
     listener: Option<handoff::Listener>,
+    /// `verbs.sock`'s listener, until the engine thread takes it.
+    verbs: Option<handoff::Listener>,
     reaper: mpsc::Sender<(OwnedFd, String)>,
     counters: Arc<Counters>,
 }
@@ -38,7 +46,8 @@ struct Counters {
     /// Shared with the engine thread's [`handoff::LocalReaper`].
     tombstones: Arc<AtomicU64>,
     notices: AtomicU64,
-    verbs: AtomicU64,
+    /// Shared with the engine thread, which serves `verbs.sock`.
+    verbs: Arc<AtomicU64>,
     /// Clients subscribed (the daemon's own listeners, such as DNS, not counted).
     subscribers: AtomicU64,
 }
@@ -93,6 +102,12 @@ impl Control {
                 fail("binding", e)
             }
         })?;
+        // Bound while `daemon.sock` is held: no other daemon binds it meanwhile.
+        let verbs_path = dir.join(handoff::VERB_SOCKET);
+        let verbs = handoff::Listener::bind(&verbs_path).map_err(|e| {
+            let _ = std::fs::remove_file(&path);
+            Error::Other(format!("daemon: binding {}: {e}", verbs_path.display()))
+        })?;
         // Tombstones a killed daemon never received (the senders journaled them).
         match handoff::sweep_journal(dir) {
             Ok(done) => {
@@ -112,6 +127,7 @@ impl Control {
         Ok(Control {
             path,
             listener: Some(listener),
+            verbs: Some(verbs),
             reaper,
             counters: Arc::new(Counters::default()),
         })
@@ -124,6 +140,12 @@ impl Control {
             self.reaper.clone(),
             self.counters.tombstones.clone(),
         )
+    }
+
+    /// `verbs.sock`'s listener (once), for the engine thread, and the counter of
+    /// verbs `status` reports.
+    pub fn take_verbs(&mut self) -> Option<(handoff::Listener, Arc<AtomicU64>)> {
+        Some((self.verbs.take()?, self.counters.verbs.clone()))
     }
 
     /// Returns the task that serves the socket (to spawn on the loop). If the socket
@@ -149,6 +171,7 @@ impl Control {
     /// Removes the socket file, so that CLI calls fork their own reapers again
     /// without trying it first.
     pub fn stop(&self) {
+        let _ = std::fs::remove_file(self.path.with_file_name(handoff::VERB_SOCKET));
         let _ = std::fs::remove_file(&self.path);
     }
 }

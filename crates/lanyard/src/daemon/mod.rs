@@ -22,6 +22,8 @@
 //! - **Signals** (`tokio::signal`).
 //! - **Control socket** ([`control`]): `daemon.sock`, a small versioned protocol:
 //!   tombstones from detaches, endpoint notices and subscriptions, status.
+//!   Delegated verbs come on `verbs.sock`, which the engine thread serves itself
+//!   ([`worker`]): a verb never waits for the loop.
 //! - **DNS** ([`dns`]): a responder on 127.0.0.11:53 in every endpoint's namespace
 //!   (names and aliases of the endpoints on the networks it shares, PTR, the rest
 //!   forwarded); off with `--no-dns`.
@@ -379,10 +381,25 @@ pub fn run(cli: &Cli, args: &DaemonArgs) -> Result<i32> {
             return Err(e);
         }
     };
+    let events = control::events();
+    let verbs = handoff
+        .take_verbs()
+        .map(|(listener, counted)| worker::Verbs {
+            listener,
+            counted,
+            events: events.clone(),
+        });
     let result = std::thread::scope(|scope| -> Result<i32> {
-        let worker = Worker::start(scope, cli, handoff.local_reaper())?;
+        let worker = Worker::start(scope, cli, handoff.local_reaper(), verbs)?;
         let dns = (!args.no_dns).then(|| dns_config(cli, args));
-        let r = rt.block_on(serve(args, &cli.state_dir, worker, &mut handoff, dns));
+        let r = rt.block_on(serve(
+            args,
+            &cli.state_dir,
+            worker,
+            &mut handoff,
+            events,
+            dns,
+        ));
         // Drops the tasks (and with them every handle on the engine thread, which
         // then ends and is joined by the scope).
         drop(rt);
@@ -398,6 +415,7 @@ async fn serve(
     state_dir: &std::path::Path,
     worker: Worker,
     handoff: &mut control::Control,
+    events: tokio::sync::broadcast::Sender<lanyard_kernel::handoff::Message>,
     dns: Option<dns::Config>,
 ) -> Result<i32> {
     let interval = Duration::from_secs(args.interval);
@@ -407,7 +425,6 @@ async fn serve(
     signals(tx.clone())
         .await
         .map_err(|e| Error::Other(format!("daemon: signal handlers: {e}")))?;
-    let events = control::events();
     let dns_events = events.subscribe();
     tokio::spawn(handoff.serve(worker.clone(), events)?);
     // Subscribed before the first check: every later change is heard.

@@ -4,6 +4,17 @@
 //! the thread (and namespace) that made them. Jobs run one at a time, so the daemon's
 //! own gc never races its own rebuild.
 //!
+//! **Verbs without the loop.** The thread also serves `verbs.sock`
+//! ([`handoff::VERB_SOCKET`]) itself: it sleeps in one `poll` on its job queue's
+//! eventfd and that listener, so a CLI verb wakes this thread alone, which accepts,
+//! receives, runs the verb, answers and passes the endpoint notice on (a delegated
+//! verb through the loop woke the loop to accept and receive, then this thread, then
+//! the loop again for the notice: three wake-ups of sleeping threads, each ~0.3 ms on
+//! a small VM). One verb per connection. A connection whose message is not there yet
+//! when it is accepted waits in the same `poll` (the client sends right after
+//! connecting, so this is rare). While a job runs, verbs wait in the listener's
+//! backlog as jobs wait in the queue: one engine, one call at a time, as before.
+//!
 //! The thread is named `lanyard-engine`: the kernel names the process behind each
 //! nftables generation by its thread's name, and the watch tells lanyard's own
 //! changes from others' by the `lanyard` prefix.
@@ -17,9 +28,11 @@ use lanyard_engine::drift::{self, Drift, Expected, Shape, TableReader};
 use lanyard_engine::Report;
 use lanyard_kernel::handoff::{self, LocalReaper, Message};
 use lanyard_kernel::nftwatch;
+use rustix::event::{PollFd, PollFlags};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::sync::{broadcast, oneshot};
 
 /// The thread's name (at most 15 bytes: it becomes the kernel's `comm`).
 pub const THREAD_NAME: &str = "lanyard-engine";
@@ -65,7 +78,40 @@ enum Job {
 /// The loop's handle on the engine thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
-    jobs: mpsc::Sender<Job>,
+    queue: Arc<Queue>,
+}
+
+/// The job queue and the eventfd that wakes the engine thread's `poll` for it.
+struct Queue {
+    /// Always `Some` but in `drop`.
+    jobs: Option<mpsc::Sender<Job>>,
+    wake: OwnedFd,
+}
+
+impl Queue {
+    fn ring(&self) {
+        // Only fails when the counter is full, which wakes the thread anyway.
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+}
+
+impl Drop for Queue {
+    /// The last handle gone: wakes the thread, which finds the queue closed and ends.
+    fn drop(&mut self) {
+        // Closed first, so the thread that wakes finds it closed.
+        drop(self.jobs.take());
+        self.ring();
+    }
+}
+
+/// What the engine thread serves `verbs.sock` with.
+pub struct Verbs {
+    /// The listener ([`super::control::Control::take_verbs`]).
+    pub listener: handoff::Listener,
+    /// `status`'s count of verbs.
+    pub counted: Arc<AtomicU64>,
+    /// Where endpoint notices go (subscribers, the DNS responder).
+    pub events: broadcast::Sender<Message>,
 }
 
 /// What the engine thread keeps across delegated verbs.
@@ -126,13 +172,23 @@ impl TableReader for Nfnetlink {
 }
 
 impl Worker {
-    /// Starts the engine thread inside `scope`; it ends when every handle is dropped.
+    /// Starts the engine thread inside `scope`, serving `verbs` too; it ends when
+    /// every handle is dropped.
     pub fn start<'s, 'c: 's>(
         scope: &'s std::thread::Scope<'s, '_>,
         cli: &'c Cli,
         reaper: LocalReaper,
+        verbs: Option<Verbs>,
     ) -> Result<Worker> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map_err(|e| Error::Other(format!("daemon: the engine thread's eventfd: {e}")))?;
+        let woken = wake
+            .try_clone()
+            .map_err(|e| Error::Other(format!("daemon: the engine thread's eventfd: {e}")))?;
         let expected = drift::expected_tables();
         std::thread::Builder::new()
             .name(THREAD_NAME.into())
@@ -143,12 +199,15 @@ impl Worker {
                     reaper,
                     docker: crate::docker::handle::State::default(),
                 };
-                for job in rx {
-                    run(cli, &expected, job, &mut kept);
-                }
+                engine_thread(cli, &expected, &rx, &woken, verbs.as_ref(), &mut kept);
             })
             .map_err(|e| Error::Other(format!("daemon: starting the engine thread: {e}")))?;
-        Ok(Worker { jobs })
+        Ok(Worker {
+            queue: Arc::new(Queue {
+                jobs: Some(jobs),
+                wake,
+            }),
+        })
     }
 
     /// Checks (and repairs) lanyard's tables on the engine thread.
@@ -212,12 +271,136 @@ impl Worker {
     }
 
     fn send(&self, job: Job) -> Result<()> {
-        self.jobs.send(job).map_err(|_| gone())
+        let jobs = self.queue.jobs.as_ref().ok_or_else(gone)?;
+        jobs.send(job).map_err(|_| gone())?;
+        self.queue.ring();
+        Ok(())
     }
 }
 
 fn gone() -> Error {
     Error::Other("daemon: the engine thread is gone".into())
+}
+
+/// The engine thread: runs queued jobs and serves `verbs.sock`, sleeping in one
+/// `poll` on both (and on accepted connections whose message is still on its way)
+/// when there is nothing to do. Ends when the queue is closed.
+fn engine_thread(
+    cli: &Cli,
+    expected: &[Expected],
+    jobs: &mpsc::Receiver<Job>,
+    woken: &OwnedFd,
+    verbs: Option<&Verbs>,
+    kept: &mut Kept,
+) {
+    // Accepted connections whose verb has not arrived yet.
+    let mut waiting: Vec<OwnedFd> = vec![];
+    loop {
+        // Every queued job first (the eventfd was reset before the queue was read,
+        // so a job queued after this drain rings it again).
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => run(cli, expected, job, kept),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let mut fds = vec![PollFd::new(woken, PollFlags::IN)];
+        if let Some(v) = verbs {
+            fds.push(PollFd::new(&v.listener, PollFlags::IN));
+        }
+        fds.extend(waiting.iter().map(|c| PollFd::new(c, PollFlags::IN)));
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::warn!("daemon: engine thread: poll: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        if ready[0] {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(woken, &mut buf);
+        }
+        let Some(v) = verbs else { continue };
+        // Connections that were waiting and are readable now (or closed).
+        let before = std::mem::take(&mut waiting);
+        for (conn, r) in before.into_iter().zip(&ready[2..]) {
+            if *r {
+                on_connection(cli, kept, v, conn, &mut waiting);
+            } else {
+                waiting.push(conn);
+            }
+        }
+        if ready[1] {
+            loop {
+                match v.listener.accept() {
+                    Ok(conn) => on_connection(cli, kept, v, conn, &mut waiting),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        tracing::warn!("daemon: verbs socket: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads one verb on `conn` and runs it; a message still on its way puts `conn`
+/// on `waiting`.
+fn on_connection(cli: &Cli, kept: &mut Kept, v: &Verbs, conn: OwnedFd, waiting: &mut Vec<OwnedFd>) {
+    let json = match handoff::recv_on(conn.as_fd()) {
+        Ok(Some((Message::Verb(json), _))) => json,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            waiting.push(conn);
+            return;
+        }
+        // The peer went away without a word.
+        Ok(None) => return,
+        Ok(Some((other, _))) => {
+            let why = format!("{} takes verbs only, not {other:?}", handoff::VERB_SOCKET);
+            let _ = handoff::send_on(conn.as_fd(), &Message::Error(why), &[]);
+            return;
+        }
+        Err(e) => {
+            let _ = handoff::send_on(conn.as_fd(), &Message::Error(e.to_string()), &[]);
+            return;
+        }
+    };
+    v.counted.fetch_add(1, Ordering::Relaxed);
+    if let Some(notice) = verb(cli, kept, &json, conn) {
+        // No subscriber is fine.
+        let _ = v.events.send(notice);
+    }
+}
+
+/// Runs a delegated verb on the kept engine, answers on `conn` and closes it; the
+/// endpoint notice to pass on, if any.
+fn verb(cli: &Cli, kept: &mut Kept, json: &str, conn: OwnedFd) -> Option<Message> {
+    let mut used = None;
+    let (answer, notice) = match kept.engine(cli) {
+        Ok(mut engine) => {
+            let r = crate::delegate::serve(&mut engine, json);
+            used = Some(engine);
+            r
+        }
+        // Not opened here: the caller runs the verb itself, and says why.
+        Err(_) => (
+            Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
+            None,
+        ),
+    };
+    // The answer first; the engine is put back after it. A caller gone meanwhile
+    // misses its answer.
+    let _ = handoff::send_on(conn.as_fd(), &answer, &[]);
+    drop(conn);
+    if let Some(engine) = used {
+        kept.put(engine);
+    }
+    notice
 }
 
 /// Runs one job; a dropped answer (the loop stopping) is fine.
@@ -241,27 +424,7 @@ fn run(cli: &Cli, expected: &[Expected], job: Job, kept: &mut Kept) {
             let _ = done.send(r);
         }
         Job::Verb { json, conn, done } => {
-            let mut used = None;
-            let (answer, notice) = match kept.engine(cli) {
-                Ok(mut engine) => {
-                    let r = crate::delegate::serve(&mut engine, &json);
-                    used = Some(engine);
-                    r
-                }
-                // Not opened here: the caller runs the verb itself, and says why.
-                Err(_) => (
-                    Message::VerbErr(crate::delegate::NOT_HERE, "store not open".into()),
-                    None,
-                ),
-            };
-            // The answer first; the engine is put back after it. A caller gone
-            // meanwhile misses its answer, as it would from the loop.
-            let _ = handoff::send_on(conn.as_fd(), &answer, &[]);
-            drop(conn);
-            if let Some(engine) = used {
-                kept.put(engine);
-            }
-            let _ = done.send(notice);
+            let _ = done.send(verb(cli, kept, &json, conn));
         }
         Job::Check { force, done } => {
             let r = crate::open(cli).and_then(|mut engine| {

@@ -249,3 +249,58 @@ fn an_attach_starts_no_thread_and_no_event_loop() {
         "an attach started threads, processes or an event loop:\n{calls}"
     );
 }
+
+/// Holds one thread (not its process) stopped by ptrace until dropped.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn thread(tid: u32) -> Stopped {
+        let tid = tid as libc::pid_t;
+        // SAFETY: plain ptrace requests on a thread id, no memory passed; the stop is
+        // waited for with __WALL (the daemon is our child, traced from this thread).
+        unsafe {
+            assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0), 0, "seize");
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0);
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid);
+        }
+        Stopped(tid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above; the thread is in a ptrace stop.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+#[test]
+fn a_delegated_verb_is_answered_while_the_event_loop_is_stopped() {
+    let lab = lab!();
+    lab.lan_network("lan", "macvlan", &[]);
+    let daemon = lab.daemon(&[]);
+    let c1 = lab.netns("c1");
+    let path = c1.path();
+    let path = path.to_str().unwrap();
+    // The event loop runs on the daemon's main thread; its engine thread runs verbs.
+    let held = Stopped::thread(daemon.pid());
+    let attach = lab.lanyard_spawn(&["attach", "lan", "--netns", path, "--json"]);
+    // Not a timing: a daemon that needs its loop for a verb never answers while the
+    // loop is stopped (the CLI would wait 120 s).
+    let out = attach.finish(Duration::from_secs(20));
+    assert!(out.status.success(), "{out:?}");
+    assert!(c1.links().contains("eth0"));
+    let detach = lab.lanyard_spawn(&["detach", "lan", "--netns", path]);
+    assert!(detach.finish(Duration::from_secs(20)).status.success());
+    drop(held);
+    // The verbs ran in the daemon (not locally), and its loop goes on serving.
+    use lanyard_kernel::handoff::{Client, Message};
+    let asker = Client::connect(&lab.run_dir().join("daemon.sock")).unwrap();
+    asker.send(&Message::Status, &[]).unwrap();
+    match asker.recv(SETTLE).unwrap() {
+        Message::StatusIs(kv) => assert!(kv.contains(&"verbs=2".to_string()), "{kv:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(!c1.links().contains("eth0"));
+}
