@@ -6,6 +6,7 @@
 //! each stored address again (INIT-REBOOT). Networks with lanyard's own IPAM never
 //! come here: nothing of this is on their path.
 
+use crate::lock::Mode;
 use crate::Engine;
 use ipnet::IpNet;
 use lanyard_core::apply::apply_all;
@@ -218,7 +219,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         };
         match self.kernel.dhcp_extend(&who(net, ep), lease, rebinding)? {
             Extended::Ack(l) => {
-                let kept = self.store_lease(ep, l, None)?;
+                // An endpoint gone meanwhile has nothing to keep: reported as renewed.
+                let kept = self
+                    .store_lease(ep, l.clone(), None)?
+                    .unwrap_or_else(|| with_lease(ep, l));
                 let what = if rebinding { "rebound" } else { "renewed" };
                 Ok(Some((format!("lease of {} {what}", lease.address), kept)))
             }
@@ -229,6 +233,16 @@ impl<S: Store, K: Kernel> Engine<S, K> {
 
     /// Asks for a lease anew (INIT-REBOOT for `previous`, else discovery) and, if
     /// the address changed, moves the endpoint to the new one.
+    ///
+    /// The exchange with the server (seconds, at worst) runs without the run-dir
+    /// lock. Moving the address is a read-then-change section like an attach: it
+    /// holds the lock shared, so a firewall rebuild or `gc` (exclusive) never reads
+    /// the store between the kernel's change and its record, and it works on the
+    /// endpoint as stored then: one detached, being detached or moved by another
+    /// process meanwhile is left alone. A detach that slips in before the record is
+    /// written (it holds the lock shared too) leaves the record gone or detaching:
+    /// the new address's firewall elements, which that detach did not know of, are
+    /// taken away again.
     pub(crate) fn rebind_from_scratch(
         &mut self,
         net: &Network,
@@ -238,9 +252,21 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         let lease = self.kernel.dhcp_acquire(&who(net, ep), previous)?;
         let old = ep.lease.as_ref().map(|l| l.address);
         if old == Some(lease.address) {
-            let kept = self.store_lease(ep, lease, None)?;
+            let kept = self
+                .store_lease(ep, lease.clone(), None)?
+                .unwrap_or_else(|| with_lease(ep, lease));
             return Ok(Some(("lease confirmed (INIT-REBOOT)".into(), kept)));
         }
+        let _lock = self.lock(Mode::Shared)?;
+        let ep = match self.store.read(&mut |tx| tx.endpoint(&ep.id))? {
+            Some(cur)
+                if cur.state == EndpointState::Active
+                    && cur.lease.as_ref().map(|l| l.address) == old =>
+            {
+                cur
+            }
+            _ => return Ok(None),
+        };
         // Another address: take the old one and its routes off, put the new on.
         let host = self
             .kernel
@@ -254,7 +280,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 addr: *a,
             });
         }
-        for r in plan::endpoint_host_routes(net, ep, &host) {
+        for r in plan::endpoint_host_routes(net, &ep, &host) {
             ops.push(Op::DelRoute {
                 netns: Netns::Host,
                 route: r,
@@ -265,27 +291,32 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 tracing::warn!("endpoint {}: {e}", ep.display_name());
             }
         }
-        let moved = with_lease(ep, lease.clone());
+        let moved = with_lease(&ep, lease.clone());
         // A bridge onto the LAN: its anti-spoof guard moves to the new address.
-        self.firewall_remove(net, ep);
+        self.firewall_remove(net, &ep);
         self.firewall_add(net, &moved)?;
         apply_all(&mut self.kernel, &lease_ops(net, &moved, &host, &lease)?)?;
         let from = old.map(|a| a.to_string()).unwrap_or_default();
-        let kept = self.store_lease(ep, lease, Some(&moved))?;
+        let Some(kept) = self.store_lease(&ep, lease, Some(&moved))? else {
+            // Detached meanwhile: its detach removed what it knew of, not this.
+            self.firewall_remove(net, &moved);
+            return Ok(None);
+        };
         Ok(Some((
             format!("address changed from {from} to {}", kept.addresses[0]),
             kept,
         )))
     }
 
-    /// Records `lease` on `ep` (and, with `moved`, its new addresses), unless the
-    /// endpoint went away meanwhile.
+    /// Records `lease` on `ep` (and, with `moved`, its new addresses); `None` when
+    /// the endpoint went away meanwhile, or, with `moved`, is no longer active
+    /// (being detached): then nothing is written.
     fn store_lease(
         &mut self,
         ep: &Endpoint,
         lease: Lease,
         moved: Option<&Endpoint>,
-    ) -> Result<Endpoint> {
+    ) -> Result<Option<Endpoint>> {
         let want = moved.cloned().unwrap_or_else(|| {
             let mut e = ep.clone();
             e.lease = Some(lease.clone());
@@ -293,13 +324,16 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         });
         self.store.write(&mut |tx| {
             let Some(mut cur) = tx.endpoint(&ep.id)? else {
-                return Ok(want.clone());
+                return Ok(None);
             };
+            if moved.is_some() && cur.state != EndpointState::Active {
+                return Ok(None);
+            }
             cur.lease = want.lease.clone();
             cur.addresses = want.addresses.clone();
             cur.gateways = want.gateways.clone();
             tx.put_endpoint(&cur)?;
-            Ok(cur)
+            Ok(Some(cur))
         })
     }
 }

@@ -5,9 +5,11 @@
 //! - **exclusive**: network create, remove and prune, `gc`'s sweep, firewall rebuilds,
 //!   `restore`;
 //! - **shared**: attach and detach, from before their store record until their kernel
-//!   work is done. Attaches and detaches never wait for each other (200 CNI ADDs at
-//!   once take the shared lock together); they wait only while an exclusive section
-//!   runs, and an exclusive section waits for the attaches in flight.
+//!   work is done, and a DHCP lease moving an endpoint to another address
+//!   ([`crate::Engine::maintain_leases`]). Attaches and detaches never wait for each
+//!   other (200 CNI ADDs at once take the shared lock together); they wait only while
+//!   an exclusive section runs, and an exclusive section waits for the attaches in
+//!   flight.
 //!
 //! The store's own transactions stay what they were (SQLite `BEGIN IMMEDIATE`); this
 //! lock covers what a transaction cannot: the kernel work after it.
