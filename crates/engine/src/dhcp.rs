@@ -239,7 +239,7 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// holds the lock shared, so a firewall rebuild or `gc` (exclusive) never reads
     /// the store between the kernel's change and its record, and it works on the
     /// endpoint as stored then: one detached, being detached or moved by another
-    /// process meanwhile is left alone. A detach that slips in before the record is
+    /// process meanwhile is left alone (the last said as "address already changed"). A detach that slips in before the record is
     /// written (it holds the lock shared too) leaves the record gone or detaching:
     /// the new address's firewall elements, which that detach did not know of, are
     /// taken away again.
@@ -259,13 +259,14 @@ impl<S: Store, K: Kernel> Engine<S, K> {
         }
         let _lock = self.lock(Mode::Shared)?;
         let ep = match self.store.read(&mut |tx| tx.endpoint(&ep.id))? {
-            Some(cur)
-                if cur.state == EndpointState::Active
-                    && cur.lease.as_ref().map(|l| l.address) == old =>
-            {
-                cur
+            Some(cur) if cur.state != EndpointState::Active => return Ok(None),
+            Some(cur) if cur.lease.as_ref().map(|l| l.address) != old => {
+                let now = cur.addresses.first().map(|a| a.to_string());
+                let what = format!("address already changed to {}", now.unwrap_or_default());
+                return Ok(Some((what, cur)));
             }
-            _ => return Ok(None),
+            Some(cur) => cur,
+            None => return Ok(None),
         };
         // Another address: take the old one and its routes off, put the new on.
         let host = self

@@ -19,9 +19,17 @@ fn dnsmasq(lab: &Lab, lease: &str) -> Dnsmasq {
 }
 
 fn dnsmasq_with(lab: &Lab, lease: &str, extra: &[&str]) -> Dnsmasq {
+    dnsmasq_range(lab, "192.0.2.100,192.0.2.150", lease, extra)
+}
+
+/// dnsmasq on the LAN handing out `range` ("FIRST,LAST"), authoritative: a request
+/// for an address outside it gets a NAK. Its lease file is the lab's, whichever
+/// dnsmasq ran before.
+fn dnsmasq_range(lab: &Lab, range: &str, lease: &str, extra: &[&str]) -> Dnsmasq {
     let leases = lab.dir().join("dnsmasq.leases");
     let pid = lab.dir().join("dnsmasq.pid");
-    let range = format!("--dhcp-range=192.0.2.100,192.0.2.150,255.255.255.0,{lease}");
+    let _ = std::fs::remove_file(&pid);
+    let range = format!("--dhcp-range={range},255.255.255.0,{lease}");
     let leasefile = format!("--dhcp-leasefile={}", leases.display());
     let pidfile = format!("--pid-file={}", pid.display());
     let mut args = vec![
@@ -296,6 +304,81 @@ fn a_bridge_network_onto_the_lans_own_bridge_takes_leases_from_the_lan_server() 
     server.wait_until("lease released on detach", Duration::from_secs(5), |l| {
         !l.contains(&format!(" {ip} "))
     });
+}
+
+/// The LAN's server moves an endpoint to another address (a new range: INIT-REBOOT
+/// gets a NAK) while a daemon starts (it asks for every lease again and moves the
+/// address: the run-dir lock shared) and `restore`s run beside it (each asks too,
+/// and rebuilds the firewall: exclusive). Whoever moves it, the endpoint ends with
+/// the new address alone: on its link, in its record and in the bridge's
+/// anti-spoofing set. (crates/engine/tests/interleave.rs forces the interleavings.)
+#[test]
+fn an_address_moved_by_the_server_while_a_daemon_starts_and_restores_run_ends_guarded_alone() {
+    let lab = lab!();
+    let server = dnsmasq(&lab, "2m");
+    let host = lab.host();
+    crate::recipes::uplink_in_br0(&host);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "ext",
+        "-o",
+        "bridge=br0",
+        "-o",
+        "bridge_external=true",
+        "--ipam-driver",
+        "dhcp",
+    ]);
+    let c1 = lab.netns("c1");
+    let ep = lab.attach("ext", &c1, &["--name", "web"]);
+    let old = addr_of(&ep, false);
+    drop(server);
+    let _server = dnsmasq_range(&lab, "192.0.2.200,192.0.2.210", "2m", &[]);
+
+    let args = ["daemon", "--interval", "60", "--gc-interval", "0"];
+    let (mut daemon, restores) = std::thread::scope(|s| {
+        let restores = s.spawn(|| {
+            (0..8)
+                .map(|_| lab.lanyard_ok(&["restore"]))
+                .collect::<Vec<String>>()
+        });
+        let mut daemon = lab.lanyard_spawn(&args);
+        // The daemon's own ask, whatever it found (moved, or confirmed after a
+        // restore moved it).
+        assert!(
+            daemon.wait_for_stdout("endpoint web: ", Duration::from_secs(20)),
+            "{}\n{}",
+            daemon.stdout(),
+            daemon.stderr()
+        );
+        (daemon, restores.join().expect("restores"))
+    });
+    daemon.kill();
+    let said = format!("{}\n{}", daemon.stdout(), restores.join("\n"));
+    assert!(
+        said.contains(&format!("address changed from {old} to 192.0.2.2")),
+        "nobody moved it: {said}"
+    );
+
+    let stored = lab.lanyard_json(&["endpoint", "inspect", "web"]);
+    let new = stored["lease"]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(new.starts_with("192.0.2.2") && new != old, "{stored}");
+    let addrs = c1.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addrs.contains(&format!("{new}/24")), "{addrs}");
+    assert!(
+        !addrs.contains(&format!("{old}/")),
+        "the old address stayed: {addrs}"
+    );
+    let guard = host.ok(&["nft", "list", "set", "bridge", "lanyard", "addr4"]);
+    assert!(guard.contains(&new), "new address unguarded: {guard}");
+    assert!(
+        !guard.contains(&format!("{old} ")) && !guard.contains(&format!("{old},")),
+        "the old address still passes the anti-spoofing guard: {guard}"
+    );
+    assert!(c1.ping_within("192.0.2.1", Duration::from_secs(3)));
 }
 
 /// The CNI front end on a DHCP network: ADD returns the lease's address and gateway,
