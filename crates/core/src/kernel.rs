@@ -231,7 +231,8 @@ pub struct FailAt<K> {
     /// Which apply fails.
     pub at: usize,
     /// Instead of failing, call this (it never returns: the binary kills itself with
-    /// SIGKILL there, for the crash suite's `LANYARD_KILL_AT=N`).
+    /// SIGKILL there, for the crash suite's `LANYARD_KILL_AT=N`). With it, handing
+    /// tombstones to the reaper counts as a step as well.
     pub kill: Option<fn() -> !>,
     calls: usize,
 }
@@ -277,6 +278,16 @@ impl<K: Kernel> Kernel for FailAt<K> {
         self.inner.apply(op)
     }
     fn reap(&mut self, links: Vec<(Netns, IfName)>) -> Result<()> {
+        // For the crash suite, handing tombstones off is a step too (a kill before
+        // it leaves them with nobody to delete them); an injected failure is not:
+        // the engine goes on without the reaper by design.
+        if let Some(kill) = self.kill {
+            let n = self.calls;
+            self.calls += 1;
+            if n == self.at {
+                kill();
+            }
+        }
         self.inner.reap(links)
     }
     fn end_of_call(&mut self) {

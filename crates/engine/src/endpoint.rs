@@ -390,6 +390,16 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 ep.display_name()
             )));
         }
+        if let Some(tomb) = tombstone {
+            // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
+            // Handed off before the record changes: a process killed in between
+            // leaves the record (detaching), which leads `gc` to the namespace and
+            // the tombstone in it. (The other way round, the tombstone outlived the
+            // record and nothing would ever look for it.)
+            let _ = self
+                .kernel
+                .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
+        }
         let forgotten = match then {
             Then::Forget => self.store.write(&mut |tx| tx.delete_endpoint(&ep.id)),
             Then::KeepAllocated => {
@@ -403,14 +413,6 @@ impl<S: Store, K: Kernel> Engine<S, K> {
                 self.store.write(&mut |tx| tx.put_endpoint(&kept))
             }
         };
-        if let Some(tomb) = tombstone {
-            // Deleting takes the kernel 12–30 ms (RCU); nobody needs to wait for it.
-            // Handed off last: after the hand-off (a fork) every page this process
-            // writes is copied first.
-            let _ = self
-                .kernel
-                .reap(vec![(Netns::Path(ep.netns.clone()), tomb)]);
-        }
         forgotten?;
         match errors.into_iter().next() {
             // A link already gone is what we wanted.

@@ -71,6 +71,25 @@ impl Dnsmasq {
     }
 }
 
+/// The host's uplink moved into its own bridge br0, and `ext`, a DHCP network on
+/// that bridge (`bridge_external`); returns the host.
+fn ext_on_br0(lab: &Lab) -> crate::harness::Ns {
+    let host = lab.host();
+    crate::recipes::uplink_in_br0(&host);
+    lab.lanyard_ok(&[
+        "network",
+        "create",
+        "ext",
+        "-o",
+        "bridge=br0",
+        "-o",
+        "bridge_external=true",
+        "--ipam-driver",
+        "dhcp",
+    ]);
+    host
+}
+
 fn dhcp_network(lab: &Lab, extra: &[&str]) {
     let mut args = vec![
         "network",
@@ -272,19 +291,7 @@ fn classless_routes_come_with_the_lease_and_come_back_with_restore() {
 fn a_bridge_network_onto_the_lans_own_bridge_takes_leases_from_the_lan_server() {
     let lab = lab!();
     let server = dnsmasq(&lab, "2m");
-    let host = lab.host();
-    crate::recipes::uplink_in_br0(&host);
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "ext",
-        "-o",
-        "bridge=br0",
-        "-o",
-        "bridge_external=true",
-        "--ipam-driver",
-        "dhcp",
-    ]);
+    let host = ext_on_br0(&lab);
     let c1 = lab.netns("c1");
     let ep = lab.attach("ext", &c1, &["--name", "web"]);
     let ip = addr_of(&ep, false);
@@ -316,19 +323,7 @@ fn a_bridge_network_onto_the_lans_own_bridge_takes_leases_from_the_lan_server() 
 fn an_address_moved_by_the_server_while_a_daemon_starts_and_restores_run_ends_guarded_alone() {
     let lab = lab!();
     let server = dnsmasq(&lab, "2m");
-    let host = lab.host();
-    crate::recipes::uplink_in_br0(&host);
-    lab.lanyard_ok(&[
-        "network",
-        "create",
-        "ext",
-        "-o",
-        "bridge=br0",
-        "-o",
-        "bridge_external=true",
-        "--ipam-driver",
-        "dhcp",
-    ]);
+    let host = ext_on_br0(&lab);
     let c1 = lab.netns("c1");
     let ep = lab.attach("ext", &c1, &["--name", "web"]);
     let old = addr_of(&ep, false);
