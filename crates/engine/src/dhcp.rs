@@ -239,10 +239,10 @@ impl<S: Store, K: Kernel> Engine<S, K> {
     /// holds the lock shared, so a firewall rebuild or `gc` (exclusive) never reads
     /// the store between the kernel's change and its record, and it works on the
     /// endpoint as stored then: one detached, being detached or moved by another
-    /// process meanwhile is left alone (the last said as "address already changed"). A detach that slips in before the record is
-    /// written (it holds the lock shared too) leaves the record gone or detaching:
-    /// the new address's firewall elements, which that detach did not know of, are
-    /// taken away again.
+    /// process meanwhile is left alone (the last is said: "address already
+    /// changed"). A detach that slips in before the record is written (it holds the
+    /// lock shared too) leaves the record gone or detaching: the new address's
+    /// firewall elements, which that detach did not know of, are taken away again.
     pub(crate) fn rebind_from_scratch(
         &mut self,
         net: &Network,

@@ -287,11 +287,11 @@ impl<S: Store, K: Kernel> Engine<S, K> {
             }
         }
         // Tombstones a reaper missed inside the endpoints' namespaces (a detach or a
-        // daemon killed before the delete): one look at each live namespace, those of
-        // the endpoints just forgotten included (a detach killed before its hand-off
-        // left its record, detaching, and the tombstone).
+        // daemon killed before the delete): one look at each live namespace of the
+        // endpoints read above, those just forgotten included (a detach killed before
+        // its hand-off left its record, detaching, and the tombstone).
         let mut seen = vec![];
-        for ep in endpoints.iter().chain(&remaining) {
+        for ep in &endpoints {
             if seen.contains(&ep.netns_inode) || !self.netns_alive(ep) {
                 continue;
             }
